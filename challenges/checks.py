@@ -1,0 +1,44 @@
+"""System checks: a missing or malformed secret is an error, not a crash at first request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, register
+
+from .identity import IdentityError, parse_private_key
+
+
+@register()
+def check_secrets(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    errors: list[Error] = []
+    if not settings.DEBUG:
+        if settings.SECRET_KEY.startswith("insecure-"):
+            errors.append(
+                Error("SECRET_KEY is not set", hint="Set SECRET_KEY in the environment.", id="challenges.E001")
+            )
+        if not settings.AUTHORITY_PRIVATE_KEY and settings.TOKEN_UPSTREAM == "local":
+            errors.append(
+                Error(
+                    "AUTHORITY_PRIVATE_KEY is not set",
+                    hint="Generate one with 'manage.py keygen' and set it in the environment.",
+                    id="challenges.E002",
+                )
+            )
+    if settings.AUTHORITY_PRIVATE_KEY:
+        try:
+            parse_private_key(settings.AUTHORITY_PRIVATE_KEY)
+        except IdentityError as exc:  # the message never quotes the key
+            errors.append(Error(f"AUTHORITY_PRIVATE_KEY is invalid: {exc.message}", id="challenges.E003"))
+    upstream = settings.TOKEN_UPSTREAM
+    if upstream != "local" and not upstream.startswith(("grpc://", "grpcs://")):
+        errors.append(
+            Error(
+                f"TOKEN_UPSTREAM must be 'local', 'grpc://host:port' or 'grpcs://host:port', not {upstream!r}",
+                id="challenges.E004",
+            )
+        )
+    if settings.CHALLENGE_TIMEOUT <= 0 or settings.CHALLENGE_TIMEOUT > 600:
+        errors.append(Error("CHALLENGE_TIMEOUT must be between 0 and 600 seconds", id="challenges.E005"))
+    return errors

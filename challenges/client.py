@@ -1,0 +1,107 @@
+"""A Python client for the token flow, usable without Django settings.
+
+>>> token = get_token("ws://127.0.0.1:8000/ws/token", "bbaareq...")  # doctest: +SKIP
+
+Before signing, the client checks that the challenge text names the expected
+audience (by default the origin of ``url``) and its own key, so it never signs
+for another service. A relay that passes a Hub's raw 32-byte challenge through
+marks it ``"raw": true``; the client signs those only with ``accept_raw=True``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+import websockets
+
+from .authority import ChallengeTextError, check_challenge_text
+from .errors import ChallengeError
+from .identity import PrivateKey, decode_bytes, encode_buffer, parse_private_key
+
+
+class TokenClientError(Exception):
+    """The flow failed; ``code`` is the server's error code or a client-side one
+    (``timeout``, ``connection_closed``, ``challenge_refused``, ``protocol_error``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def origin_of(url: str) -> str:
+    """``ws://host:port/path`` -> ``http://host:port`` (the default audience)."""
+    parts = urlsplit(url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return f"{scheme}://{parts.netloc}"
+
+
+async def get_token_async(
+    url: str,
+    private_key: PrivateKey | str,
+    *,
+    audience: str | None = None,
+    timeout: float = 30.0,
+    accept_raw: bool = False,
+    origin: str | None = None,
+) -> str:
+    """Run the flow over one WebSocket and return the token string."""
+    key = parse_private_key(private_key) if isinstance(private_key, str) else private_key
+    try:
+        async with asyncio.timeout(timeout):
+            return await _flow(url, key, audience or origin_of(url), accept_raw, origin)
+    except TimeoutError:
+        raise TokenClientError("timeout", f"no token within {timeout:g} s") from None
+    except (OSError, websockets.exceptions.WebSocketException) as exc:
+        raise TokenClientError("connection_closed", f"{type(exc).__name__}: {exc}") from exc
+
+
+def get_token(url: str, private_key: PrivateKey | str, **options: Any) -> str:
+    """Blocking wrapper of :func:`get_token_async`."""
+    return asyncio.run(get_token_async(url, private_key, **options))
+
+
+async def _flow(url: str, key: PrivateKey, audience: str, accept_raw: bool, origin: str | None) -> str:
+    headers = {"Origin": origin} if origin else None
+    async with websockets.connect(url, max_size=2**16, additional_headers=headers) as socket:
+        await socket.send(json.dumps({"type": "token", "pub": str(key.public)}))
+        frame = await _receive(socket)
+        if frame["type"] != "challenge":
+            raise TokenClientError("protocol_error", f"expected a challenge, got {frame['type']!r}")
+        try:
+            value = decode_bytes(frame.get("value"), what="the challenge")
+        except ChallengeError as exc:
+            raise TokenClientError("protocol_error", exc.message) from exc
+        if frame.get("raw"):
+            if not accept_raw:
+                raise TokenClientError(
+                    "challenge_refused", "the server sent a raw challenge; pass accept_raw=True to sign it"
+                )
+        else:
+            try:
+                check_challenge_text(value, audience=audience, key=key.public)
+            except ChallengeTextError as exc:
+                raise TokenClientError("challenge_refused", exc.message) from exc
+        answer: dict[str, Any] = {"type": "challenge", "sig": encode_buffer(key.sign(value))}
+        if frame.get("id"):
+            answer["id"] = frame["id"]
+        await socket.send(json.dumps(answer))
+        frame = await _receive(socket)
+        if frame["type"] != "token" or not isinstance(frame.get("value"), str):
+            raise TokenClientError("protocol_error", f"expected a token, got {frame['type']!r}")
+        return str(frame["value"])
+
+
+async def _receive(socket: Any) -> dict[str, Any]:
+    try:
+        frame = json.loads(await socket.recv())
+    except ValueError as exc:
+        raise TokenClientError("protocol_error", "the server sent a frame that is not JSON") from exc
+    if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+        raise TokenClientError("protocol_error", "the server sent a frame without a type")
+    if frame["type"] == "error":
+        raise TokenClientError(str(frame.get("code") or "error"), str(frame.get("value", "")))
+    return frame

@@ -1,0 +1,64 @@
+"""The WebSocket endpoint ``/ws/token``: a thin translation to :class:`TokenSession`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from . import flows, protocol
+from .errors import ChallengeError
+from .origins import client_info
+
+
+class TokenConsumer(AsyncWebsocketConsumer):
+    session: flows.TokenSession | None = None
+
+    async def connect(self) -> None:
+        await self.accept()
+        service = flows.get_service()
+        try:
+            client = client_info(self.scope)
+            service.connection_opened(client.ip)
+        except ChallengeError as error:
+            refused = client_info(self.scope, validate=False)
+            await service.record_error(error, client=refused)
+            await self.send(text_data=json.dumps(protocol.error_frame(error)))
+            await self.close(code=1008)
+            return
+        self.session = flows.TokenSession(
+            service=service,
+            client=client,
+            send=self._send_json,
+            max_errors=_settings().MAX_ERRORS_PER_CONNECTION,
+        )
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.session is None:
+            return
+        if not await self.session.receive(text=text_data, data=bytes_data):
+            await self.close(code=1009 if _too_large(text_data) else 1008)
+
+    async def disconnect(self, code: int) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session.service.connection_closed(self.session.client.ip)
+            self.session = None
+
+    async def _send_json(self, frame: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(frame))
+
+
+def _too_large(text: str | None) -> bool:
+    try:
+        protocol.check_size(text=text)
+    except ChallengeError:
+        return True
+    return False
+
+
+def _settings() -> Any:
+    from django.conf import settings
+
+    return settings

@@ -1,0 +1,126 @@
+"""The project's one exception root and its stable error codes.
+
+Every failure a client can see is a :class:`ChallengeError` subclass with a
+stable ``code``. Each transport maps it in exactly one place: an error frame
+for WebSocket (``consumers``), a status and JSON body for HTTP (``views``), a
+status code for gRPC (``rpc``).
+
+::
+
+    ChallengeError
+    ├── FrameError            the frame itself is unusable (json, type, size)
+    ├── PubKeyError             the public key is missing or malformed
+    ├── SignatureError        the signature is missing, malformed or wrong
+    ├── StateError            the frame does not fit the flow's state
+    ├── LimitError            a cap was hit (pending, connections, rate)
+    ├── UpstreamError         the upstream authority failed or refused
+    └── InternalError         our fault; details stay in the server log
+
+Pure module: no Django, Channels or grpc import.
+"""
+
+from __future__ import annotations
+
+
+class ChallengeError(Exception):
+    """Root of every error the token flow reports to a client."""
+
+    code = "error"
+    #: HTTP status used by the HTTP transport.
+    http_status = 400
+    #: Whether the client may retry the same request later.
+    retryable = False
+    #: Set once the flow service has written the audit row for this error.
+    audited = False
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.http_status = _HTTP_STATUS.get(self.code, self.http_status)
+
+
+class FrameError(ChallengeError):
+    code = "invalid_frame"
+
+
+class PubKeyError(ChallengeError):
+    code = "invalid_pub"
+
+
+class SignatureError(ChallengeError):
+    code = "invalid_sig"
+    http_status = 401
+
+
+class StateError(ChallengeError):
+    code = "no_challenge"
+    http_status = 409
+
+
+class LimitError(ChallengeError):
+    code = "rate_limited"
+    http_status = 429
+    retryable = True
+
+
+class UpstreamError(ChallengeError):
+    code = "upstream_unavailable"
+    http_status = 503
+    retryable = True
+
+
+class InternalError(ChallengeError):
+    code = "internal_error"
+    http_status = 500
+    retryable = True
+
+
+#: Every code a client can receive, with a one-line meaning. The audit's
+#: outcome choices and the README's table are built from this mapping.
+ERROR_CODES: dict[str, str] = {
+    "invalid_json": "the text frame is not JSON",
+    "invalid_frame": "the JSON is not an object, or a field has the wrong type",
+    "missing_type": "the frame has no 'type'",
+    "unknown_type": "the frame's 'type' is not 'token' or 'challenge'",
+    "binary_frame": "binary frames are not accepted; send JSON text",
+    "frame_too_large": "the frame is larger than the limit (64 KiB)",
+    "missing_pub": "a 'token' frame needs 'pub', the public key string",
+    "invalid_pub": "'pub' is not an Ed25519 public key string",
+    "already_pending": "a challenge is already pending on this connection",
+    "no_challenge": "no challenge is pending for this signature",
+    "unknown_challenge": "the challenge id is unknown, expired or already used",
+    "missing_sig": "a 'challenge' frame needs 'sig', the signature",
+    "invalid_sig_encoding": "'sig' is not Buffer JSON, an int array or base64",
+    "invalid_sig_length": "'sig' is not 64 bytes",
+    "bad_signature": "the signature does not verify for this key and challenge",
+    "challenge_timeout": "the challenge was not answered in time",
+    "too_many_pending": "too many challenges are pending; answer or wait",
+    "too_many_connections": "too many connections from this address",
+    "too_many_errors": "too many bad frames on this connection",
+    "origin_not_allowed": "the page's Origin is not allowed to get tokens here",
+    "invalid_host": "the Host header is not one of ALLOWED_HOSTS",
+    "rate_limited": "too many requests; retry later",
+    "key_blocked": "this public key is blocked by the operator",
+    "upstream_unavailable": "the token authority cannot be reached",
+    "upstream_deadline": "the token authority did not answer in time",
+    "upstream_rejected_key": "the token authority rejected the public key",
+    "upstream_api_key": "the token authority rejected the API key",
+    "upstream_bad_signature": "the token authority rejected the signature",
+    "upstream_error": "the token authority failed",
+    "internal_error": "the server failed; the request can be retried",
+}
+
+
+#: Codes whose HTTP status differs from their class's.
+_HTTP_STATUS: dict[str, int] = {
+    "unknown_challenge": 404,
+    "challenge_timeout": 410,
+    "key_blocked": 403,
+    "upstream_deadline": 504,
+    "upstream_rejected_key": 400,
+    "upstream_bad_signature": 401,
+    "upstream_api_key": 502,
+    "upstream_error": 502,
+}

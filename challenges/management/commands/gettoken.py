@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from challenges.client import TokenClientError, get_token
+from challenges.identity import IdentityError, PrivateKey, parse_private_key
+
+
+class Command(BaseCommand):
+    help = (
+        "Get a token from a running provider over its WebSocket. The private key is read from "
+        "$TOKEN_PRIVATE_KEY or --key-file (never from the command line, where ps shows it); "
+        "without either, a throwaway identity is generated."
+    )
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--url", default="ws://127.0.0.1:8000/ws/token")
+        parser.add_argument("--key-file", help="file holding a private key string")
+        parser.add_argument("--audience", help="expected audience (default: the URL's origin)")
+        parser.add_argument("--timeout", type=float, default=30.0)
+        parser.add_argument("--accept-raw", action="store_true", help="sign raw Hub challenges")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            if options["key_file"]:
+                with open(options["key_file"], encoding="ascii") as fh:
+                    key = parse_private_key(fh.read().strip())
+            elif os.environ.get("TOKEN_PRIVATE_KEY"):
+                key = parse_private_key(os.environ["TOKEN_PRIVATE_KEY"])
+            else:
+                key = PrivateKey.generate()
+        except (OSError, IdentityError) as exc:
+            raise CommandError(f"cannot read the private key: {exc}") from exc
+        self.stderr.write(f"# identity: {key.public}")
+        try:
+            token = get_token(
+                options["url"],
+                key,
+                audience=options["audience"],
+                timeout=options["timeout"],
+                accept_raw=options["accept_raw"],
+            )
+        except TokenClientError as exc:
+            raise CommandError(f"{exc.code}: {exc.message}") from exc
+        self.stdout.write(token)

@@ -1,0 +1,63 @@
+"""Append-only audit of every challenge attempt and every issued token.
+
+Rows are written only by ``services`` (in group-committed batches) and read
+through ``selectors`` and the read-only admin. No row ever holds a token: only
+its ``jti`` and SHA-256.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+from .errors import ERROR_CODES
+
+SUCCESS = "success"
+
+
+
+OUTCOME_CHOICES = [(SUCCESS, "success")] + [(code, code) for code in ERROR_CODES]
+
+
+class ChallengeAttempt(models.Model):
+    """One token flow, or one refused frame, and how it ended."""
+
+    created_at = models.DateTimeField(db_index=True)
+    finished_at = models.DateTimeField()
+    outcome = models.CharField(max_length=32, choices=OUTCOME_CHOICES, db_index=True)
+    detail = models.CharField(max_length=200, blank=True)
+    public_key = models.CharField(max_length=128, blank=True, db_index=True)
+    challenge_id = models.CharField(max_length=64, blank=True, db_index=True)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    origin = models.CharField(max_length=200, blank=True)
+    user_agent = models.CharField(max_length=200, blank=True)
+    transport = models.CharField(max_length=8, default="ws")
+    worker = models.CharField(max_length=100, blank=True)
+    upstream = models.CharField(max_length=100, blank=True)
+    upstream_status = models.CharField(max_length=40, blank=True)
+    #: Challenge issued to outcome, in milliseconds (null when no challenge).
+    latency_ms = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.outcome} {self.public_key[:16]} {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class IssuedToken(models.Model):
+    """A token released to a client: its identifiers, never its value."""
+
+    attempt = models.OneToOneField(ChallengeAttempt, on_delete=models.PROTECT, related_name="token")
+    jti = models.CharField(max_length=64, unique=True)
+    token_sha256 = models.CharField(max_length=64, unique=True)
+    public_key = models.CharField(max_length=128, db_index=True)
+    issuer = models.CharField(max_length=128, blank=True)
+    audience = models.CharField(max_length=200, blank=True)
+    issued_at = models.DateTimeField(db_index=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-issued_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.jti} for {self.public_key[:16]}"

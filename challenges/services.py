@@ -1,0 +1,135 @@
+"""Writes: the audit, group-committed.
+
+:class:`AuditWriter` collects rows from concurrent flows and commits them
+together in one transaction (group commit), so a flow waits for at most one
+batch and the database sees one commit per batch instead of one per row. A
+token is released only after the batch holding its row has committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from channels.db import database_sync_to_async
+from django.db import transaction
+
+from .authority import IssuedToken as Minted
+from .errors import InternalError
+from .models import ChallengeAttempt, IssuedToken
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class AuditRecord:
+    """One attempt row, and the token row when the attempt succeeded."""
+
+    outcome: str
+    created_at: datetime
+    finished_at: datetime
+    public_key: str = ""
+    challenge_id: str = ""
+    detail: str = ""
+    client_ip: str | None = None
+    origin: str = ""
+    user_agent: str = ""
+    transport: str = "ws"
+    worker: str = ""
+    upstream: str = ""
+    upstream_status: str = ""
+    latency_ms: float | None = None
+    token: Minted | None = field(default=None, repr=False)
+
+
+def audit_write_batch(records: list[AuditRecord]) -> None:
+    """Write a batch of audit records in one transaction."""
+    with transaction.atomic():
+        attempts = ChallengeAttempt.objects.bulk_create(
+            [
+                ChallengeAttempt(
+                    outcome=r.outcome,
+                    created_at=r.created_at,
+                    finished_at=r.finished_at,
+                    public_key=r.public_key[:128],
+                    challenge_id=r.challenge_id[:64],
+                    detail=r.detail[:200],
+                    client_ip=r.client_ip,
+                    origin=r.origin[:200],
+                    user_agent=r.user_agent[:200],
+                    transport=r.transport,
+                    worker=r.worker[:100],
+                    upstream=r.upstream[:100],
+                    upstream_status=r.upstream_status[:40],
+                    latency_ms=r.latency_ms,
+                )
+                for r in records
+            ]
+        )
+        IssuedToken.objects.bulk_create(
+            [
+                IssuedToken(
+                    attempt=attempt,
+                    jti=r.token.jti,
+                    token_sha256=r.token.sha256,
+                    public_key=r.token.subject,
+                    issuer=r.token.issuer,
+                    audience=r.token.audience,
+                    issued_at=r.token.issued_at,
+                    expires_at=r.token.expires_at,
+                )
+                for r, attempt in zip(records, attempts, strict=True)
+                if r.token is not None
+            ]
+        )
+
+
+class AuditWriter:
+    """Group commit of audit records, one writer task per event loop.
+
+    The queue is bounded: when the database falls behind by ``max_queue``
+    rows, new records fail fast with ``internal_error`` instead of piling up.
+    """
+
+    def __init__(self, *, max_queue: int = 10_000, max_batch: int = 200) -> None:
+        self._queue: asyncio.Queue[tuple[AuditRecord, asyncio.Future[None]]] = asyncio.Queue(
+            max_queue
+        )
+        self._max_batch = max_batch
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.rows = 0
+
+    async def record(self, record: AuditRecord) -> None:
+        """Queue ``record`` and wait until its batch is committed."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((record, future))
+        except asyncio.QueueFull:
+            log.error("audit queue full; refusing a flow")
+            raise InternalError("the audit log is overloaded; retry shortly") from None
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="audit-writer")
+        await asyncio.shield(future)
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await database_sync_to_async(audit_write_batch)([r for r, _ in batch])
+            except Exception:
+                log.exception("audit batch of %d rows failed", len(batch))
+                error = InternalError("the audit log could not be written; retry shortly")
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(error)
+            else:
+                self.batches += 1
+                self.rows += len(batch)
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)

@@ -1,0 +1,155 @@
+"""Settings, read once from the environment (and ``.env``) with django-environ.
+
+Every variable is listed, with its default, in ``.env.example`` and the
+README. With nothing set, the project runs for development: DEBUG on, SQLite,
+the in-memory channel layer, the embedded authority with a development key
+generated once into ``var/`` (ignored by git). With ``DEBUG=false``, missing
+secrets are system check errors (``challenges.checks``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DEBUG", default=True)
+#: Placeholder only when DEBUG; a missing SECRET_KEY in production is a check error.
+SECRET_KEY = env.str("SECRET_KEY", default="") or "insecure-development-only-secret-key"
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
+if DEBUG and not ALLOWED_HOSTS:
+    ALLOWED_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "challenges",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "tokensite.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+WSGI_APPLICATION = None
+ASGI_APPLICATION = "tokensite.asgi.application"
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Concurrent readers with one writer, and a writer that waits, not fails.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+    )
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                # socket_timeout above the layer's 5 s blocking read: redis-py 8's
+                # default of 5 s closes idle sockets (FIELD-NOTES trap 1).
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": 10,
+                        "max_connections": env.int("REDIS_MAX_CONNECTIONS", default=1000),
+                    }
+                ],
+                "capacity": env.int("CHANNEL_CAPACITY", default=1000),
+                "expiry": env.int("CHANNEL_EXPIRY", default=90),
+                "group_expiry": env.int("CHANNEL_GROUP_EXPIRY", default=3600),
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": env.int("CHANNEL_CAPACITY", default=1000), "expiry": 90},
+        }
+    }
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+# --- the token provider -------------------------------------------------------
+
+TOKEN_UPSTREAM = env.str("TOKEN_UPSTREAM", default="local")
+USER_API_KEY = env.str("USER_API_KEY", default="")
+USER_API_SECRET = env.str("USER_API_SECRET", default="")
+#: The authority's identity (a private key string); see challenges.checks.
+AUTHORITY_PRIVATE_KEY = env.str("AUTHORITY_PRIVATE_KEY", default="")
+AUTHORITY_KEY_FILE = VAR_DIR / "dev-authority.key"
+#: Empty: the audience is the origin the client connected to (validated Host).
+TOKEN_AUDIENCE = env.str("TOKEN_AUDIENCE", default="")
+TOKEN_TTL = env.int("TOKEN_TTL", default=24 * 3600)
+CHALLENGE_TIMEOUT = env.float("CHALLENGE_TIMEOUT", default=60.0)
+#: Empty: Origin must match ALLOWED_HOSTS (Channels' AllowedHostsOriginValidator).
+ALLOWED_ORIGINS = env.list("ALLOWED_ORIGINS", default=[])
+
+MAX_PENDING_PER_KEY = env.int("MAX_PENDING_PER_KEY", default=5)
+MAX_PENDING_PER_PROCESS = env.int("MAX_PENDING_PER_PROCESS", default=10000)
+MAX_CONNECTIONS_PER_IP = env.int("MAX_CONNECTIONS_PER_IP", default=256)
+MAX_ERRORS_PER_CONNECTION = env.int("MAX_ERRORS_PER_CONNECTION", default=20)
+#: Proxy header carrying the client address (e.g. X-Forwarded-For); empty: peer address.
+CLIENT_IP_HEADER = env.str("CLIENT_IP_HEADER", default="")
+
+WORKER_ID = env.str("WORKER_ID", default=f"{socket.gethostname()}:{os.getpid()}")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}
