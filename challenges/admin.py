@@ -26,8 +26,15 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 @admin.register(ChallengeAttempt)
 class ChallengeAttemptAdmin(ReadOnlyAdmin):
     list_display = (
-        "created_at", "outcome", "public_key", "client_ip", "origin", "transport",
-        "worker", "upstream", "latency_ms",
+        "created_at",
+        "outcome",
+        "public_key",
+        "client_ip",
+        "origin",
+        "transport",
+        "worker",
+        "upstream",
+        "latency_ms",
     )
     list_filter = ("outcome", "created_at", "transport", "upstream")
     search_fields = ("public_key", "challenge_id", "token__jti", "client_ip")

@@ -123,7 +123,8 @@ def make_challenge(
     challenge_id: str | None = None,
 ) -> Challenge:
     """A fresh audience-bound challenge for ``key``, valid ``timeout`` seconds."""
-    issued = (now or datetime.now(UTC)).replace(microsecond=0)
+    issued = now or datetime.now(UTC)
+    expires = issued + timedelta(seconds=timeout)
     nonce = secrets.token_bytes(NONCE_BYTES) if nonce is None else nonce
     if len(nonce) < 16:
         raise ValueError("a challenge nonce needs at least 128 bits")
@@ -131,12 +132,11 @@ def make_challenge(
         audience=audience,
         key=str(key),
         nonce=base64.urlsafe_b64encode(nonce).decode("ascii").rstrip("="),
-        issued=issued,
-        expires=issued + timedelta(seconds=timeout),
+        issued=issued.replace(microsecond=0),
+        # The text has whole seconds: round the expiry up, never promise less time.
+        expires=(expires + timedelta(microseconds=999_999)).replace(microsecond=0),
     )
-    return Challenge(
-        id=challenge_id or new_challenge_id(), value=text.encode(), expires_at=text.expires
-    )
+    return Challenge(id=challenge_id or new_challenge_id(), value=text.encode(), expires_at=expires)
 
 
 def parse_challenge_text(value: bytes) -> ChallengeText:
@@ -177,9 +177,7 @@ def check_challenge_text(
     if text.purpose != CHALLENGE_PURPOSE:
         raise ChallengeTextError(f"the challenge is for '{text.purpose}', not a token")
     if text.audience != audience:
-        raise ChallengeTextError(
-            f"the challenge names audience {text.audience!r}, expected {audience!r}"
-        )
+        raise ChallengeTextError(f"the challenge names audience {text.audience!r}, expected {audience!r}")
     if text.key != str(key):
         raise ChallengeTextError("the challenge names another public key")
     if (now or datetime.now(UTC)) > text.expires + timedelta(seconds=5):
@@ -270,7 +268,7 @@ def token_sha256(token: str) -> str:
 
 def _okp(key: PrivateKey | PublicKey) -> OKPKey:
     pub = key.public.raw if isinstance(key, PrivateKey) else key.raw
-    data = {"kty": "OKP", "crv": "Ed25519", "x": _b64url(pub)}
+    data: dict[str, str | list[str]] = {"kty": "OKP", "crv": "Ed25519", "x": _b64url(pub)}
     if isinstance(key, PrivateKey):
         data["d"] = _b64url(key.seed)
     return OKPKey.import_key(data)

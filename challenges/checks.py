@@ -16,7 +16,9 @@ def check_secrets(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     if not settings.DEBUG:
         if settings.SECRET_KEY.startswith("insecure-"):
             errors.append(
-                Error("SECRET_KEY is not set", hint="Set SECRET_KEY in the environment.", id="challenges.E001")
+                Error(
+                    "SECRET_KEY is not set", hint="Set SECRET_KEY in the environment.", id="challenges.E001"
+                )
             )
         if not settings.AUTHORITY_PRIVATE_KEY and settings.TOKEN_UPSTREAM == "local":
             errors.append(
@@ -35,7 +37,8 @@ def check_secrets(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     if upstream != "local" and not upstream.startswith(("grpc://", "grpcs://")):
         errors.append(
             Error(
-                f"TOKEN_UPSTREAM must be 'local', 'grpc://host:port' or 'grpcs://host:port', not {upstream!r}",
+                "TOKEN_UPSTREAM must be 'local', 'grpc://host:port' or 'grpcs://host:port',"
+                f" not {upstream!r}",
                 id="challenges.E004",
             )
         )

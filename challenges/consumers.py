@@ -12,7 +12,7 @@ from .errors import ChallengeError
 from .origins import client_info
 
 
-class TokenConsumer(AsyncWebsocketConsumer):
+class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     session: flows.TokenSession | None = None
 
     async def connect(self) -> None:

@@ -165,25 +165,19 @@ class FlowService:
         """
         flow = self._take(flow_id)
         if flow is None:
-            error = StateError(
+            unknown = StateError(
                 "the challenge id is unknown, expired or already used", code="unknown_challenge"
             )
-            await self.record_error(error, client=client, challenge_id=flow_id)
-            raise error
+            await self.record_error(unknown, client=client, challenge_id=flow_id)
+            raise unknown
         remaining = (flow.pending.challenge.expires_at - datetime.now(UTC)).total_seconds()
         try:
             token = await asyncio.wait_for(flow.pending.finish(signature), max(remaining, 0.001) + 1)
-        except TimeoutError:
-            error = UpstreamError("the token authority did not answer in time", code="upstream_deadline")
-            await self._close_flow(flow, error)
-            raise error from None
-        except ChallengeError as error:
-            await self._close_flow(flow, error)
-            raise
         except Exception as exc:
-            log.exception("upstream %s failed finishing a challenge", self.upstream.name)
-            error = InternalError("the server failed; retry with a new challenge")
+            error = self._coded(exc)
             await self._close_flow(flow, error)
+            if error is exc:
+                raise
             raise error from exc
         await self.audit.record(self._record(flow, "success", token=token))
         return token
@@ -234,6 +228,14 @@ class FlowService:
 
     # -- internals -------------------------------------------------------
 
+    def _coded(self, exc: Exception) -> ChallengeError:
+        if isinstance(exc, ChallengeError):
+            return exc
+        if isinstance(exc, TimeoutError):
+            return UpstreamError("the token authority did not answer in time", code="upstream_deadline")
+        log.error("upstream %s failed finishing a challenge", self.upstream.name, exc_info=exc)
+        return InternalError("the server failed; retry with a new challenge")
+
     def _take(self, flow_id: str) -> Flow | None:
         flow = self._flows.pop(flow_id, None)
         if flow is not None:
@@ -279,7 +281,9 @@ class FlowService:
         except ChallengeError:
             log.warning("could not audit a %s outcome", record.outcome)
 
-    def _record(self, flow: Flow, outcome: str, *, detail: str = "", token: IssuedToken | None = None) -> AuditRecord:
+    def _record(
+        self, flow: Flow, outcome: str, *, detail: str = "", token: IssuedToken | None = None
+    ) -> AuditRecord:
         return AuditRecord(
             outcome=outcome,
             created_at=flow.created_at,
@@ -304,9 +308,7 @@ class FlowService:
         }
 
 
-_services: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FlowService] = (
-    weakref.WeakKeyDictionary()
-)
+_services: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FlowService] = weakref.WeakKeyDictionary()
 
 
 def get_service() -> FlowService:
@@ -364,9 +366,7 @@ class TokenSession:
             if error.code == "frame_too_large":
                 return False
             if self.errors >= self.max_errors:
-                await self._error(
-                    LimitError("too many bad frames; closing", code="too_many_errors"), context
-                )
+                await self._error(LimitError("too many bad frames; closing", code="too_many_errors"), context)
                 return False
         return True
 

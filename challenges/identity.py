@@ -123,8 +123,7 @@ def parse_public_key(text: object) -> PublicKey:
         raise IdentityError("the public key must be a string")
     if len(text) != PUBLIC_KEY_LENGTH:
         raise IdentityError(
-            f"an Ed25519 public key string has {PUBLIC_KEY_LENGTH} characters,"
-            f" not {len(text)}"
+            f"an Ed25519 public key string has {PUBLIC_KEY_LENGTH} characters, not {len(text)}"
         )
     data = _b32decode(text, what="the public key")
     if data[:2] != PUBLIC_PREFIX[:2]:
@@ -137,9 +136,7 @@ def parse_public_key(text: object) -> PublicKey:
 def parse_private_key(text: str) -> PrivateKey:
     """Parse a private key string; keeps the seed, checks the embedded public key."""
     if not isinstance(text, str) or len(text) != PRIVATE_KEY_LENGTH:
-        raise IdentityError(
-            f"an Ed25519 private key string has {PRIVATE_KEY_LENGTH} characters"
-        )
+        raise IdentityError(f"an Ed25519 private key string has {PRIVATE_KEY_LENGTH} characters")
     data = _b32decode(text, what="the private key")
     if data[:4] != PRIVATE_PREFIX:
         raise IdentityError("the private key is not a 64-byte Ed25519 libp2p key")
@@ -194,6 +191,4 @@ def verify_signature(*, public_key: bytes, message: bytes, signature: bytes) -> 
     try:
         nacl.signing.VerifyKey(public_key).verify(message, signature)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError) as exc:
-        raise SignatureError(
-            "the signature does not verify", code="bad_signature"
-        ) from exc
+        raise SignatureError("the signature does not verify", code="bad_signature") from exc

@@ -14,7 +14,6 @@ from .errors import ERROR_CODES
 SUCCESS = "success"
 
 
-
 OUTCOME_CHOICES = [(SUCCESS, "success")] + [(code, code) for code in ERROR_CODES]
 
 

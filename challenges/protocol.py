@@ -64,12 +64,8 @@ def check_size(*, text: str | None = None, data: bytes | None = None) -> None:
     if data is not None:
         raise FrameError("binary frames are not accepted; send JSON text", code="binary_frame")
     # Each character is at least one UTF-8 byte, so a cheap length test first.
-    if text is not None and (
-        len(text) > MAX_FRAME_BYTES or len(text.encode("utf-8")) > MAX_FRAME_BYTES
-    ):
-        raise FrameError(
-            f"frames are limited to {MAX_FRAME_BYTES} bytes", code="frame_too_large"
-        )
+    if text is not None and (len(text) > MAX_FRAME_BYTES or len(text.encode("utf-8")) > MAX_FRAME_BYTES):
+        raise FrameError(f"frames are limited to {MAX_FRAME_BYTES} bytes", code="frame_too_large")
 
 
 def peek(obj: Any) -> FrameContext:
@@ -104,9 +100,7 @@ def parse_message(obj: dict[str, Any]) -> Message:
         return TokenRequest(pub=_pub(obj.get("pub"), required=True))  # type: ignore[arg-type]
     if kind == "challenge":
         return _challenge(obj)
-    raise FrameError(
-        "'type' must be 'token' or 'challenge'", code="unknown_type"
-    )
+    raise FrameError("'type' must be 'token' or 'challenge'", code="unknown_type")
 
 
 def parse_frame(text: str) -> Message:
@@ -129,24 +123,17 @@ def _challenge(obj: dict[str, Any]) -> ChallengeResponse:
         raise SignatureError("a 'challenge' frame needs 'sig', the signature", code="missing_sig")
     sig = decode_bytes(raw_sig, allow_base64=True, what="'sig'")
     if len(sig) != 64:
-        raise SignatureError(
-            f"'sig' must be 64 bytes, not {len(sig)}", code="invalid_sig_length"
-        )
+        raise SignatureError(f"'sig' must be 64 bytes, not {len(sig)}", code="invalid_sig_length")
     cid = obj.get("id")
     if cid is not None and not (isinstance(cid, str) and _CHALLENGE_ID.fullmatch(cid)):
-        raise StateError(
-            "the challenge id is unknown, expired or already used", code="unknown_challenge"
-        )
+        raise StateError("the challenge id is unknown, expired or already used", code="unknown_challenge")
     return ChallengeResponse(sig=sig, challenge_id=cid, pub=_pub(obj.get("pub"), required=False))
-
 
 
 # -- server frames ---------------------------------------------------------
 
 
-def challenge_frame(
-    *, value: bytes, challenge_id: str, expires_at: datetime, raw: bool
-) -> dict[str, Any]:
+def challenge_frame(*, value: bytes, challenge_id: str, expires_at: datetime, raw: bool) -> dict[str, Any]:
     return {
         "type": "challenge",
         "value": encode_buffer(value),

@@ -94,9 +94,7 @@ class AuditWriter:
     """
 
     def __init__(self, *, max_queue: int = 10_000, max_batch: int = 200) -> None:
-        self._queue: asyncio.Queue[tuple[AuditRecord, asyncio.Future[None]]] = asyncio.Queue(
-            max_queue
-        )
+        self._queue: asyncio.Queue[tuple[AuditRecord, asyncio.Future[None]]] = asyncio.Queue(max_queue)
         self._max_batch = max_batch
         self._task: asyncio.Task[None] | None = None
         self.batches = 0

@@ -64,7 +64,8 @@ class LocalPending:
         )
 
     async def cancel(self) -> None:
-        self.status = "cancelled"
+        if self.status == "pending":
+            self.status = "cancelled"
 
 
 @dataclass(eq=False)

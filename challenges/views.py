@@ -46,4 +46,3 @@ async def _layer_roundtrip() -> None:
     message = await layer.receive(channel)
     if message.get("type") != "health.ping":
         raise RuntimeError("the channel layer returned another message")
-

@@ -8,7 +8,9 @@ from challenges.identity import PrivateKey
 
 
 class Command(BaseCommand):
-    help = "Print a new Ed25519 identity: the private key string (for AUTHORITY_PRIVATE_KEY) and its public key."
+    help = (
+        "Print a new Ed25519 identity: the private key string (for AUTHORITY_PRIVATE_KEY) and its public key."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
         key = PrivateKey.generate()

@@ -1,0 +1,156 @@
+"""Real server processes for the tests: daphne or uvicorn on a free loopback port.
+
+Each server gets its own ``VAR_DIR`` and, unless given one, its own SQLite
+database migrated before it starts, so tests can read its audit directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    db_path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/token"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Query the server's SQLite audit (read-only)."""
+        assert self.db_path is not None, "this server does not use a test SQLite file"
+        with contextlib.closing(sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)) as db:
+            return db.execute(sql, params).fetchall()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
+
+
+def base_env(tmp: Path, **overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST_"))}
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "tokensite.settings",
+            "VAR_DIR": str(tmp / "var"),
+            "DEBUG": "true",
+            "PYTHONUNBUFFERED": "1",
+            "LOG_LEVEL": "INFO",
+        }
+    )
+    if "DATABASE_URL" not in overrides:
+        env["DATABASE_URL"] = f"sqlite:///{tmp / 'audit.sqlite3'}"
+    env.update(overrides)
+    return env
+
+
+def migrate(env: dict[str, str]) -> None:
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=120,
+    )
+
+
+def start(
+    tmp: Path,
+    *,
+    kind: str = "daphne",
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    migrate_db: bool = True,
+    ready_timeout: float = 30,
+) -> Server:
+    """Start a server and wait until ``/api/health`` answers."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = env or base_env(tmp)
+    if migrate_db:
+        migrate(env)
+    port = port or free_port()
+    if kind == "daphne":
+        cmd = [
+            sys.executable, "-m", "daphne", "-e",
+            f"tcp:port={port}:interface=127.0.0.1:backlog=1024",
+            "tokensite.asgi:application",
+        ]  # fmt: skip
+    elif kind == "uvicorn":
+        cmd = [
+            sys.executable, "-m", "uvicorn", "tokensite.asgi:application",
+            "--host", "127.0.0.1", "--port", str(port), "--ws", "websockets-sansio",
+            "--ws-max-size", str(128 * 1024), "--no-access-log", "--lifespan", "off",
+        ]  # fmt: skip
+    else:
+        raise ValueError(kind)
+    log_path = tmp / f"{kind}-{port}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    db = env.get("DATABASE_URL", "")
+    server = Server(
+        process=process,
+        port=port,
+        env=env,
+        log_path=log_path,
+        db_path=Path(db.removeprefix("sqlite:///")) if db.startswith("sqlite:///") else None,
+    )
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{kind} exited with {process.returncode}:\n{server.log()}")
+        try:
+            with urllib.request.urlopen(f"{server.http}/api/health", timeout=2) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.1)
+    server.stop(signal.SIGKILL)
+    raise RuntimeError(f"{kind} did not become healthy in {ready_timeout} s:\n{server.log()}")
+
+
+@contextlib.contextmanager
+def running(tmp: Path, **kwargs: Any) -> Iterator[Server]:
+    server = start(tmp, **kwargs)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,333 @@
+"""The WebSocket consumer, in-process, for the happy path and every bad-input row.
+
+Each error test checks the frame's ``code`` and the audit row it left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from challenges import authority, flows
+from challenges.identity import PrivateKey, encode_buffer
+from challenges.models import SUCCESS
+from tests.wsutil import AUDIENCE, attempts, challenge, connect, receive, send, sign_frame, tokens
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def expect_error(comm: WebsocketCommunicator, code: str, frame: dict | None = None) -> dict:
+    got = await receive(comm) if frame is None else frame
+    assert got["type"] == "error", got
+    assert got["code"] == code, got
+    assert isinstance(got["value"], str)
+    assert got["value"]
+    return got
+
+
+async def last_row():
+    rows = await attempts()
+    assert rows, "no audit row was written"
+    return rows[-1]
+
+
+async def test_full_flow_issues_a_verifiable_token_and_audits_it(user_key, authority_signer):
+    comm = await connect(origin=AUDIENCE)
+    frame = await challenge(comm, user_key)
+    assert set(frame) >= {"type", "value", "id", "expires_at"}
+    assert frame["value"]["type"] == "Buffer"
+    text = authority.check_challenge_text(
+        bytes(frame["value"]["data"]), audience=AUDIENCE, key=user_key.public
+    )
+    assert text.expires > text.issued
+    reply = await send(comm, sign_frame(user_key, frame))
+    assert reply["type"] == "token"
+    claims = authority.verify_token(reply["value"], issuer=authority_signer.public)
+    assert claims["sub"] == str(user_key.public)
+    [row] = await attempts()
+    assert row.outcome == SUCCESS
+    assert row.public_key == str(user_key.public)
+    assert row.challenge_id == frame["id"]
+    assert row.client_ip == "127.0.0.9"
+    assert row.origin == AUDIENCE
+    assert row.user_agent == "pytest"
+    assert row.upstream == "local"
+    assert row.latency_ms is not None
+    assert row.latency_ms >= 0
+    [token] = await tokens()
+    assert token.attempt_id == row.id
+    assert token.jti == claims["jti"]
+    assert token.token_sha256 == authority.token_sha256(reply["value"])
+    assert reply["value"] not in json.dumps([vars(row), vars(token)], default=str)
+    await comm.disconnect()
+
+
+async def test_two_flows_in_a_row_on_one_socket(user_key):
+    comm = await connect()
+    for _ in range(2):
+        frame = await challenge(comm, user_key)
+        assert (await send(comm, sign_frame(user_key, frame)))["type"] == "token"
+    assert [r.outcome for r in await attempts()] == [SUCCESS, SUCCESS]
+    await comm.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("{not json", "invalid_json"),
+        ("[1, 2, 3]", "invalid_frame"),
+        ('"token"', "invalid_frame"),
+        ('{"pub": "x"}', "missing_type"),
+        ('{"type": "hello"}', "unknown_type"),
+        ('{"type": "token"}', "missing_pub"),
+        ('{"type": "token", "pub": ""}', "missing_pub"),
+    ],
+)
+async def test_unusable_frames(text, code):
+    comm = await connect()
+    await comm.send_to(text_data=text)
+    await expect_error(comm, code)
+    row = await last_row()
+    assert row.outcome == code
+    assert row.client_ip == "127.0.0.9"
+    await comm.disconnect()
+
+
+@pytest.mark.parametrize(
+    "pub",
+    [
+        "zbaareigxlkmadavrbk35ks762pewibz2b3qxf462uyrsllycdjupob2rdi",  # wrong multibase
+        "bbaareigxlkmadavrbk35ks762pewibz2b3qxf462uyrsllycdjupob2rd",  # short
+        "BBAAREIGXLKMADAVRBK35KS762PEWIBZ2B3QXF462UYRSLLYCDJUPOB2RDI",  # upper case
+        "bbaqreigxlkmadavrbk35ks762pewibz2b3qxf462uyrsllycdjupob2rdi",  # another key type
+        12345,
+    ],
+)
+async def test_malformed_public_key_is_refused_and_audited_with_the_key(pub):
+    comm = await connect()
+    frame = await send(comm, {"type": "token", "pub": pub})
+    await expect_error(comm, "invalid_pub", frame)
+    row = await last_row()
+    assert row.outcome == "invalid_pub"
+    assert row.public_key == (pub if isinstance(pub, str) else "")
+    await comm.disconnect()
+
+
+async def test_second_token_while_pending(user_key):
+    comm = await connect()
+    first = await challenge(comm, user_key)
+    await expect_error(
+        comm, "already_pending", await send(comm, {"type": "token", "pub": str(user_key.public)})
+    )
+    row = await last_row()
+    assert (row.outcome, row.public_key) == ("already_pending", str(user_key.public))
+    # The first challenge is still good.
+    assert (await send(comm, sign_frame(user_key, first)))["type"] == "token"
+    await comm.disconnect()
+
+
+async def test_challenge_before_token(user_key):
+    comm = await connect()
+    frame = await send(comm, {"type": "challenge", "sig": encode_buffer(bytes(64))})
+    await expect_error(comm, "no_challenge", frame)
+    assert (await last_row()).outcome == "no_challenge"
+    await comm.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    [
+        (None, "missing_sig"),
+        ({"type": "Buffer", "data": [1, 2, 300]}, "invalid_sig_encoding"),
+        ({"type": "Uint8Array", "data": [1]}, "invalid_sig_encoding"),
+        ("not*base64!", "invalid_sig_encoding"),
+        (3.14, "invalid_sig_encoding"),
+        ([True] * 64, "invalid_sig_encoding"),
+        ({"type": "Buffer", "data": [0] * 63}, "invalid_sig_length"),
+        ([0] * 65, "invalid_sig_length"),
+    ],
+)
+async def test_bad_sig_spends_the_challenge_and_is_audited_with_it(user_key, sig, code):
+    comm = await connect()
+    first = await challenge(comm, user_key)
+    answer = {"type": "challenge"} if sig is None else {"type": "challenge", "sig": sig}
+    await expect_error(comm, code, await send(comm, answer))
+    row = await last_row()
+    assert (row.outcome, row.public_key, row.challenge_id) == (code, str(user_key.public), first["id"])
+    # One attempt per challenge: the good signature now finds nothing.
+    await expect_error(comm, "no_challenge", await send(comm, sign_frame(user_key, first)))
+    await comm.disconnect()
+
+
+@pytest.mark.parametrize("encoding", ["buffer", "array", "base64", "base64url"])
+async def test_signature_encodings_accepted(user_key, encoding):
+    import base64
+
+    comm = await connect()
+    frame = await challenge(comm, user_key)
+    sig = user_key.sign(bytes(frame["value"]["data"]))
+    sig_value = {
+        "buffer": encode_buffer(sig),
+        "array": list(sig),
+        "base64": base64.b64encode(sig).decode(),
+        "base64url": base64.urlsafe_b64encode(sig).decode().rstrip("="),
+    }[encoding]
+    assert (await send(comm, {"type": "challenge", "sig": sig_value}))["type"] == "token"
+    await comm.disconnect()
+
+
+async def test_signature_that_does_not_verify(user_key):
+    comm = await connect()
+    frame = await challenge(comm, user_key)
+    other = PrivateKey.generate()
+    await expect_error(comm, "bad_signature", await send(comm, sign_frame(other, frame)))
+    row = await last_row()
+    assert (row.outcome, row.public_key, row.challenge_id) == (
+        "bad_signature",
+        str(user_key.public),
+        frame["id"],
+    )
+    assert row.upstream_status == "bad_signature"
+    assert await tokens() == []
+    await comm.disconnect()
+
+
+async def test_timeout_is_reported_and_the_socket_stays_usable(user_key, settings):
+    settings.CHALLENGE_TIMEOUT = 0.3
+    comm = await connect()
+    first = await challenge(comm, user_key)
+    err = await expect_error(comm, "challenge_timeout", await receive(comm, timeout=3))
+    assert "0.3" in err["value"]
+    row = await last_row()
+    assert (row.outcome, row.challenge_id) == ("challenge_timeout", first["id"])
+    # A late answer to the dead challenge is refused, and a new flow works.
+    await expect_error(comm, "no_challenge", await send(comm, sign_frame(user_key, first)))
+    frame = await challenge(comm, user_key)
+    assert (await send(comm, sign_frame(user_key, frame)))["type"] == "token"
+    await comm.disconnect()
+
+
+async def test_binary_frame():
+    comm = await connect()
+    await comm.send_to(bytes_data=b'{"type": "token"}')
+    await expect_error(comm, "binary_frame")
+    assert (await last_row()).outcome == "binary_frame"
+    await comm.disconnect()
+
+
+async def test_oversized_frame_is_refused_before_parsing_and_closed():
+    comm = await connect()
+    await comm.send_to(text_data='{"type": "token", "pub": "' + "a" * 70_000 + '"}')
+    await expect_error(comm, "frame_too_large")
+    out = await comm.receive_output(2)
+    assert out == {"type": "websocket.close", "code": 1009}
+    row = await last_row()
+    assert (row.outcome, row.public_key) == ("frame_too_large", "")
+
+
+async def test_too_many_bad_frames_close_the_connection(settings):
+    settings.MAX_ERRORS_PER_CONNECTION = 3
+    comm = await connect()
+    for _ in range(3):
+        await comm.send_to(text_data="nope")
+        await expect_error(comm, "invalid_json")
+    await expect_error(comm, "too_many_errors")
+    assert (await comm.receive_output(2))["code"] == 1008
+
+
+async def test_foreign_origin_is_refused(user_key):
+    comm = await connect(origin="https://evil.example")
+    await expect_error(comm, "origin_not_allowed")
+    assert (await comm.receive_output(2))["code"] == 1008
+    row = await last_row()
+    assert (row.outcome, row.origin) == ("origin_not_allowed", "https://evil.example")
+
+
+async def test_unknown_host_is_refused():
+    comm = await connect(host="evil.example:8000")
+    await expect_error(comm, "invalid_host")
+    assert (await comm.receive_output(2))["code"] == 1008
+
+
+async def test_configured_origins_and_audience(user_key, settings, authority_signer):
+    settings.ALLOWED_ORIGINS = ["https://app.example"]
+    settings.TOKEN_AUDIENCE = "https://app.example"
+    comm = await connect(origin="https://app.example")
+    frame = await challenge(comm, user_key)
+    text = authority.parse_challenge_text(bytes(frame["value"]["data"]))
+    assert text.audience == "https://app.example"
+    reply = await send(comm, sign_frame(user_key, frame))
+    claims = authority.verify_token(
+        reply["value"],
+        issuer=authority_signer.public,
+        audience="https://app.example",
+    )
+    assert claims["aud"] == "https://app.example"
+    await comm.disconnect()
+
+
+async def test_pending_per_key_cap(user_key, settings):
+    settings.MAX_PENDING_PER_KEY = 2
+    socks = [await connect() for _ in range(3)]
+    await challenge(socks[0], user_key)
+    await challenge(socks[1], user_key)
+    await expect_error(
+        socks[2], "too_many_pending", await send(socks[2], {"type": "token", "pub": str(user_key.public)})
+    )
+    row = await last_row()
+    assert (row.outcome, row.public_key) == ("too_many_pending", str(user_key.public))
+    # Another key is unaffected.
+    other = PrivateKey.generate()
+    frame = await challenge(socks[2], other)
+    assert (await send(socks[2], sign_frame(other, frame)))["type"] == "token"
+    for s in socks:
+        await s.disconnect()
+
+
+async def test_connections_per_ip_cap(settings):
+    settings.MAX_CONNECTIONS_PER_IP = 2
+    a, b = await connect(), await connect()
+    c = await connect()
+    await expect_error(c, "too_many_connections")
+    assert (await c.receive_output(2))["code"] == 1008
+    await a.disconnect()
+    d = await connect()
+    await d.send_to(text_data="[]")
+    await expect_error(d, "invalid_frame")  # admitted, so it parses frames
+    await b.disconnect()
+    await d.disconnect()
+
+
+async def test_a_bad_client_does_not_disturb_another_flow(user_key):
+    good, bad = await connect(), await connect(client=("127.0.0.10", 1))
+    frame = await challenge(good, user_key)
+    for junk in ["{", "[]", '{"type":"challenge"}', '{"type":"token","pub":"b"}']:
+        await bad.send_to(text_data=junk)
+        assert (await receive(bad))["type"] == "error"
+    assert (await send(good, sign_frame(user_key, frame)))["type"] == "token"
+    await good.disconnect()
+    await bad.disconnect()
+
+
+async def test_disconnect_leaves_the_challenge_resumable_until_expiry(user_key, settings):
+    settings.CHALLENGE_TIMEOUT = 0.5
+    first = await connect()
+    frame = await challenge(first, user_key)
+    await first.disconnect()
+    service = flows.get_service()
+    assert service.is_pending(frame["id"])
+    second = await connect()
+    reply = await send(second, sign_frame(user_key, frame, id=frame["id"]))
+    assert reply["type"] == "token"
+    assert not service.is_pending(frame["id"])
+    # Expired challenges leave the registry (no unbounded growth).
+    third = await connect()
+    frame = await challenge(third, user_key)
+    await third.disconnect()
+    await asyncio.sleep(0.8)
+    assert not service.is_pending(frame["id"])
+    assert service.pending_count == 0
+    await second.disconnect()
