@@ -11,6 +11,11 @@ from . import flows, protocol
 from .errors import ChallengeError
 from .origins import client_info
 
+#: Close codes in the application range (daphne/autobahn refuse 1008 and 1009 from an app):
+#: 4008 mirrors 1008 "policy violation", 4009 mirrors 1009 "message too big".
+CLOSE_POLICY = 4008
+CLOSE_TOO_LARGE = 4009
+
 
 class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     session: flows.TokenSession | None = None
@@ -25,7 +30,7 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             refused = client_info(self.scope, validate=False)
             await service.record_error(error, client=refused)
             await self.send(text_data=json.dumps(protocol.error_frame(error)))
-            await self.close(code=1008)
+            await self.close(code=CLOSE_POLICY)
             return
         self.session = flows.TokenSession(
             service=service,
@@ -38,7 +43,7 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if self.session is None:
             return
         if not await self.session.receive(text=text_data, data=bytes_data):
-            await self.close(code=1009 if _too_large(text_data) else 1008)
+            await self.close(code=CLOSE_TOO_LARGE if _too_large(text_data) else CLOSE_POLICY)
 
     async def disconnect(self, code: int) -> None:
         if self.session is not None:

@@ -156,6 +156,8 @@ def decode_bytes(value: Any, *, allow_base64: bool = False, what: str = "value")
         if value.get("type") != "Buffer" or set(value) != {"type", "data"}:
             raise _encoding_error(what, "an object must be Buffer JSON")
         value = value["data"]
+        if not isinstance(value, list):
+            raise _encoding_error(what, "Buffer JSON 'data' must be an array")
     if isinstance(value, list):
         if not all(type(b) is int and 0 <= b <= 255 for b in value):
             raise _encoding_error(what, "array items must be integers 0..255")

@@ -223,7 +223,7 @@ async def test_oversized_frame_is_refused_before_parsing_and_closed():
     await comm.send_to(text_data='{"type": "token", "pub": "' + "a" * 70_000 + '"}')
     await expect_error(comm, "frame_too_large")
     out = await comm.receive_output(2)
-    assert out == {"type": "websocket.close", "code": 1009}
+    assert out == {"type": "websocket.close", "code": 4009}
     row = await last_row()
     assert (row.outcome, row.public_key) == ("frame_too_large", "")
 
@@ -235,13 +235,13 @@ async def test_too_many_bad_frames_close_the_connection(settings):
         await comm.send_to(text_data="nope")
         await expect_error(comm, "invalid_json")
     await expect_error(comm, "too_many_errors")
-    assert (await comm.receive_output(2))["code"] == 1008
+    assert (await comm.receive_output(2))["code"] == 4008
 
 
 async def test_foreign_origin_is_refused(user_key):
     comm = await connect(origin="https://evil.example")
     await expect_error(comm, "origin_not_allowed")
-    assert (await comm.receive_output(2))["code"] == 1008
+    assert (await comm.receive_output(2))["code"] == 4008
     row = await last_row()
     assert (row.outcome, row.origin) == ("origin_not_allowed", "https://evil.example")
 
@@ -249,7 +249,7 @@ async def test_foreign_origin_is_refused(user_key):
 async def test_unknown_host_is_refused():
     comm = await connect(host="evil.example:8000")
     await expect_error(comm, "invalid_host")
-    assert (await comm.receive_output(2))["code"] == 1008
+    assert (await comm.receive_output(2))["code"] == 4008
 
 
 async def test_configured_origins_and_audience(user_key, settings, authority_signer):
@@ -292,7 +292,7 @@ async def test_connections_per_ip_cap(settings):
     a, b = await connect(), await connect()
     c = await connect()
     await expect_error(c, "too_many_connections")
-    assert (await c.receive_output(2))["code"] == 1008
+    assert (await c.receive_output(2))["code"] == 4008
     await a.disconnect()
     d = await connect()
     await d.send_to(text_data="[]")

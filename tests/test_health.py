@@ -1,0 +1,40 @@
+"""GET /api/health reports the database and the channel layer."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+
+
+@pytest.mark.django_db
+def test_health_ok(client):
+    response = client.get("/api/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": "ok", "channel_layer": "ok"}
+
+
+@pytest.mark.django_db
+def test_health_reports_a_broken_channel_layer(client, settings):
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": ["redis://127.0.0.1:1"]},
+        }
+    }
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    try:
+        response = client.get("/api/health")
+    finally:
+        channel_layers.backends.clear()
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "degraded"
+    assert body["database"] == "ok"
+    assert body["channel_layer"] != "ok"
+    assert connection.vendor
+
+
+def test_health_is_get_only(client):
+    assert client.post("/api/health").status_code == 405

@@ -1,0 +1,110 @@
+"""Configuration: system checks, the development key, commands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from django.core.checks import run_checks
+
+from challenges import upstream
+from challenges.identity import parse_private_key
+from tests import servers
+
+
+def errors_ids(settings) -> set[str]:
+    return {e.id for e in run_checks() if e.id and e.id.startswith("challenges.")}
+
+
+def test_development_needs_no_configuration(settings):
+    settings.DEBUG = True
+    settings.AUTHORITY_PRIVATE_KEY = ""
+    assert errors_ids(settings) == set()
+
+
+def test_production_without_secrets_is_a_check_error(settings):
+    settings.DEBUG = False
+    settings.SECRET_KEY = "insecure-development-only-secret-key"
+    settings.AUTHORITY_PRIVATE_KEY = ""
+    assert errors_ids(settings) == {"challenges.E001", "challenges.E002"}
+
+
+def test_malformed_settings_are_check_errors_that_do_not_quote_the_key(settings):
+    settings.DEBUG = True
+    settings.AUTHORITY_PRIVATE_KEY = "bbaareqSECRETSECRET"
+    settings.TOKEN_UPSTREAM = "http://hub"
+    settings.CHALLENGE_TIMEOUT = 0
+    found = run_checks()
+    assert {e.id for e in found if e.id.startswith("challenges.")} == {
+        "challenges.E003",
+        "challenges.E004",
+        "challenges.E005",
+    }
+    assert "SECRETSECRET" not in " ".join(e.msg for e in found)
+
+
+def test_development_key_is_generated_once_and_private(settings, tmp_path):
+    settings.DEBUG = True
+    settings.AUTHORITY_PRIVATE_KEY = ""
+    settings.AUTHORITY_KEY_FILE = tmp_path / "var" / "dev-authority.key"
+    upstream.authority_key.cache_clear()
+    first = upstream.authority_key()
+    upstream.authority_key.cache_clear()
+    assert upstream.authority_key() == first
+    assert oct(settings.AUTHORITY_KEY_FILE.stat().st_mode & 0o777) == "0o600"
+    assert parse_private_key(settings.AUTHORITY_KEY_FILE.read_text().strip()) == first
+
+
+def test_production_without_key_refuses_to_mint(settings):
+    from django.core.exceptions import ImproperlyConfigured
+
+    settings.DEBUG = False
+    settings.AUTHORITY_PRIVATE_KEY = ""
+    upstream.authority_key.cache_clear()
+    with pytest.raises(ImproperlyConfigured):
+        upstream.authority_key()
+
+
+def test_manage_check_fails_in_production_without_secrets(tmp_path):
+    env = servers.base_env(tmp_path, DEBUG="false", ALLOWED_HOSTS="example.com")
+    for name in ("SECRET_KEY", "AUTHORITY_PRIVATE_KEY"):
+        env.pop(name, None)
+    out = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=servers.ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert "challenges.E001" in out.stderr
+    assert "challenges.E002" in out.stderr
+
+
+def test_keygen_prints_a_usable_key(tmp_path):
+    env = servers.base_env(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "manage.py", "keygen"], cwd=servers.ROOT, env=env, capture_output=True, text=True,
+        timeout=60, check=True,
+    )  # fmt: skip
+    name, _, value = out.stdout.strip().partition("=")
+    assert name == "AUTHORITY_PRIVATE_KEY"
+    key = parse_private_key(value)
+    assert str(key.public) in out.stderr
+
+
+def test_env_example_lists_every_setting():
+    example = (servers.ROOT / ".env.example").read_text()
+    source = (servers.ROOT / "tokensite" / "settings.py").read_text()
+    import re
+
+    names = set(re.findall(r'env\.\w+\("([A-Z_]+)"', source))
+    assert names, "no environment variables found in settings.py"
+    missing = sorted(n for n in names if f"{n}=" not in example)
+    assert not missing, f".env.example lacks {missing}"
+    assert os.environ.get("AUTHORITY_PRIVATE_KEY", "") not in example or not os.environ.get(
+        "AUTHORITY_PRIVATE_KEY"
+    )
