@@ -60,7 +60,7 @@ class StateError(ChallengeError):
 
 
 class LimitError(ChallengeError):
-    code = "rate_limited"
+    code = "too_many_pending"
     http_status = 429
     retryable = True
 
@@ -101,8 +101,6 @@ ERROR_CODES: dict[str, str] = {
     "too_many_errors": "too many bad frames on this connection",
     "origin_not_allowed": "the page's Origin is not allowed to get tokens here",
     "invalid_host": "the Host header is not one of ALLOWED_HOSTS",
-    "rate_limited": "too many requests; retry later",
-    "key_blocked": "this public key is blocked by the operator",
     "upstream_unavailable": "the token authority cannot be reached",
     "upstream_deadline": "the token authority did not answer in time",
     "upstream_rejected_key": "the token authority rejected the public key",
@@ -117,7 +115,6 @@ ERROR_CODES: dict[str, str] = {
 _HTTP_STATUS: dict[str, int] = {
     "unknown_challenge": 404,
     "challenge_timeout": 410,
-    "key_blocked": 403,
     "upstream_deadline": 504,
     "upstream_rejected_key": 400,
     "upstream_bad_signature": 401,

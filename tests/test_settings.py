@@ -108,3 +108,12 @@ def test_env_example_lists_every_setting():
     assert os.environ.get("AUTHORITY_PRIVATE_KEY", "") not in example or not os.environ.get(
         "AUTHORITY_PRIVATE_KEY"
     )
+
+
+def test_readme_documents_every_error_code_and_variable():
+    from challenges.errors import ERROR_CODES
+
+    readme = (servers.ROOT / "README.md").read_text()
+    assert [c for c in ERROR_CODES if f"`{c}`" not in readme] == []
+    assert "make run" in readme
+    assert "make test" in readme
