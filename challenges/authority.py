@@ -52,7 +52,6 @@ class TokenError(ChallengeError):
     """A token failed verification."""
 
     code = "invalid_token"
-    http_status = 401
 
 
 class ChallengeTextError(ChallengeError):

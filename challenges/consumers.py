@@ -7,7 +7,7 @@ from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from . import flows, protocol
+from . import flows, protocol, session
 from .errors import ChallengeError
 from .origins import client_info
 
@@ -18,7 +18,9 @@ CLOSE_TOO_LARGE = 4009
 
 
 class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
-    session: flows.TokenSession | None = None
+    #: No channel per connection: routing goes through the process inbox (challenges.inbox).
+    channel_layer_alias = "__no_layer_per_connection__"
+    session: session.TokenSession | None = None
 
     async def connect(self) -> None:
         await self.accept()
@@ -32,7 +34,7 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self.send(text_data=json.dumps(protocol.error_frame(error)))
             await self.close(code=CLOSE_POLICY)
             return
-        self.session = flows.TokenSession(
+        self.session = session.TokenSession(
             service=service,
             client=client,
             send=self._send_json,

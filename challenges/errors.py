@@ -28,8 +28,6 @@ class ChallengeError(Exception):
     code = "error"
     #: HTTP status used by the HTTP transport.
     http_status = 400
-    #: Whether the client may retry the same request later.
-    retryable = False
     #: Set once the flow service has written the audit row for this error.
     audited = False
 
@@ -38,7 +36,7 @@ class ChallengeError(Exception):
         self.message = message
         if code is not None:
             self.code = code
-        self.http_status = _HTTP_STATUS.get(self.code, self.http_status)
+        self.http_status = _HTTP_STATUS.get(self.code, 400)
 
 
 class FrameError(ChallengeError):
@@ -50,31 +48,23 @@ class PubKeyError(ChallengeError):
 
 
 class SignatureError(ChallengeError):
-    code = "invalid_sig"
-    http_status = 401
+    code = "invalid_sig_encoding"
 
 
 class StateError(ChallengeError):
     code = "no_challenge"
-    http_status = 409
 
 
 class LimitError(ChallengeError):
     code = "too_many_pending"
-    http_status = 429
-    retryable = True
 
 
 class UpstreamError(ChallengeError):
     code = "upstream_unavailable"
-    http_status = 503
-    retryable = True
 
 
 class InternalError(ChallengeError):
     code = "internal_error"
-    http_status = 500
-    retryable = True
 
 
 #: Every code a client can receive, with a one-line meaning. The audit's
@@ -107,17 +97,32 @@ ERROR_CODES: dict[str, str] = {
     "upstream_api_key": "the token authority rejected the API key",
     "upstream_bad_signature": "the token authority rejected the signature",
     "upstream_error": "the token authority failed",
+    "routing_unavailable": "the challenge lives on another worker that cannot be reached now",
     "internal_error": "the server failed; the request can be retried",
 }
 
 
-#: Codes whose HTTP status differs from their class's.
+#: HTTP status per code (the HTTP transport); codes not listed are 400.
 _HTTP_STATUS: dict[str, int] = {
-    "unknown_challenge": 404,
-    "challenge_timeout": 410,
-    "upstream_deadline": 504,
-    "upstream_rejected_key": 400,
+    "bad_signature": 401,
     "upstream_bad_signature": 401,
+    "invalid_token": 401,
+    "token_expired": 401,
+    "wrong_audience": 401,
+    "origin_not_allowed": 403,
+    "invalid_host": 403,
+    "unknown_challenge": 404,
+    "no_challenge": 409,
+    "already_pending": 409,
+    "challenge_timeout": 410,
+    "frame_too_large": 413,
+    "too_many_pending": 429,
+    "too_many_connections": 429,
+    "too_many_errors": 429,
+    "internal_error": 500,
     "upstream_api_key": 502,
     "upstream_error": 502,
+    "upstream_unavailable": 503,
+    "routing_unavailable": 503,
+    "upstream_deadline": 504,
 }

@@ -8,9 +8,10 @@ finishes each challenge at most once, and audits every outcome through the
 group-committed :class:`~challenges.services.AuditWriter` before a token is
 released.
 
-:class:`TokenSession` is one WebSocket connection's view of the flow: it turns
-parsed frames into service calls and errors into error frames, so the consumer
-only moves bytes.
+Challenge ids start with this process's tag; a signature for another tag is
+routed to its owner through the channel layer (:mod:`challenges.inbox`), and
+the owner answers. Whoever watches a flow (the connection that asked for it)
+hears its end: the token, or the error.
 """
 
 from __future__ import annotations
@@ -25,18 +26,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from channels.layers import get_channel_layer
 from django.conf import settings
 
-from . import protocol, upstream
+from . import inbox, protocol, upstream
 from .authority import IssuedToken
 from .errors import ChallengeError, InternalError, LimitError, StateError, UpstreamError
 from .identity import PublicKey
-from .protocol import ChallengeResponse, FrameContext, TokenRequest
+from .protocol import FrameContext
 from .services import AuditRecord, AuditWriter
 
 log = logging.getLogger(__name__)
 
-Notify = Callable[[ChallengeError], Awaitable[None]]
+#: Told how a watched flow ended: the token, or the error.
+Notify = Callable[[IssuedToken | ChallengeError], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,13 @@ class Flow:
     timer: asyncio.TimerHandle | None = None
     watchers: list[Notify] = field(default_factory=list)
 
+    def frame(self) -> dict[str, Any]:
+        """The challenge frame (WebSocket) or body (HTTP) for this flow."""
+        challenge = self.pending.challenge
+        return protocol.challenge_frame(
+            value=challenge.value, challenge_id=self.id, expires_at=challenge.expires_at, raw=challenge.raw
+        )
+
 
 class FlowService:
     """The per-process registry of pending challenges and the audit of outcomes."""
@@ -75,6 +85,7 @@ class FlowService:
         max_total: int,
         max_connections_per_ip: int,
         worker: str,
+        layer: Any = None,
     ) -> None:
         self.upstream = upstream
         self.audit = audit
@@ -87,6 +98,10 @@ class FlowService:
         self._per_key: Counter[bytes] = Counter()
         self._connections: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.tag = inbox.new_tag()
+        self.inbox = inbox.Inbox(layer=layer, tag=self.tag, handler=self._serve_remote) if layer else None
+        if self.inbox is not None:
+            self.inbox.start()
 
     # -- connections -----------------------------------------------------
 
@@ -143,7 +158,7 @@ class FlowService:
             await self.record_error(error, client=client, key=str(key), created=created)
             raise
         flow = Flow(
-            id=pending.challenge.id,
+            id=self.tag + pending.challenge.id,
             key=key,
             pending=pending,
             client=client,
@@ -157,12 +172,17 @@ class FlowService:
         self._flows[flow.id] = flow
         return flow
 
-    async def finish(self, *, flow_id: str, signature: bytes, client: ClientInfo) -> IssuedToken:
-        """Finish a pending challenge with a signature, once.
+    async def finish(
+        self, *, flow_id: str, signature: bytes, client: ClientInfo, finisher: Notify | None = None
+    ) -> str:
+        """Finish a challenge with a signature, once, wherever it lives; returns the token.
 
-        The challenge is consumed whatever the outcome. Returns the token only
-        after its audit row is committed.
+        The challenge is consumed whatever the outcome. A local token is
+        returned only after its audit row is committed; the flow's other
+        watchers (the connection that asked for it) get it too.
         """
+        if inbox.tag_of(flow_id) != self.tag and self.inbox is not None:
+            return await self._finish_remote(flow_id, signature, client)
         flow = self._take(flow_id)
         if flow is None:
             unknown = StateError(
@@ -175,18 +195,69 @@ class FlowService:
             token = await asyncio.wait_for(flow.pending.finish(signature), max(remaining, 0.001) + 1)
         except Exception as exc:
             error = self._coded(exc)
-            await self._close_flow(flow, error)
+            await self._close_flow(flow, error, exclude=finisher)
             if error is exc:
                 raise
             raise error from exc
         await self.audit.record(self._record(flow, "success", token=token))
-        return token
+        await self._notify(flow, token, exclude=finisher)
+        return token.token
 
-    async def fail(self, flow_id: str, error: ChallengeError) -> None:
+    async def _finish_remote(self, flow_id: str, signature: bytes, client: ClientInfo) -> str:
+        assert self.inbox is not None
+        try:
+            reply = await self.inbox.request(
+                inbox.tag_of(flow_id),
+                {"id": flow_id, "sig": signature},
+                timeout=self.timeout + 5,
+            )
+        except TimeoutError:
+            error: ChallengeError = UpstreamError(
+                "the worker holding the challenge did not answer in time", code="upstream_deadline"
+            )
+        except ChallengeError as exc:
+            error = exc
+        else:
+            return inbox.raise_reply(reply)
+        await self.record_error(error, client=client, challenge_id=flow_id)
+        raise error
+
+    async def _serve_remote(self, message: dict[str, Any]) -> dict[str, Any]:
+        """An inbox request: finish one of our challenges for another worker."""
+        flow_id, sig = message.get("id"), message.get("sig")
+        if not isinstance(flow_id, str) or not isinstance(sig, bytes) or inbox.tag_of(flow_id) != self.tag:
+            return inbox.error_reply(StateError("malformed routed request", code="unknown_challenge"))
+        flow = self._flows.get(flow_id)
+        client = flow.client if flow is not None else ClientInfo(ip=None, transport="routed")
+        try:
+            token = await self.finish(flow_id=flow_id, signature=sig, client=client)
+        except ChallengeError as error:
+            return inbox.error_reply(error)
+        return {"ok": True, "token": token}
+
+    async def reject(
+        self,
+        error: ChallengeError,
+        *,
+        client: ClientInfo,
+        context: FrameContext,
+        finisher: Notify | None = None,
+    ) -> None:
+        """Audit a refused request once; a malformed answer spends the challenge it names."""
+        if error.audited:
+            return
+        if context.type == "challenge" and context.challenge_id and self.is_pending(context.challenge_id):
+            await self.fail(context.challenge_id, error, finisher=finisher)
+        else:
+            await self.record_error(
+                error, client=client, key=context.pub or "", challenge_id=context.challenge_id or ""
+            )
+
+    async def fail(self, flow_id: str, error: ChallengeError, *, finisher: Notify | None = None) -> None:
         """End a pending challenge with ``error`` (a malformed answer consumes it)."""
         flow = self._take(flow_id)
         if flow is not None:
-            await self._close_flow(flow, error)
+            await self._close_flow(flow, error, exclude=finisher)
 
     async def record_error(
         self,
@@ -224,6 +295,8 @@ class FlowService:
         """Cancel every pending challenge (process shutdown)."""
         for flow_id in list(self._flows):
             await self.fail(flow_id, UpstreamError("the server is shutting down"))
+        if self.inbox is not None:
+            await self.inbox.stop()
         await self.upstream.close()
 
     # -- internals -------------------------------------------------------
@@ -257,23 +330,29 @@ class FlowService:
             f"the challenge was not answered within {self.timeout:g} s; ask for a new one",
             code="challenge_timeout",
         )
-        task = asyncio.create_task(self._close_flow(flow, error, notify=True))
+        task = asyncio.create_task(self._close_flow(flow, error))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _close_flow(self, flow: Flow, error: ChallengeError, *, notify: bool = False) -> None:
+    async def _close_flow(self, flow: Flow, error: ChallengeError, *, exclude: Notify | None = None) -> None:
         try:
             await flow.pending.cancel()
         except Exception:
             log.exception("cancelling an upstream challenge failed")
         error.audited = True
         await self._audit_quietly(self._record(flow, error.code, detail=error.message))
-        if notify:
-            for watcher in list(flow.watchers):
-                try:
-                    await watcher(error)
-                except Exception:
-                    log.debug("a watcher of challenge failed", exc_info=True)
+        await self._notify(flow, error, exclude=exclude)
+
+    async def _notify(
+        self, flow: Flow, event: IssuedToken | ChallengeError, *, exclude: Notify | None
+    ) -> None:
+        for watcher in flow.watchers:
+            if watcher == exclude:
+                continue
+            try:
+                await watcher(event)
+            except Exception:
+                log.debug("a watcher of a challenge failed", exc_info=True)
 
     async def _audit_quietly(self, record: AuditRecord) -> None:
         try:
@@ -324,105 +403,6 @@ def get_service() -> FlowService:
             max_total=settings.MAX_PENDING_PER_PROCESS,
             max_connections_per_ip=settings.MAX_CONNECTIONS_PER_IP,
             worker=settings.WORKER_ID,
+            layer=get_channel_layer(),
         )
     return service
-
-
-class TokenSession:
-    """One connection's token flow: frames in, frames out, every error audited."""
-
-    def __init__(
-        self,
-        *,
-        service: FlowService,
-        client: ClientInfo,
-        send: Callable[[dict[str, Any]], Awaitable[None]],
-        max_errors: int,
-    ) -> None:
-        self.service = service
-        self.client = client
-        self._send = send
-        self.flow_id: str | None = None
-        self.errors = 0
-        self.max_errors = max_errors
-        self.closed = False
-
-    async def receive(self, *, text: str | None, data: bytes | None) -> bool:
-        """Handle one frame. Returns False when the connection should close."""
-        context = FrameContext()
-        try:
-            protocol.check_size(text=text, data=data)
-            assert text is not None
-            obj = protocol.decode(text)
-            context = protocol.peek(obj)
-            message = protocol.parse_message(obj)
-            if isinstance(message, TokenRequest):
-                await self._token(message)
-            else:
-                await self._challenge(message)
-        except ChallengeError as error:
-            await self._error(error, context)
-            self.errors += 1
-            if error.code == "frame_too_large":
-                return False
-            if self.errors >= self.max_errors:
-                await self._error(LimitError("too many bad frames; closing", code="too_many_errors"), context)
-                return False
-        return True
-
-    async def close(self) -> None:
-        """The socket is gone: the pending challenge stays resumable until it expires."""
-        self.closed = True
-        self.service.unwatch(self.flow_id, self._expired)
-
-    async def _token(self, message: TokenRequest) -> None:
-        if self.service.is_pending(self.flow_id):
-            raise StateError(
-                "a challenge is already pending on this connection; answer it first",
-                code="already_pending",
-            )
-        flow = await self.service.begin(key=message.pub, client=self.client, watcher=self._expired)
-        self.flow_id = flow.id
-        challenge = flow.pending.challenge
-        await self._send(
-            protocol.challenge_frame(
-                value=challenge.value,
-                challenge_id=challenge.id,
-                expires_at=challenge.expires_at,
-                raw=challenge.raw,
-            )
-        )
-
-    async def _challenge(self, message: ChallengeResponse) -> None:
-        flow_id = message.challenge_id or self.flow_id
-        if flow_id is None:
-            raise StateError("no challenge is pending; send a 'token' frame first", code="no_challenge")
-        if flow_id == self.flow_id:
-            self.flow_id = None
-        token = await self.service.finish(flow_id=flow_id, signature=message.sig, client=self.client)
-        await self._send(protocol.token_frame(token.token))
-
-    async def _error(self, error: ChallengeError, context: FrameContext) -> None:
-        if not error.audited:
-            flow_id = context.challenge_id or self.flow_id
-            if context.type == "challenge" and self.service.is_pending(flow_id):
-                # A malformed answer spends the challenge it names (one attempt each).
-                if flow_id == self.flow_id:
-                    self.flow_id = None
-                await self.service.fail(flow_id, error)  # type: ignore[arg-type]
-            else:
-                await self.service.record_error(
-                    error,
-                    client=self.client,
-                    key=context.pub or "",
-                    challenge_id=context.challenge_id or "",
-                )
-        await self.send_error(error)
-
-    async def send_error(self, error: ChallengeError) -> None:
-        if not self.closed:
-            await self._send(protocol.error_frame(error))
-
-    async def _expired(self, error: ChallengeError) -> None:
-        self.flow_id = None
-        await self.send_error(error)

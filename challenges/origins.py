@@ -23,7 +23,6 @@ from .flows import ClientInfo
 
 class ConnectionRefused(ChallengeError):
     code = "origin_not_allowed"
-    http_status = 403
 
 
 def client_info(scope: Mapping[str, Any], *, validate: bool = True, transport: str = "ws") -> ClientInfo:

@@ -1,0 +1,185 @@
+"""This process's inbox on the channel layer: how a signature reaches its challenge.
+
+A challenge lives in the process that issued it (its local state, or its open
+gRPC stream). Its id starts with that process's *tag*, and every process reads
+one channel, ``tokenflow.<tag>``. A process that receives a signature for
+another tag sends a ``flow.request`` to that inbox with its own inbox as
+``reply_to``; the owner answers at once with ``flow.ack`` and, when the flow
+is finished, with ``flow.reply`` (the token or a coded error).
+
+This improves on one channel-layer group per challenge: no ``group_add`` /
+``group_discard`` per flow (two Redis round trips each, and the stale members
+a failed discard leaves), and no channel per connection. A missing ack within
+``ack_timeout`` means the owner is gone (``unknown_challenge``); a layer that
+cannot be reached is ``routing_unavailable``. Waiting requests and running
+handlers are capped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .errors import ChallengeError, LimitError, StateError, UpstreamError
+
+log = logging.getLogger(__name__)
+
+TAG_LENGTH = 8
+PREFIX = "tokenflow."
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def new_tag() -> str:
+    return secrets.token_hex(TAG_LENGTH // 2)
+
+
+def tag_of(challenge_id: str) -> str:
+    return challenge_id[:TAG_LENGTH]
+
+
+class RoutingUnavailable(UpstreamError):
+    code = "routing_unavailable"
+
+
+class Inbox:
+    def __init__(
+        self,
+        *,
+        layer: Any,
+        tag: str,
+        handler: Handler,
+        ack_timeout: float = 2.0,
+        max_waiting: int = 10_000,
+        max_handlers: int = 2_000,
+    ) -> None:
+        self.layer = layer
+        self.tag = tag
+        self.name = PREFIX + tag
+        self._handler = handler
+        self.ack_timeout = ack_timeout
+        self.max_waiting = max_waiting
+        self.max_handlers = max_handlers
+        self._waiting: dict[str, tuple[asyncio.Future[None], asyncio.Future[dict[str, Any]]]] = {}
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._reader: asyncio.Task[None] | None = None
+        self.healthy = True
+
+    def start(self) -> None:
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read(), name=f"inbox-{self.tag}")
+
+    async def stop(self) -> None:
+        for task in [self._reader, *self._handlers]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in [self._reader, *self._handlers] if t), return_exceptions=True)
+
+    async def request(self, tag: str, message: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+        """Send ``message`` to the owner ``tag`` and return its ``flow.reply``.
+
+        Raises :class:`RoutingUnavailable` when the layer is unreachable,
+        ``unknown_challenge`` when no owner acknowledges in time.
+        """
+        if len(self._waiting) >= self.max_waiting:
+            raise LimitError("too many signatures are being routed; retry shortly", code="too_many_pending")
+        self.start()
+        request_id = secrets.token_hex(8)
+        loop = asyncio.get_running_loop()
+        ack: asyncio.Future[None] = loop.create_future()
+        reply: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._waiting[request_id] = (ack, reply)
+        try:
+            try:
+                await asyncio.wait_for(
+                    self.layer.send(
+                        PREFIX + tag,
+                        {**message, "type": "flow.request", "request": request_id, "reply_to": self.name},
+                    ),
+                    self.ack_timeout,
+                )
+            except Exception as exc:
+                log.warning("cannot route to worker %s: %s", tag, type(exc).__name__)
+                raise RoutingUnavailable(
+                    "the challenge belongs to another worker and the channel layer is unreachable;"
+                    " retry shortly"
+                ) from exc
+            try:
+                await asyncio.wait_for(ack, self.ack_timeout)
+            except TimeoutError:
+                raise StateError(
+                    "the challenge id is unknown, expired or already used (its worker did not answer)",
+                    code="unknown_challenge",
+                ) from None
+            return await asyncio.wait_for(reply, timeout)
+        finally:
+            self._waiting.pop(request_id, None)
+
+    async def _read(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                message = await self.layer.receive(self.name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.healthy:
+                    log.warning("inbox %s cannot read the channel layer: %s", self.name, type(exc).__name__)
+                self.healthy = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if not self.healthy:
+                log.info("inbox %s reads the channel layer again", self.name)
+            self.healthy, backoff = True, 0.05
+            self._dispatch(message)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind, request_id = message.get("type"), str(message.get("request", ""))
+        if kind == "flow.request":
+            if len(self._handlers) >= self.max_handlers:
+                log.warning("inbox %s overloaded; dropping a request", self.name)
+                return  # the sender sees no ack and reports it
+            task = asyncio.create_task(self._serve(message))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+            return
+        waiting = self._waiting.get(request_id)
+        if waiting is None:
+            return  # a late answer to a request that already gave up
+        ack, reply = waiting
+        if not ack.done():
+            ack.set_result(None)
+        if kind == "flow.reply" and not reply.done():
+            reply.set_result(message)
+
+    async def _serve(self, message: dict[str, Any]) -> None:
+        reply_to, request_id = message.get("reply_to"), message.get("request")
+        if not isinstance(reply_to, str) or not reply_to.startswith(PREFIX) or not request_id:
+            return
+        try:
+            await self.layer.send(reply_to, {"type": "flow.ack", "request": request_id})
+            answer = await self._handler(message)
+            await self.layer.send(reply_to, {**answer, "type": "flow.reply", "request": request_id})
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("inbox %s could not answer a routed request", self.name, exc_info=True)
+
+
+def error_reply(error: ChallengeError) -> dict[str, Any]:
+    return {"ok": False, "code": error.code, "message": error.message}
+
+
+def raise_reply(reply: dict[str, Any]) -> str:
+    """The token of a ``flow.reply``, or the owner's error re-raised (already audited)."""
+    if reply.get("ok"):
+        return str(reply["token"])
+    error = ChallengeError(
+        str(reply.get("message", "the owning worker refused")), code=str(reply.get("code"))
+    )
+    error.audited = True
+    raise error
