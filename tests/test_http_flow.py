@@ -1,0 +1,138 @@
+"""The HTTP two-step flow: same validation, errors, audit and upstream as the WebSocket."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from django.test import AsyncClient
+
+from challenges import authority
+from challenges.identity import PrivateKey, encode_buffer
+from tests.wsutil import attempts, challenge, connect, receive, tokens
+
+pytestmark = pytest.mark.django_db(transaction=True)
+HOST = "testserver"  # what django.test.AsyncClient always sends
+
+
+@pytest.fixture
+def client() -> AsyncClient:
+    return AsyncClient()
+
+
+async def post(client: AsyncClient, path: str, body) -> tuple[int, dict]:
+    data = body if isinstance(body, str | bytes) else json.dumps(body)
+    response = await client.post(
+        path, data=data, content_type="application/json", headers={"user-agent": "pytest-http"}
+    )
+    return response.status_code, json.loads(response.content)
+
+
+async def step1(client, key) -> dict:
+    status, body = await post(client, "/api/token/challenge", {"pub": str(key.public)})
+    assert status == 200, body
+    assert body["type"] == "challenge"
+    return body
+
+
+async def test_two_steps_give_a_verifiable_token_and_one_audit_row(client, user_key, authority_signer):
+    ch = await step1(client, user_key)
+    text = authority.check_challenge_text(
+        bytes(ch["value"]["data"]), audience=f"http://{HOST}", key=user_key.public
+    )
+    assert text.key == str(user_key.public)
+    sig = base64.b64encode(user_key.sign(bytes(ch["value"]["data"]))).decode()
+    status, body = await post(client, "/api/token", {"id": ch["id"], "sig": sig})
+    assert status == 200
+    assert body["type"] == "token"
+    claims = authority.verify_token(body["value"], issuer=authority_signer.public)
+    assert claims["sub"] == str(user_key.public)
+    [row] = await attempts()
+    assert (row.outcome, row.transport, row.challenge_id, row.user_agent) == (
+        "success",
+        "http",
+        ch["id"],
+        "pytest-http",
+    )
+    [tok] = await tokens()
+    assert tok.jti == claims["jti"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code"),
+    [
+        ("/api/token/challenge", "nope", 400, "invalid_json"),
+        ("/api/token/challenge", "[]", 400, "invalid_frame"),
+        ("/api/token/challenge", {}, 400, "missing_pub"),
+        ("/api/token/challenge", {"pub": "bbaa"}, 400, "invalid_pub"),
+        ("/api/token/challenge", "x" * 70_000, 413, "frame_too_large"),
+        ("/api/token", {"id": "A" * 32}, 400, "missing_sig"),
+        ("/api/token", {"id": "A" * 32, "sig": "%%%"}, 400, "invalid_sig_encoding"),
+        ("/api/token", {"id": "A" * 32, "sig": [1, 2]}, 400, "invalid_sig_length"),
+        ("/api/token", {"sig": [0] * 64}, 404, "unknown_challenge"),
+        ("/api/token", {"id": "A" * 32, "sig": [0] * 64}, 404, "unknown_challenge"),
+    ],
+)
+async def test_errors_have_codes_statuses_and_audit_rows(client, path, body, status, code):
+    got_status, got = await post(client, path, body)
+    assert (got_status, got["type"], got["code"]) == (status, "error", code)
+    assert got["value"]
+    rows = await attempts()
+    assert [r.outcome for r in rows] == [code]
+    assert rows[0].transport == "http"
+
+
+async def test_bad_signature_is_401_and_spends_the_challenge(client, user_key):
+    ch = await step1(client, user_key)
+    forged = encode_buffer(PrivateKey.generate().sign(bytes(ch["value"]["data"])))
+    assert (await post(client, "/api/token", {"id": ch["id"], "sig": forged}))[0] == 401
+    good = encode_buffer(user_key.sign(bytes(ch["value"]["data"])))
+    status, body = await post(client, "/api/token", {"id": ch["id"], "sig": good})
+    assert (status, body["code"]) == (404, "unknown_challenge")
+    assert [r.outcome for r in await attempts()] == ["bad_signature", "unknown_challenge"]
+
+
+async def test_expired_challenge(client, user_key, settings):
+    import asyncio
+
+    settings.CHALLENGE_TIMEOUT = 0.2
+    ch = await step1(client, user_key)
+    await asyncio.sleep(0.5)
+    good = encode_buffer(user_key.sign(bytes(ch["value"]["data"])))
+    status, body = await post(client, "/api/token", {"id": ch["id"], "sig": good})
+    assert (status, body["code"]) == (404, "unknown_challenge")
+    assert [r.outcome for r in await attempts()] == ["challenge_timeout", "unknown_challenge"]
+
+
+async def test_too_many_pending_is_429(client, user_key, settings):
+    settings.MAX_PENDING_PER_KEY = 1
+    await step1(client, user_key)
+    status, body = await post(client, "/api/token/challenge", {"pub": str(user_key.public)})
+    assert (status, body["code"]) == (429, "too_many_pending")
+
+
+async def test_foreign_origin_is_403(client, user_key):
+    response = await client.post(
+        "/api/token/challenge", data={"pub": str(user_key.public)}, content_type="application/json",
+        headers={"origin": "https://evil.example"},
+    )  # fmt: skip
+    assert response.status_code == 403
+    assert json.loads(response.content)["code"] == "origin_not_allowed"
+
+
+async def test_get_is_refused(client):
+    assert (await client.get("/api/token")).status_code == 405
+
+
+async def test_websocket_challenge_answered_over_http_reaches_the_socket(client, user_key):
+    """A challenge asked for on a socket, answered over HTTP: both get the token."""
+    comm = await connect()
+    ch = await challenge(comm, user_key)
+    sig = encode_buffer(user_key.sign(bytes(ch["value"]["data"])))
+    status, body = await post(client, "/api/token", {"id": ch["id"], "sig": sig})
+    assert status == 200
+    pushed = await receive(comm)
+    assert pushed == {"type": "token", "value": body["value"]}
+    assert len(await tokens()) == 1
+    await comm.disconnect()
