@@ -99,7 +99,17 @@ class FlowService:
         self._connections: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.tag = inbox.new_tag()
-        self.inbox = inbox.Inbox(layer=layer, tag=self.tag, handler=self._serve_remote) if layer else None
+        self.inbox = (
+            inbox.Inbox(
+                layer=layer,
+                tag=self.tag,
+                handler=self._serve_remote,
+                ack_timeout=settings.ROUTE_ACK_TIMEOUT,
+                liveness=inbox.Liveness(url=settings.REDIS_URL, tag=self.tag) if settings.REDIS_URL else None,
+            )
+            if layer
+            else None
+        )
         if self.inbox is not None:
             self.inbox.start()
 

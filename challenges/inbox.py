@@ -55,7 +55,9 @@ class Inbox:
         ack_timeout: float = 2.0,
         max_waiting: int = 10_000,
         max_handlers: int = 2_000,
+        liveness: Liveness | None = None,
     ) -> None:
+        self.liveness = liveness
         self.layer = layer
         self.tag = tag
         self.name = PREFIX + tag
@@ -71,12 +73,16 @@ class Inbox:
     def start(self) -> None:
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read(), name=f"inbox-{self.tag}")
+        if self.liveness is not None:
+            self.liveness.start()
 
     async def stop(self) -> None:
-        for task in [self._reader, *self._handlers]:
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*(t for t in [self._reader, *self._handlers] if t), return_exceptions=True)
+        tasks = [t for t in [self._reader, *self._handlers] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.liveness is not None:
+            await self.liveness.stop()
 
     async def request(self, tag: str, message: dict[str, Any], *, timeout: float) -> dict[str, Any]:
         """Send ``message`` to the owner ``tag`` and return its ``flow.reply``.
@@ -107,16 +113,29 @@ class Inbox:
                     "the challenge belongs to another worker and the channel layer is unreachable;"
                     " retry shortly"
                 ) from exc
-            try:
-                await asyncio.wait_for(ack, self.ack_timeout)
-            except TimeoutError:
-                raise StateError(
-                    "the challenge id is unknown, expired or already used (its worker did not answer)",
-                    code="unknown_challenge",
-                ) from None
+            await self._await_ack(tag, ack, deadline=loop.time() + timeout)
             return await asyncio.wait_for(reply, timeout)
         finally:
             self._waiting.pop(request_id, None)
+
+    async def _await_ack(self, tag: str, ack: asyncio.Future[None], *, deadline: float) -> None:
+        """Wait for the owner's ack. An owner is gone when it has not acked within
+        ``ack_timeout`` and (with a liveness registry) its heartbeat has lapsed too: a busy
+        owner under load is waited for while it beats, a dead one is dropped within its TTL."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(ack), 0.5)
+                return
+            except TimeoutError:
+                now = loop.time()
+                if now > deadline:
+                    raise _owner_gone() from None
+                if now - started < self.ack_timeout:
+                    continue
+                if self.liveness is None or not await self.liveness.alive(tag):
+                    raise _owner_gone() from None
 
     async def _read(self) -> None:
         backoff = 0.05
@@ -168,6 +187,63 @@ class Inbox:
             raise
         except Exception:
             log.warning("inbox %s could not answer a routed request", self.name, exc_info=True)
+
+
+def _owner_gone() -> StateError:
+    return StateError(
+        "the challenge id is unknown, expired or already used (its worker is gone)",
+        code="unknown_challenge",
+    )
+
+
+class Liveness:
+    """Which workers are alive: each refreshes ``tokenflow:alive:<tag>`` in Redis every
+    ``every`` seconds with a ``ttl``; a worker killed outright drops out after ``ttl``,
+    one stopped cleanly at once. Needed because under load an owner's ack can take
+    longer than a fixed timeout, while a dead owner must be detected promptly."""
+
+    def __init__(self, *, url: str, tag: str, ttl: float = 4.0, every: float = 1.0) -> None:
+        import redis.asyncio
+
+        self._redis = redis.asyncio.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1)
+        self.tag, self.ttl, self.every = tag, ttl, every
+        self._task: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def key(tag: str) -> str:
+        return f"tokenflow:alive:{tag}"
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._beat(), name=f"heartbeat-{self.tag}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await self._redis.delete(self.key(self.tag))
+        except Exception:
+            log.debug("could not remove the heartbeat", exc_info=True)
+        await self._redis.aclose()
+
+    async def alive(self, tag: str) -> bool:
+        try:
+            return bool(await self._redis.exists(self.key(tag)))
+        except Exception as exc:
+            raise RoutingUnavailable(
+                "the challenge belongs to another worker and the channel layer is unreachable; retry shortly"
+            ) from exc
+
+    async def _beat(self) -> None:
+        while True:
+            try:
+                await self._redis.set(self.key(self.tag), b"1", px=int(self.ttl * 1000))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.debug("heartbeat failed", exc_info=True)
+            await asyncio.sleep(self.every)
 
 
 def error_reply(error: ChallengeError) -> dict[str, Any]:

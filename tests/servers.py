@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -154,3 +155,73 @@ def running(tmp: Path, **kwargs: Any) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+@dataclass
+class Redis:
+    """A redis-server of the test's own (so the test may stop and restart it)."""
+
+    port: int
+    dir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert self.process is None or self.process.poll() is not None
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(
+            ["redis-server", *args, "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@contextlib.contextmanager
+def redis_server(tmp: Path) -> Iterator[Redis]:
+    if not shutil.which("redis-server"):
+        raise RuntimeError("redis-server is not installed: apt-get install -y redis-server")
+    tmp.mkdir(parents=True, exist_ok=True)
+    redis = Redis(port=free_port(), dir=tmp)
+    redis.start()
+    try:
+        yield redis
+    finally:
+        redis.stop()
+
+
+def wait_for(predicate: Any, *, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def health(server: Server) -> tuple[int, dict[str, Any]]:
+    import json
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(f"{server.http}/api/health", timeout=3) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)

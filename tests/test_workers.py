@@ -1,0 +1,296 @@
+"""Several real workers behind no sticky sessions, with a Redis of the test's own.
+
+Two server processes share one database and one redis-server started by the
+test on a free port. A challenge issued by worker A is answered on worker B;
+faults (Redis restarted or down, the owning worker killed) must give clear
+codes promptly and leave the audit whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import websockets
+
+from challenges import authority
+from challenges.client import get_token_async
+from challenges.identity import PrivateKey, encode_buffer
+from tests import servers
+
+pytestmark = pytest.mark.server
+AUTHORITY = PrivateKey.generate()
+
+
+def worker_env(tmp, redis, **extra):
+    return servers.base_env(
+        tmp, AUTHORITY_PRIVATE_KEY=str(AUTHORITY), REDIS_URL=redis.url, MAX_CONNECTIONS_PER_IP="2000", **extra
+    )
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Redis + worker A (daphne) + worker B (uvicorn), one shared SQLite audit."""
+    with servers.redis_server(tmp_path / "redis") as redis:
+        env = worker_env(
+            tmp_path, redis, CHALLENGE_TIMEOUT="10", ROUTE_ACK_TIMEOUT=os.environ.get("RAT", "2")
+        )
+        a = servers.start(tmp_path / "a", kind="daphne", env=dict(env, WORKER_ID="A"))
+        b = servers.start(tmp_path / "b", kind="uvicorn", env=dict(env, WORKER_ID="B"), migrate_db=False)
+        try:
+            yield redis, a, b
+        finally:
+            a.stop()
+            b.stop()
+    for srv in (a, b):
+        assert "Traceback" not in srv.log(), srv.log()
+
+
+async def recv(sock, timeout=10.0) -> dict:
+    return json.loads(await asyncio.wait_for(sock.recv(), timeout))
+
+
+async def ask(url: str, key: PrivateKey) -> dict:
+    async with websockets.connect(url) as sock:
+        await sock.send(json.dumps({"type": "token", "pub": str(key.public)}))
+        frame = await recv(sock)
+    assert frame["type"] == "challenge", frame
+    return frame
+
+
+async def answer(url: str, key: PrivateKey, frame: dict) -> dict:
+    sig = encode_buffer(key.sign(bytes(frame["value"]["data"])))
+    async with websockets.connect(url) as sock:
+        await sock.send(json.dumps({"type": "challenge", "sig": sig, "id": frame["id"]}))
+        return await recv(sock)
+
+
+def post(server, path, body) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        server.http + path, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def audit(server, challenge_id):
+    attempts = server.rows(
+        "SELECT outcome, worker FROM challenges_challengeattempt WHERE challenge_id = ? ORDER BY id",
+        (challenge_id,),
+    )
+    tokens = server.rows(
+        "SELECT t.jti FROM challenges_issuedtoken t JOIN challenges_challengeattempt a ON a.id = t.attempt_id"
+        " WHERE a.challenge_id = ?",
+        (challenge_id,),
+    )
+    return attempts, tokens
+
+
+async def test_challenge_from_a_signature_to_b(cluster):
+    _, a, b = cluster
+    user = PrivateKey.generate()
+    frame = await ask(a.ws, user)
+    reply = await answer(b.ws, user, frame)
+    assert reply["type"] == "token", reply
+    claims = authority.verify_token(reply["value"], issuer=AUTHORITY.public)
+    assert claims["sub"] == str(user.public)
+    attempts, tokens = audit(a, frame["id"])
+    assert attempts == [("success", "A")]
+    assert tokens == [(claims["jti"],)]
+
+
+async def test_original_socket_also_gets_the_token(cluster):
+    _, a, b = cluster
+    user = PrivateKey.generate()
+    async with websockets.connect(a.ws) as sock:
+        await sock.send(json.dumps({"type": "token", "pub": str(user.public)}))
+        frame = await recv(sock)
+        reply = await answer(b.ws, user, frame)
+        assert reply["type"] == "token"
+        assert await recv(sock) == reply
+
+
+async def test_http_two_step_across_workers(cluster):
+    _, a, b = cluster
+    user = PrivateKey.generate()
+    status, ch = post(a, "/api/token/challenge", {"pub": str(user.public)})
+    assert status == 200
+    authority.check_challenge_text(bytes(ch["value"]["data"]), audience=a.http, key=user.public)
+    sig = list(user.sign(bytes(ch["value"]["data"])))
+    status, body = post(b, "/api/token", {"id": ch["id"], "sig": sig})
+    assert status == 200, body
+    assert authority.verify_token(body["value"], issuer=AUTHORITY.public)["sub"] == str(user.public)
+    attempts, tokens = audit(a, ch["id"])
+    assert attempts == [("success", "A")]
+    assert len(tokens) == 1
+    # The same id again, on either worker: already used.
+    for srv in (a, b):
+        status, body = post(srv, "/api/token", {"id": ch["id"], "sig": sig})
+        assert (status, body["code"]) == (404, "unknown_challenge")
+
+
+async def test_unknown_and_forged_ids_get_an_error_within_seconds(cluster):
+    _, a, b = cluster
+    user = PrivateKey.generate()
+    frame = await ask(a.ws, user)
+    for forged in ["00000000" + frame["id"][8:], frame["id"][:8] + "A" * 24]:
+        started = time.monotonic()
+        reply = await answer(b.ws, user, dict(frame, id=forged))
+        assert (reply["type"], reply["code"]) == ("error", "unknown_challenge")
+        assert time.monotonic() - started < 3.5
+
+
+async def test_redis_restarted_between_challenge_and_signature(cluster):
+    redis, a, b = cluster
+    user = PrivateKey.generate()
+    frame = await ask(a.ws, user)
+    redis.stop()
+    redis.start()
+    # Both workers reconnect by themselves; the pending challenge lived in A all along.
+    assert servers.wait_for(lambda: servers.health(a)[0] == 200 and servers.health(b)[0] == 200, timeout=10)
+    started = time.monotonic()
+    reply = await answer(b.ws, user, frame)
+    assert reply["type"] == "token", reply
+    assert time.monotonic() - started < 5
+    assert audit(a, frame["id"])[0] == [("success", "A")]
+
+
+async def test_redis_down_between_challenge_and_signature_then_back(cluster):
+    redis, a, b = cluster
+    user = PrivateKey.generate()
+    frame = await ask(a.ws, user)
+    redis.stop()
+    started = time.monotonic()
+    reply = await answer(b.ws, user, frame)
+    assert (reply["type"], reply["code"]) == ("error", "routing_unavailable")
+    assert time.monotonic() - started < 3.5
+    status, body = servers.health(b)
+    assert (status, body["status"], body["database"]) == (503, "degraded", "ok")
+    assert body["channel_layer"] != "ok"
+    redis.start()
+    assert servers.wait_for(lambda: servers.health(a)[0] == 200, timeout=10)
+    # The challenge is still pending in A (never spent by the failed routing): finish it now.
+    reply = await answer(b.ws, user, frame)
+    assert reply["type"] == "token", reply
+    attempts, tokens = audit(a, frame["id"])
+    assert attempts[-1] == ("success", "A")
+    assert len(tokens) == 1
+    # B recorded the routing failure; nothing half-written.
+    assert ("routing_unavailable", "B") in attempts
+
+
+async def test_redis_down_when_a_flow_starts(cluster):
+    redis, a, b = cluster
+    redis.stop()
+    user = PrivateKey.generate()
+    # A flow that stays on one worker needs no Redis.
+    token = await get_token_async(a.ws, user, timeout=10)
+    assert authority.verify_token(token, issuer=AUTHORITY.public)
+    # One that crosses workers is told promptly.
+    frame = await ask(a.ws, user)
+    started = time.monotonic()
+    reply = await answer(b.ws, user, frame)
+    assert reply["code"] == "routing_unavailable"
+    assert time.monotonic() - started < 3.5
+    redis.start()
+    assert servers.wait_for(lambda: servers.health(a)[0] == 200 and servers.health(b)[0] == 200, timeout=10)
+    other = PrivateKey.generate()
+    assert (await answer(b.ws, other, await ask(a.ws, other)))["type"] == "token"
+    assert (await answer(a.ws, other, await ask(b.ws, other)))["type"] == "token"
+
+
+async def test_owning_worker_killed_between_challenge_and_signature(cluster):
+    _, a, b = cluster
+    user = PrivateKey.generate()
+    frame = await ask(a.ws, user)
+    a.stop(signal.SIGKILL)
+    started = time.monotonic()
+    reply = await answer(b.ws, user, frame)
+    assert (reply["type"], reply["code"]) == ("error", "unknown_challenge")
+    # No ack within ROUTE_ACK_TIMEOUT (2 s) and a lapsed heartbeat (TTL 4 s).
+    assert time.monotonic() - started < 6
+    attempts, tokens = audit(b, frame["id"])
+    assert attempts == [("unknown_challenge", "B")]
+    assert tokens == []
+    # B keeps serving.
+    other = PrivateKey.generate()
+    assert (await answer(b.ws, other, await ask(b.ws, other)))["type"] == "token"
+
+
+async def test_idle_sockets_survive_with_the_redis_layer(cluster):
+    """redis-py 8's 5 s socket timeout once closed idle sockets with 1011 every few seconds
+    (FIELD-NOTES trap 1). Hold sockets idle for three of those periods, then use them."""
+    _, a, b = cluster
+    user = PrivateKey.generate()
+    socks = [await websockets.connect(srv.ws) for srv in (a, b) for _ in range(3)]
+    try:
+        await asyncio.sleep(16)
+        for sock in socks:
+            await sock.send(json.dumps({"type": "token", "pub": str(user.public)}))
+            frame = await recv(sock)
+            assert frame["type"] == "challenge"
+            await sock.send(
+                json.dumps({"type": "challenge", "sig": list(user.sign(bytes(frame["value"]["data"])))})
+            )
+            assert (await recv(sock))["type"] == "token"
+    finally:
+        for sock in socks:
+            await sock.close()
+    for srv in (a, b):
+        assert "Timeout reading" not in srv.log()
+
+
+async def test_load_500_concurrent_flows_half_resuming_on_the_other_worker(cluster):
+    """Bounded: 500 flows, all started at once, within 120 s. Every flow ends in a token or a
+    coded error; no handshake is answered with HTTP 500 and no socket is closed with 1011."""
+    _, a, b = cluster
+    outcomes: dict[str, int] = {}
+    failures: list[str] = []
+
+    async def one(i: int) -> None:
+        user = PrivateKey.generate()
+        first, other = (a, b) if i % 2 else (b, a)
+        try:
+            async with websockets.connect(first.ws, open_timeout=30) as sock:
+                await sock.send(json.dumps({"type": "token", "pub": str(user.public)}))
+                frame = await recv(sock, 60)
+                if frame["type"] != "challenge":
+                    outcomes[frame.get("code", "?")] = outcomes.get(frame.get("code", "?"), 0) + 1
+                    return
+                sig = list(user.sign(bytes(frame["value"]["data"])))
+                if i % 4 < 2:  # half resume on the other worker
+                    async with websockets.connect(other.ws, open_timeout=30) as second:
+                        await second.send(json.dumps({"type": "challenge", "sig": sig, "id": frame["id"]}))
+                        reply = await recv(second, 60)
+                else:
+                    await sock.send(json.dumps({"type": "challenge", "sig": sig}))
+                    reply = await recv(sock, 60)
+            key = "token" if reply["type"] == "token" else reply.get("code", "?")
+            outcomes[key] = outcomes.get(key, 0) + 1
+        except websockets.InvalidStatus as exc:
+            failures.append(f"HTTP {exc.response.status_code}")
+        except websockets.ConnectionClosed as exc:
+            failures.append(f"close {exc.rcvd.code if exc.rcvd else None}")
+
+    started = time.monotonic()
+    await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(500))), 120)
+    elapsed = time.monotonic() - started
+    assert failures == [], failures
+    assert sum(outcomes.values()) == 500
+    print(outcomes)
+    assert set(outcomes) <= {"token", "too_many_pending", "too_many_connections", "routing_unavailable"}, (
+        outcomes
+    )
+    assert outcomes.get("token", 0) >= 490, outcomes
+    tokens = a.rows("SELECT COUNT(*) FROM challenges_issuedtoken")[0][0]
+    assert tokens == outcomes["token"]
+    print(f"500 flows in {elapsed:.1f} s: {outcomes}")
