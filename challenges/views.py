@@ -10,6 +10,7 @@ from pathlib import Path
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
@@ -88,13 +89,13 @@ def demo(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
-def client_asset(request: HttpRequest, path: str) -> HttpResponse:
+def client_asset(request: HttpRequest, path: str) -> HttpResponseBase:
     """``GET /static/challenges/<file>``: the client module and the demo's files.
 
     Served by Django whatever ``DEBUG`` says, so the module's import path works
     without ``collectstatic``; a front server may serve ``STATIC_ROOT`` instead.
     """
-    response = static_serve(request, path, document_root=_ASSETS)
+    response = static_serve(request, path, document_root=str(_ASSETS))
     response["Cache-Control"] = "no-cache"
     return response
 
@@ -120,7 +121,7 @@ def token_verify(request: HttpRequest) -> JsonResponse:
         return _not_verified("invalid_request", "the body must be JSON", 400)
     token = body.get("token") if isinstance(body, dict) else None
     if not isinstance(token, str):
-        return _not_verified("invalid_request", "the body must be {\"token\": \"<token>\"}", 400)
+        return _not_verified("invalid_request", 'the body must be {"token": "<token>"}', 400)
     try:
         claims = authority.verify_token(
             token, issuer=upstream.authority_key().public, audience=settings.TOKEN_AUDIENCE

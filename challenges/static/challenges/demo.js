@@ -74,13 +74,13 @@ function showChallenge(event, pub) {
   const pre = $("challenge-text");
   pre.replaceChildren();
   const lines = event.text === null ? [`(raw ${event.bytes.length}-byte challenge)`] : event.text.split("\n");
-  for (const line of lines) {
+  lines.forEach((line, i) => {
     const span = document.createElement("span");
     span.textContent = line;
     const ok = line === `audience: ${location.origin}` || line === `key: ${pub}`;
     if (!event.refused && ok) span.className = "checked";
-    pre.append(span, "\n");
-  }
+    pre.append(...(i ? ["\n", span] : [span]));
+  });
   pre.hidden = false;
 }
 
