@@ -97,6 +97,8 @@ def client_asset(request: HttpRequest, path: str) -> HttpResponseBase:
     """
     response = static_serve(request, path, document_root=str(_ASSETS))
     response["Cache-Control"] = "no-cache"
+    if path == "token-client.js":  # public code: apps on other origins may import it
+        response["Access-Control-Allow-Origin"] = "*"
     return response
 
 

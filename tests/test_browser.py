@@ -517,6 +517,7 @@ def test_the_page_and_module_are_served_with_safe_headers(server: servers.Server
     assert 'src="/static/challenges/demo.js"' in html
     with urllib.request.urlopen(f"{server.http}{CLIENT}", timeout=5) as response:
         assert response.headers["Content-Type"].split(";")[0] == "text/javascript"
+        assert response.headers["Access-Control-Allow-Origin"] == "*"  # importable from an app's origin
         source = response.read().decode()
     assert "export function getToken" in source
     assert not re.search(r"^\s*import\s", source, re.MULTILINE), "the client module must have no dependency"
