@@ -117,6 +117,8 @@ def token_verify(request: HttpRequest) -> JsonResponse:
     declared = request.META.get("CONTENT_LENGTH") or "0"
     if not declared.isdigit() or int(declared) > MAX_VERIFY_BODY:
         return _not_verified("invalid_request", f"the body is limited to {MAX_VERIFY_BODY} bytes", 413)
+    if len(request.body) > MAX_VERIFY_BODY:  # a body sent without a Content-Length
+        return _not_verified("invalid_request", f"the body is limited to {MAX_VERIFY_BODY} bytes", 413)
     try:
         body = json.loads(request.body)
     except ValueError:

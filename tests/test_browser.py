@@ -214,6 +214,7 @@ def test_an_unanswered_challenge_shows_the_servers_timeout_code(page: Page, serv
     expect(status(page)).to_have_attribute("data-state", "error")
     expect(page.locator('#steps li[data-step="challenge"]')).to_have_attribute("data-state", "done")
     expect(page.locator('#steps li[data-step="signed"]')).to_have_attribute("data-state", "failed")
+    expect(page.locator("#signature")).to_have_text("Waiting for the identity to sign…")
     expect(page.get_by_test_id("token")).to_be_hidden()
     assert ("challenge_timeout",) in server.rows(
         "select outcome from challenges_challengeattempt where public_key = ?", (pub,)

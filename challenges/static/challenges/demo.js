@@ -107,6 +107,7 @@ async function run(signer) {
           $("step-connected").textContent = `${event.url}, sent the public key.`;
         } else if (event.step === "challenge") {
           showChallenge(event, pub);
+          if (!event.refused) $("signature").textContent = "Waiting for the identity to sign…";
         } else if (event.step === "signed") {
           $("signature").textContent = `signature ${hex(event.signature)} (64 bytes), sent with the challenge id.`;
         } else if (event.step === "token") {
