@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
+from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
+from django.views.static import serve as static_serve
 
-from . import flows, protocol, selectors
+from . import authority, flows, protocol, selectors, upstream
 from .errors import ChallengeError, FrameError, StateError
 from .origins import client_ip, origin_allowed
 
@@ -111,3 +116,86 @@ async def _layer_roundtrip() -> None:
     message = await layer.receive(channel)
     if message.get("type") != "health.ping":
         raise RuntimeError("the channel layer returned another message")
+
+
+# -- the browser client's demo page and its token check (issue 3) ---------------
+
+#: Bigger than any token verify_token accepts (8 KiB), small enough to read at once.
+MAX_VERIFY_BODY = 16 * 1024
+_ASSETS = Path(__file__).resolve().parent / "static" / "challenges"
+_DEMO_CSP = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ]
+)
+
+
+@require_GET
+def demo(request: HttpRequest) -> HttpResponse:
+    """``GET /``: the demo page of the browser client (``static/challenges/demo.js``)."""
+    response = render(
+        request,
+        "challenges/demo.html",
+        {"challenge_timeout": settings.CHALLENGE_TIMEOUT, "token_ttl": settings.TOKEN_TTL},
+    )
+    response["Content-Security-Policy"] = _DEMO_CSP
+    response["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+@require_GET
+def client_asset(request: HttpRequest, path: str) -> HttpResponseBase:
+    """``GET /static/challenges/<file>``: the client module and the demo's files.
+
+    Served by Django whatever ``DEBUG`` says, so the module's import path works
+    without ``collectstatic``; a front server may serve ``STATIC_ROOT`` instead.
+    """
+    response = static_serve(request, path, document_root=str(_ASSETS))
+    response["Cache-Control"] = "no-cache"
+    if path == "token-client.js":  # public code: apps on other origins may import it
+        response["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+@csrf_exempt
+@require_POST
+def token_verify(request: HttpRequest) -> JsonResponse:
+    """``POST /api/token/verify`` with ``{"token": "..."}``: is this token one of ours?
+
+    Answers ``{"active": true, "claims": {...}}`` or ``{"active": false,
+    "code": ..., "error": ...}`` (200 either way, as RFC 7662 introspection
+    does); 400 or 413 with ``code: invalid_request`` for a body that is not
+    such JSON. It only reads, so it needs no CSRF token. Checks the signature,
+    issuer, expiry and (when ``TOKEN_AUDIENCE`` is set) audience with
+    :func:`authority.verify_token`; it does not consult revocation.
+    """
+    declared = request.META.get("CONTENT_LENGTH") or "0"
+    if not declared.isdigit() or int(declared) > MAX_VERIFY_BODY:
+        return _not_verified("invalid_request", f"the body is limited to {MAX_VERIFY_BODY} bytes", 413)
+    if len(request.body) > MAX_VERIFY_BODY:  # a body sent without a Content-Length
+        return _not_verified("invalid_request", f"the body is limited to {MAX_VERIFY_BODY} bytes", 413)
+    try:
+        body = json.loads(request.body)
+    except ValueError:
+        return _not_verified("invalid_request", "the body must be JSON", 400)
+    token = body.get("token") if isinstance(body, dict) else None
+    if not isinstance(token, str):
+        return _not_verified("invalid_request", 'the body must be {"token": "<token>"}', 400)
+    try:
+        claims = authority.verify_token(
+            token, issuer=upstream.authority_key().public, audience=settings.TOKEN_AUDIENCE
+        )
+    except ChallengeError as error:
+        return _not_verified(error.code, error.message, 200)
+    return JsonResponse({"active": True, "claims": claims})
+
+
+def _not_verified(code: str, message: str, status: int) -> JsonResponse:
+    return JsonResponse({"active": False, "code": code, "error": message}, status=status)
