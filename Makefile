@@ -5,8 +5,10 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 CHROMIUM ?= /usr/bin/chromium
+# The suite runs twice: on SQLite, then on this PostgreSQL (database `test`, trust auth).
+POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 
-.PHONY: run test lint typecheck pytest bench install install-dev chromium migrate clean
+.PHONY: run test lint typecheck pytest pytest-postgres postgres bench install install-dev chromium migrate clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,7 +50,14 @@ typecheck: install-dev
 pytest: install-dev chromium
 	CHROMIUM=$(CHROMIUM) $(PY) -m pytest $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+postgres: install-dev
+	@$(PY) -c "import psycopg; psycopg.connect('$(POSTGRES_URL)', connect_timeout=5).close()" 2>/dev/null || { \
+	  echo "ERROR: PostgreSQL is not reachable at $(POSTGRES_URL): start it (pg_ctlcluster ... start) or set POSTGRES_URL" >&2; exit 1; }
+
+pytest-postgres: install-dev chromium postgres
+	DATABASE_URL=$(POSTGRES_URL) CHROMIUM=$(CHROMIUM) $(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest pytest-postgres
 
 bench: install-dev
 	$(PY) -m bench $(BENCH_ARGS)

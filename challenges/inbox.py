@@ -205,9 +205,15 @@ class Liveness:
     def __init__(self, *, url: str, tag: str, ttl: float = 4.0, every: float = 1.0) -> None:
         import redis.asyncio
 
-        self._redis = redis.asyncio.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1)
+        # A pool as large as the layer's: redis-py's default of 100 ran dry under load
+        # (FIELD-NOTES trap 2).
+        self._redis = redis.asyncio.Redis.from_url(
+            url, socket_timeout=5, socket_connect_timeout=2, max_connections=1000
+        )
         self.tag, self.ttl, self.every = tag, ttl, every
         self._task: asyncio.Task[None] | None = None
+        #: tag -> (checked at, lookup): one Redis call per tag and half second, however many wait.
+        self._seen: dict[str, tuple[float, asyncio.Future[bool]]] = {}
 
     @staticmethod
     def key(tag: str) -> str:
@@ -228,9 +234,19 @@ class Liveness:
         await self._redis.aclose()
 
     async def alive(self, tag: str) -> bool:
+        loop = asyncio.get_running_loop()
+        seen = self._seen.get(tag)
+        if seen is None or loop.time() - seen[0] > 0.5:
+            if len(self._seen) > 1000:
+                self._seen.clear()
+            seen = self._seen[tag] = (loop.time(), asyncio.ensure_future(self._exists(tag)))
+        return await asyncio.shield(seen[1])
+
+    async def _exists(self, tag: str) -> bool:
         try:
             return bool(await self._redis.exists(self.key(tag)))
         except Exception as exc:
+            log.warning("cannot read worker heartbeats: %s", type(exc).__name__)
             raise RoutingUnavailable(
                 "the challenge belongs to another worker and the channel layer is unreachable; retry shortly"
             ) from exc

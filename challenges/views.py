@@ -102,7 +102,7 @@ async def _check(probe) -> str:  # type: ignore[no-untyped-def]
     except TimeoutError:
         return "timeout"
     except Exception as exc:
-        log.warning("health probe %s failed: %s", probe.__name__, type(exc).__name__)
+        log.warning("health probe %s failed: %s %s", probe.__name__, type(exc).__name__, exc)
         return f"error: {type(exc).__name__}"
     return "ok"
 

@@ -43,3 +43,9 @@ def authority_signer(settings: pytest.FixtureRequest) -> Iterator[PrivateKey]:
     upstream.authority_key.cache_clear()
     yield key
     upstream.authority_key.cache_clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_server_databases() -> Iterator[None]:
+    yield
+    servers.drop_server_databases()

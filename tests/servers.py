@@ -7,6 +7,7 @@ database migrated before it starts, so tests can read its audit directly.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,6 @@ class Server:
     port: int
     env: dict[str, str]
     log_path: Path
-    db_path: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def http(self) -> str:
@@ -51,10 +50,18 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Query the server's SQLite audit (read-only)."""
-        assert self.db_path is not None, "this server does not use a test SQLite file"
-        with contextlib.closing(sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)) as db:
-            return db.execute(sql, params).fetchall()
+        """Query the server's audit database (SQLite file or PostgreSQL); ``?`` placeholders."""
+        url = self.env["DATABASE_URL"]
+        if url.startswith("sqlite:///"):
+            path = url.removeprefix("sqlite:///")
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                return db.execute(sql, params).fetchall()
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            rows = conn.execute(sql.replace("?", "%s"), params).fetchall()
+        # inet columns come back as ipaddress objects; compare them as SQLite's strings.
+        return [tuple(str(v) if isinstance(v, ipaddress._BaseAddress) else v for v in row) for row in rows]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         if self.process.poll() is None:
@@ -65,6 +72,37 @@ class Server:
                 self.process.kill()
                 self.process.wait(5)
         return self.process.returncode
+
+
+#: Databases created for server processes in a PostgreSQL run (dropped at session end).
+CREATED_DATABASES: list[str] = []
+
+
+def server_database(tmp: Path) -> str:
+    """A fresh database for server processes: a SQLite file, or, when the suite runs on
+    PostgreSQL (``DATABASE_URL=postgres://...``), a new database on that server."""
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith(("postgres://", "postgresql://")):
+        return f"sqlite:///{tmp / 'audit.sqlite3'}"
+    import psycopg
+
+    name = f"tp_{os.getpid()}_{len(CREATED_DATABASES)}_{os.urandom(3).hex()}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    CREATED_DATABASES.append(name)
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_server_databases() -> None:
+    url = os.environ.get("DATABASE_URL", "")
+    if not CREATED_DATABASES or not url.startswith(("postgres://", "postgresql://")):
+        return
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for name in CREATED_DATABASES:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    CREATED_DATABASES.clear()
 
 
 def base_env(tmp: Path, **overrides: str) -> dict[str, str]:
@@ -79,7 +117,7 @@ def base_env(tmp: Path, **overrides: str) -> dict[str, str]:
         }
     )
     if "DATABASE_URL" not in overrides:
-        env["DATABASE_URL"] = f"sqlite:///{tmp / 'audit.sqlite3'}"
+        env["DATABASE_URL"] = server_database(tmp)
     env.update(overrides)
     return env
 
@@ -126,14 +164,7 @@ def start(
     log_path = tmp / f"{kind}-{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    db = env.get("DATABASE_URL", "")
-    server = Server(
-        process=process,
-        port=port,
-        env=env,
-        log_path=log_path,
-        db_path=Path(db.removeprefix("sqlite:///")) if db.startswith("sqlite:///") else None,
-    )
+    server = Server(process=process, port=port, env=env, log_path=log_path)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

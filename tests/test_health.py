@@ -6,14 +6,14 @@ import pytest
 from django.db import connection
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_health_ok(client):
     response = client.get("/api/health")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "database": "ok", "channel_layer": "ok"}
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_health_reports_a_broken_channel_layer(client, settings):
     settings.CHANNEL_LAYERS = {
         "default": {

@@ -93,8 +93,14 @@ if REDIS_URL:
                         "max_connections": env.int("REDIS_MAX_CONNECTIONS", default=1000),
                     }
                 ],
+                # Messages per channel before senders get ChannelFull; the per-process
+                # inboxes carry every routed signature, so they get more room.
                 "capacity": env.int("CHANNEL_CAPACITY", default=1000),
+                "channel_capacity": {"tokenflow.*": env.int("INBOX_CAPACITY", default=10000)},
+                # A routed message older than this is dropped; it must outlive a challenge
+                # (CHALLENGE_TIMEOUT, checked by challenges.E006), not much more.
                 "expiry": env.int("CHANNEL_EXPIRY", default=90),
+                # This project adds no groups; kept for any that are added later.
                 "group_expiry": env.int("CHANNEL_GROUP_EXPIRY", default=3600),
             },
         }
