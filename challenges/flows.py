@@ -83,6 +83,7 @@ class FlowService:
         timeout: float,
         max_per_key: int,
         max_total: int,
+        max_per_ip: int = 100,
         max_connections_per_ip: int,
         worker: str,
         layer: Any = None,
@@ -91,11 +92,13 @@ class FlowService:
         self.audit = audit
         self.timeout = timeout
         self.max_per_key = max_per_key
+        self.max_per_ip = max_per_ip
         self.max_total = max_total
         self.max_connections_per_ip = max_connections_per_ip
         self.worker = worker
         self._flows: dict[str, Flow] = {}
-        self._per_key: Counter[bytes] = Counter()
+        #: Pending challenges per ("key", raw key) and per ("ip", address).
+        self._pending_by: Counter[tuple[str, object]] = Counter()
         self._connections: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.tag = inbox.new_tag()
@@ -146,19 +149,24 @@ class FlowService:
         try:
             if len(self._flows) >= self.max_total:
                 raise LimitError("the server has too many pending challenges", code="too_many_pending")
-            if self._per_key[key.raw] >= self.max_per_key:
+            if self._pending_by["key", key.raw] >= self.max_per_key:
                 raise LimitError(
                     f"at most {self.max_per_key} challenges may be pending for one key",
                     code="too_many_pending",
                 )
-            self._per_key[key.raw] += 1  # reserve before awaiting the upstream
+            if self._pending_by["ip", client.ip] >= self.max_per_ip:
+                raise LimitError(
+                    f"at most {self.max_per_ip} challenges may be pending for one address",
+                    code="too_many_pending",
+                )
+            self._reserve(key, client, +1)  # before awaiting the upstream
             try:
                 pending = await asyncio.wait_for(
                     self.upstream.begin(key=key, audience=client.audience, timeout=self.timeout),
                     self.timeout,
                 )
             except BaseException:
-                self._release_key(key)
+                self._reserve(key, client, -1)
                 raise
         except TimeoutError:
             error = UpstreamError("the token authority did not answer in time", code="upstream_deadline")
@@ -324,13 +332,14 @@ class FlowService:
         if flow is not None:
             if flow.timer is not None:
                 flow.timer.cancel()
-            self._release_key(flow.key)
+            self._reserve(flow.key, flow.client, -1)
         return flow
 
-    def _release_key(self, key: PublicKey) -> None:
-        self._per_key[key.raw] -= 1
-        if self._per_key[key.raw] <= 0:
-            del self._per_key[key.raw]
+    def _reserve(self, key: PublicKey, client: ClientInfo, delta: int) -> None:
+        for slot in (("key", key.raw), ("ip", client.ip)):
+            self._pending_by[slot] += delta
+            if self._pending_by[slot] <= 0:
+                del self._pending_by[slot]
 
     def _expire(self, flow_id: str) -> None:
         flow = self._take(flow_id)
@@ -410,6 +419,7 @@ def get_service() -> FlowService:
             audit=AuditWriter(),
             timeout=settings.CHALLENGE_TIMEOUT,
             max_per_key=settings.MAX_PENDING_PER_KEY,
+            max_per_ip=settings.MAX_PENDING_PER_IP,
             max_total=settings.MAX_PENDING_PER_PROCESS,
             max_connections_per_ip=settings.MAX_CONNECTIONS_PER_IP,
             worker=settings.WORKER_ID,

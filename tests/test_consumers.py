@@ -331,3 +331,42 @@ async def test_disconnect_leaves_the_challenge_resumable_until_expiry(user_key, 
     assert not service.is_pending(frame["id"])
     assert service.pending_count == 0
     await second.disconnect()
+
+
+async def test_database_down_means_no_token_and_a_clear_error(user_key, monkeypatch):
+    """A token is released only after its audit row commits: with the database failing, the
+    client gets internal_error and no token."""
+    from django.db import OperationalError
+
+    from challenges import services
+
+    def broken(records):
+        raise OperationalError("database is down")
+
+    comm = await connect()
+    frame = await challenge(comm, user_key)
+    monkeypatch.setattr(services, "audit_write_batch", broken)
+    reply = await send(comm, sign_frame(user_key, frame))
+    assert (reply["type"], reply["code"]) == ("error", "internal_error")
+    monkeypatch.undo()
+    assert await tokens() == []
+    # The database is back: the next flow works.
+    frame = await challenge(comm, user_key)
+    assert (await send(comm, sign_frame(user_key, frame)))["type"] == "token"
+    await comm.disconnect()
+
+
+async def test_pending_per_address_cap(settings):
+    """Fresh keys do not let one address fill the process's registry."""
+    settings.MAX_PENDING_PER_IP = 3
+    socks = [await connect() for _ in range(4)]
+    for sock in socks[:3]:
+        await challenge(sock, PrivateKey.generate())
+    other = PrivateKey.generate()
+    reply = await send(socks[3], {"type": "token", "pub": str(other.public)})
+    await expect_error(socks[3], "too_many_pending", reply)
+    elsewhere = await connect(client=("127.0.0.77", 1))
+    frame = await challenge(elsewhere, other)
+    assert (await send(elsewhere, sign_frame(other, frame)))["type"] == "token"
+    for sock in [*socks, elsewhere]:
+        await sock.disconnect()

@@ -145,6 +145,7 @@ ALLOWED_ORIGINS = env.list("ALLOWED_ORIGINS", default=[])
 #: Seconds a worker waits for the owner of a challenge to acknowledge a routed signature.
 ROUTE_ACK_TIMEOUT = env.float("ROUTE_ACK_TIMEOUT", default=2.0)
 MAX_PENDING_PER_KEY = env.int("MAX_PENDING_PER_KEY", default=5)
+MAX_PENDING_PER_IP = env.int("MAX_PENDING_PER_IP", default=100)
 MAX_PENDING_PER_PROCESS = env.int("MAX_PENDING_PER_PROCESS", default=10000)
 MAX_CONNECTIONS_PER_IP = env.int("MAX_CONNECTIONS_PER_IP", default=256)
 MAX_ERRORS_PER_CONNECTION = env.int("MAX_ERRORS_PER_CONNECTION", default=20)
