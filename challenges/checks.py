@@ -44,8 +44,8 @@ def check_secrets(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         )
     if settings.CHALLENGE_TIMEOUT <= 0 or settings.CHALLENGE_TIMEOUT > 600:
         errors.append(Error("CHALLENGE_TIMEOUT must be between 0 and 600 seconds", id="challenges.E005"))
-    layer_config: dict[str, Any] = settings.CHANNEL_LAYERS["default"].get("CONFIG", {})
-    expiry = layer_config.get("expiry", 60)
+    layer: Any = settings.CHANNEL_LAYERS["default"]
+    expiry = layer.get("CONFIG", {}).get("expiry", 60)
     timeout = settings.CHALLENGE_TIMEOUT
     if timeout >= expiry:
         errors.append(
