@@ -69,6 +69,8 @@ class UpstreamError(ChallengeError):
     code = "upstream_unavailable"
     http_status = 503
     retryable = True
+    #: The upstream's last status (a gRPC status name), for the audit.
+    upstream_status = ""
 
 
 class InternalError(ChallengeError):

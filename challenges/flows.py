@@ -111,6 +111,9 @@ class FlowService:
     def is_pending(self, flow_id: str | None) -> bool:
         return flow_id is not None and flow_id in self._flows
 
+    def flow(self, flow_id: str | None) -> Flow | None:
+        return self._flows.get(flow_id or "")
+
     @property
     def pending_count(self) -> int:
         return len(self._flows)
@@ -207,6 +210,7 @@ class FlowService:
             challenge_id=challenge_id,
             detail=error.message,
             upstream=self.upstream.name,
+            upstream_status=error.upstream_status if isinstance(error, UpstreamError) else "",
             **self._client_fields(client),
         )
         error.audited = True
@@ -371,9 +375,19 @@ class TokenSession:
         return True
 
     async def close(self) -> None:
-        """The socket is gone: the pending challenge stays resumable until it expires."""
+        """The socket is gone: the pending challenge stays resumable until it expires,
+        unless its upstream holds a stream for it (a relayed Hub challenge): that
+        one is cancelled now."""
         self.closed = True
         self.service.unwatch(self.flow_id, self._expired)
+        flow = self.service.flow(self.flow_id)
+        if flow is not None and getattr(flow.pending, "cancel_on_disconnect", False) and not flow.watchers:
+            self.flow_id = None
+            gone = ChallengeError(
+                "the client disconnected before answering; the upstream stream was cancelled",
+                code="challenge_timeout",
+            )
+            await self.service.fail(flow.id, gone)
 
     async def _token(self, message: TokenRequest) -> None:
         if self.service.is_pending(self.flow_id):

@@ -123,9 +123,18 @@ STATIC_ROOT = VAR_DIR / "static"
 
 # --- the token provider -------------------------------------------------------
 
-TOKEN_UPSTREAM = env.str("TOKEN_UPSTREAM", default="local")
+#: "local" (the embedded authority) or a Hub-compatible relay: grpc://host:port, grpcs://host:port.
+TOKEN_UPSTREAM = env.str("TOKEN_UPSTREAM", default="local").strip()
+#: The Hub API key (and secret, for keys that need signatures) the grpc relay sends.
 USER_API_KEY = env.str("USER_API_KEY", default="")
 USER_API_SECRET = env.str("USER_API_SECRET", default="")
+#: manage.py runauthority: the address it serves GetToken on (the self-hosted hub's port).
+AUTHORITY_ADDRESS = env.str("AUTHORITY_ADDRESS", default="127.0.0.1:3006")
+#: The API keys runauthority accepts: "key:secret,key2:secret2" (a bare key needs no
+#: signature). Empty: USER_API_KEY / USER_API_SECRET, if set.
+AUTHORITY_API_KEYS = env.str("AUTHORITY_API_KEYS", default="")
+#: Seconds runauthority waits for the signature (the Hub's one minute).
+AUTHORITY_CHALLENGE_DEADLINE = env.float("AUTHORITY_CHALLENGE_DEADLINE", default=60.0)
 #: The authority's identity (a private key string); see challenges.checks.
 AUTHORITY_PRIVATE_KEY = env.str("AUTHORITY_PRIVATE_KEY", default="")
 AUTHORITY_KEY_FILE = VAR_DIR / "dev-authority.key"
