@@ -184,7 +184,8 @@ class GrpcPending:
     async def receive_challenge(self, budget: float) -> None:
         try:
             async with asyncio.timeout(budget):
-                await self.call.write(GetTokenRequest(key=str(self.key)))
+                with contextlib.suppress(asyncio.InvalidStateError):  # ended already: read its status
+                    await self.call.write(GetTokenRequest(key=str(self.key)))
                 reply = await self.call.read()
                 if reply is grpc.aio.EOF:
                     raise _classify(await self._status_error(), phase="key")
@@ -207,11 +208,15 @@ class GrpcPending:
     async def finish(self, signature: bytes) -> IssuedToken:
         if not self._open:
             raise UpstreamError("the upstream stream is already closed", code="upstream_error")
-        budget = max((self.challenge.expires_at - datetime.now(UTC)).total_seconds(), 0.0) + 0.5
+        # Within the challenge's own time (at least half a second for a late signature).
+        budget = max((self.challenge.expires_at - datetime.now(UTC)).total_seconds(), 0.5)
         try:
             async with asyncio.timeout(budget):
-                await self.call.write(GetTokenRequest(signature=signature))
-                await self.call.done_writing()
+                try:
+                    await self.call.write(GetTokenRequest(signature=signature))
+                    await self.call.done_writing()
+                except asyncio.InvalidStateError:
+                    pass  # the call already ended (the Hub went away): read its status
                 reply = await self.call.read()
                 if reply is grpc.aio.EOF:
                     raise _classify(await self._status_error(), phase="signature")
