@@ -69,7 +69,11 @@ class Authority:
 
 
 def start_authority(
-    tmp: Path, *args: str, env: dict[str, str] | None = None, migrate: bool = True
+    tmp: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    migrate: bool = True,
+    address: str = "127.0.0.1:0",
 ) -> Authority:
     tmp.mkdir(parents=True, exist_ok=True)
     env = env or servers.base_env(tmp)
@@ -78,7 +82,7 @@ def start_authority(
     log_path = tmp / f"authority-{time.monotonic_ns()}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "manage.py", "runauthority", "--address", "127.0.0.1:0", *args],
+            [sys.executable, "manage.py", "runauthority", "--address", address, *args],
             cwd=servers.ROOT,
             env=env,
             stdout=log,

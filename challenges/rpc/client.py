@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import ssl
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,17 @@ def _classify(exc: grpc.aio.AioRpcError, *, phase: str) -> UpstreamError:
     return upstream_error(exc.code(), phase=phase)
 
 
+class _StatusLost(Exception):
+    """The upstream refused the call while our first write was in flight, and
+    grpc.aio reported INTERNAL instead of the refusal (grpc/grpc#36066)."""
+
+
+def _lost_status(exc: grpc.aio.AioRpcError) -> bool:
+    return exc.code() == grpc.StatusCode.INTERNAL and (exc.details() or "").startswith(
+        "Internal error from Core"
+    )
+
+
 def describe_token(token: str, *, subject: PublicKey) -> IssuedToken:
     """What the audit keeps of a relayed token, read (unverified) from its claims.
 
@@ -191,6 +203,8 @@ class GrpcPending:
                     raise _classify(await self._status_error(), phase="key")
         except grpc.aio.AioRpcError as exc:
             self._close(exc.code().name)
+            if _lost_status(exc):
+                raise _StatusLost from None
             raise _classify(exc, phase="key") from None
         except TimeoutError:
             self._close("DEADLINE_EXCEEDED")
@@ -292,12 +306,21 @@ class GrpcUpstream:
 
     async def begin(self, *, key: PublicKey, audience: str, timeout: float) -> GrpcPending:
         method = self._get_method()
-        call = method(metadata=self.metadata(), timeout=timeout + DEADLINE_MARGIN)
-        self.open_calls += 1
-        pending = GrpcPending(upstream=self, call=call, key=key, timeout=timeout)
         # Answer before the flow service's own bound, so the audit has our status.
-        await pending.receive_challenge(max(timeout - 0.5, timeout * 0.8))
-        return pending
+        deadline = time.monotonic() + max(timeout - 0.5, timeout * 0.8)
+        for attempt in range(2):
+            call = method(metadata=self.metadata(), timeout=timeout + DEADLINE_MARGIN)
+            self.open_calls += 1
+            pending = GrpcPending(upstream=self, call=call, key=key, timeout=timeout)
+            try:
+                await pending.receive_challenge(max(deadline - time.monotonic(), 0.01))
+            except _StatusLost:
+                # Nothing was consumed yet: one more call learns the real status.
+                if attempt:
+                    raise upstream_error(grpc.StatusCode.INTERNAL, phase="key") from None
+                continue
+            return pending
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -15,6 +15,7 @@ code and message in exactly one place (:data:`STATUS`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -232,6 +233,11 @@ def _text(value: Any) -> str | None:
 
 def _refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     async def refuse(request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        # Take the caller's first message before refusing: a grpc.aio client whose
+        # write races our status reports INTERNAL instead of it (grpc/grpc#36066).
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1.0):
+                await anext(aiter(request_iterator), None)
         await context.abort(code, message)
 
     return grpc.stream_stream_rpc_method_handler(refuse)
