@@ -102,9 +102,23 @@ async def test_the_raw_challenge_is_marked(setup, user_key):
     with pytest.raises(TokenClientError) as info:
         await get_token_async(setup.provider.ws, user_key, timeout=10)
     assert info.value.code == "challenge_refused"
+    # The client went away: the relay cancelled its stream, and the authority saw it.
+    for _ in range(50):
+        rows = setup.provider.rows(
+            "SELECT transport, outcome, upstream_status FROM challenges_challengeattempt"
+            " WHERE public_key = ? ORDER BY transport",
+            (str(user_key.public),),
+        )
+        if len(rows) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert rows == [("grpc", "missing_sig", "CANCELLED"), ("ws", "challenge_timeout", "CANCELLED")]
 
 
 async def test_authority_stalled(setup, user_key):
+    # The authority shares the SQLite file: stop it only once it has committed its
+    # rows (a finished flow's token is released after its row), or it holds the lock.
+    await flow(setup, PrivateKey.generate())
     setup.hub.process.send_signal(signal.SIGSTOP)
     try:
         assert await expect_code(setup, user_key, "upstream_deadline") == "DEADLINE_EXCEEDED"

@@ -79,6 +79,7 @@ class AuthorityServicer(APIServicer):
         self.audit = audit
         #: Streams in progress (what a graceful shutdown waits for).
         self.active = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def GetToken(
         self, request_iterator: AsyncIterator[GetTokenRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -96,7 +97,8 @@ class AuthorityServicer(APIServicer):
         attempt = _Attempt(context, self.config.worker)
         first = await anext(requests, None)
         if first is None or first.WhichOneof("payload") != "key":
-            await self._refuse(context, attempt, ChallengeError("Key is required", code="missing_pub"))
+            missing_key = ChallengeError("Key is required", code="missing_pub")
+            await self._refuse(context, attempt, missing_key, ended=first is None)
             return
         attempt.key = first.key[:128]
         try:
@@ -116,7 +118,7 @@ class AuthorityServicer(APIServicer):
             return
         if second is None or second.WhichOneof("payload") != "signature":
             missing = ChallengeError("Signature is required", code="missing_sig")
-            await self._refuse(context, attempt, missing)
+            await self._refuse(context, attempt, missing, ended=second is None)
             return
         try:
             key.verify(challenge, second.signature)
@@ -139,14 +141,33 @@ class AuthorityServicer(APIServicer):
         return GetTokenReply(token=token.token)
 
     async def _refuse(
-        self, context: grpc.aio.ServicerContext[Any, Any], attempt: _Attempt, error: ChallengeError
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        attempt: _Attempt,
+        error: ChallengeError,
+        *,
+        ended: bool = False,
     ) -> None:
         code, message = status_of(error)
         try:
-            await self.audit.record(attempt.record(error.code, status=code.name, detail=error.message))
-        except ChallengeError:
-            log.warning("could not audit a %s outcome", error.code)
+            # A caller that cancels ends our request stream first and our task a few
+            # turns of the loop later: when the stream ended, let that land, so the
+            # audit tells a cancelled call from a half-closed one.
+            await asyncio.sleep(0.1 if ended else 0)
+        except asyncio.CancelledError:
+            record = attempt.record(error.code, status="CANCELLED", detail="the caller cancelled the call")
+            task = asyncio.create_task(self._audit_quietly(record))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            raise
+        await self._audit_quietly(attempt.record(error.code, status=code.name, detail=error.message))
         await context.abort(code, message)
+
+    async def _audit_quietly(self, record: AuditRecord) -> None:
+        try:
+            await self.audit.record(record)
+        except ChallengeError:
+            log.warning("could not audit a %s outcome", record.outcome)
 
 
 class _Attempt:
