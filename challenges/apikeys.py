@@ -39,7 +39,7 @@ API_SIG_HEADER = "x-textile-api-sig"
 KEY_BYTES = 16
 SECRET_BYTES = 24
 #: How far ahead a client dates its signature message (js-textile used 30 min).
-DEFAULT_AHEAD = timedelta(minutes=10)
+DEFAULT_AHEAD = timedelta(minutes=5)
 #: A signature message dated further ahead than this is refused.
 MAX_AHEAD = timedelta(hours=1)
 _MAX_MSG = 64

@@ -28,7 +28,7 @@ def test_signature_vector():
 
 
 def test_make_signature_dates_ahead_like_to_iso_string():
-    signed = apikeys.make_signature(secret=SECRET, now=datetime(2020, 10, 10, 11, 50, tzinfo=UTC))
+    signed = apikeys.make_signature(secret=SECRET, now=datetime(2020, 10, 10, 11, 55, tzinfo=UTC))
     assert signed.msg == MSG
     assert signed.sig == SIG
     assert SECRET not in repr(signed)
