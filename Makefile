@@ -8,7 +8,7 @@ CHROMIUM ?= /usr/bin/chromium
 # The suite runs twice: on SQLite, then on this PostgreSQL (database `test`, trust auth).
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 
-.PHONY: run test lint typecheck pytest pytest-postgres postgres bench install install-dev chromium migrate clean
+.PHONY: run test lint typecheck pytest pytest-postgres postgres bench install install-dev chromium migrate clean proto
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,17 @@ pytest-postgres: install-dev chromium postgres
 	DATABASE_URL=$(POSTGRES_URL) CHROMIUM=$(CHROMIUM) $(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest pytest-postgres
+
+# Regenerate the committed gRPC stubs from challenges/rpc/threads.proto. Run from
+# the repository root so the generated import reads `from challenges.rpc import threads_pb2`.
+# tests/test_rpc_stubs.py runs the same command into a temporary folder and fails when stale.
+PROTOC_ARGS = -I . --python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
+	--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=$(PROTO_OUT) \
+	--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=$(PROTO_OUT) \
+	challenges/rpc/threads.proto
+PROTO_OUT ?= .
+proto: install-dev
+	$(PY) -m grpc_tools.protoc $(PROTOC_ARGS)
 
 bench: install-dev
 	$(PY) -m bench $(BENCH_ARGS)

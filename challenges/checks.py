@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import Error, register
 
+from .apikeys import decode_secret, parse_api_keys
 from .identity import IdentityError, parse_private_key
 
 
@@ -42,6 +43,7 @@ def check_secrets(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 id="challenges.E004",
             )
         )
+    errors += _check_api_keys()
     if settings.CHALLENGE_TIMEOUT <= 0 or settings.CHALLENGE_TIMEOUT > 600:
         errors.append(Error("CHALLENGE_TIMEOUT must be between 0 and 600 seconds", id="challenges.E005"))
     layer: Any = settings.CHANNEL_LAYERS["default"]
@@ -52,7 +54,30 @@ def check_secrets(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             Error(
                 "CHALLENGE_TIMEOUT must be shorter than the channel layer's message expiry (CHANNEL_EXPIRY),"
                 " or a routed signature can expire before its challenge",
-                id="challenges.E006",
+                id="challenges.E008",
             )
         )
+    return errors
+
+
+def _check_api_keys() -> list[Error]:
+    """Malformed API secrets or key lists are named, never quoted."""
+    errors: list[Error] = []
+    if settings.USER_API_SECRET:
+        try:
+            decode_secret(settings.USER_API_SECRET)
+        except ValueError as exc:
+            errors.append(Error(f"USER_API_SECRET is invalid: {exc}", id="challenges.E006"))
+    try:
+        parse_api_keys(settings.AUTHORITY_API_KEYS)
+    except ValueError as exc:
+        errors.append(Error(f"AUTHORITY_API_KEYS is invalid: {exc}", id="challenges.E007"))
+    upstream = settings.TOKEN_UPSTREAM
+    if upstream.startswith(("grpc://", "grpcs://")):
+        from .rpc.client import parse_target
+
+        try:
+            parse_target(upstream)
+        except ValueError as exc:
+            errors.append(Error(str(exc), id="challenges.E004"))
     return errors

@@ -49,7 +49,7 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def disconnect(self, code: int) -> None:
         if self.session is not None:
-            await self.session.close()
+            await self.session.close(resume_grace=_settings().RELAY_RESUME_GRACE)
             self.session.service.connection_closed(self.session.client.ip)
             self.session = None
 

@@ -61,6 +61,8 @@ class LimitError(ChallengeError):
 
 class UpstreamError(ChallengeError):
     code = "upstream_unavailable"
+    #: The upstream's last status (a gRPC status name), for the audit.
+    upstream_status = ""
 
 
 class InternalError(ChallengeError):

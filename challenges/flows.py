@@ -62,6 +62,7 @@ class Flow:
     created_at: datetime
     started: float
     timer: asyncio.TimerHandle | None = None
+    grace: asyncio.TimerHandle | None = None
     watchers: list[Notify] = field(default_factory=list)
 
     def frame(self) -> dict[str, Any]:
@@ -138,6 +139,9 @@ class FlowService:
 
     def is_pending(self, flow_id: str | None) -> bool:
         return flow_id is not None and flow_id in self._flows
+
+    def flow(self, flow_id: str | None) -> Flow | None:
+        return self._flows.get(flow_id or "")
 
     @property
     def pending_count(self) -> int:
@@ -296,6 +300,7 @@ class FlowService:
             challenge_id=challenge_id,
             detail=error.message,
             upstream=self.upstream.name,
+            upstream_status=error.upstream_status if isinstance(error, UpstreamError) else "",
             **self._client_fields(client),
         )
         error.audited = True
@@ -330,8 +335,9 @@ class FlowService:
     def _take(self, flow_id: str) -> Flow | None:
         flow = self._flows.pop(flow_id, None)
         if flow is not None:
-            if flow.timer is not None:
-                flow.timer.cancel()
+            for timer in (flow.timer, flow.grace):
+                if timer is not None:
+                    timer.cancel()
             self._reserve(flow.key, flow.client, -1)
         return flow
 
@@ -340,6 +346,31 @@ class FlowService:
             self._pending_by[slot] += delta
             if self._pending_by[slot] <= 0:
                 del self._pending_by[slot]
+
+    def abandoned(self, flow_id: str | None, *, grace: float) -> None:
+        """The connection that asked for ``flow_id`` is gone. A challenge whose upstream
+        holds a stream open for it (a relayed Hub challenge) is cancelled after ``grace``
+        seconds unless answered by then (a reconnect may still resume it); one that
+        costs nothing to keep waits for its expiry."""
+        flow = self.flow(flow_id)
+        if flow is None or flow.watchers or not getattr(flow.pending, "cancel_on_disconnect", False):
+            return
+        if flow.grace is not None:
+            flow.grace.cancel()
+        flow.grace = asyncio.get_running_loop().call_later(grace, self._give_up, flow.id)
+
+    def _give_up(self, flow_id: str) -> None:
+        flow = self._flows.get(flow_id)
+        if flow is None or flow.watchers:
+            return
+        self._take(flow_id)
+        error = ChallengeError(
+            "the client disconnected before answering; the upstream stream was cancelled",
+            code="challenge_timeout",
+        )
+        task = asyncio.create_task(self._close_flow(flow, error))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _expire(self, flow_id: str) -> None:
         flow = self._take(flow_id)

@@ -58,10 +58,12 @@ class TokenSession:
                 return False
         return True
 
-    async def close(self) -> None:
-        """The socket is gone: the pending challenge stays resumable until it expires."""
+    async def close(self, *, resume_grace: float) -> None:
+        """The socket is gone. Its pending challenge stays resumable from another
+        connection; one that holds an upstream stream is cancelled after ``resume_grace``."""
         self.closed = True
         self.service.unwatch(self.flow_id, self._event)
+        self.service.abandoned(self.flow_id, grace=resume_grace)
 
     async def _token(self, message: TokenRequest) -> None:
         if self.service.is_pending(self.flow_id):

@@ -2,8 +2,9 @@
 
 An :class:`Upstream` starts a challenge for a public key; the returned
 :class:`PendingChallenge` finishes it with the client's signature (once) or is
-cancelled. ``local`` is the embedded authority (``authority.py``); a relay to a
-Hub-compatible gRPC service plugs in behind the same two methods.
+cancelled. ``local`` is the embedded authority (``authority.py``); ``grpc`` is a
+relay to a Hub-compatible gRPC service (``rpc/client.py``) behind the same two
+methods.
 """
 
 from __future__ import annotations
@@ -118,10 +119,28 @@ def _private_opener(path: str, flags: int) -> int:
 
 
 def from_settings() -> Upstream:
-    """The upstream that ``TOKEN_UPSTREAM`` names."""
+    """The upstream that ``TOKEN_UPSTREAM`` names: ``local``, or a relay to
+    ``grpc://host:port`` / ``grpcs://host:port`` (``challenges.rpc.client``).
+
+    Called once per event loop by ``flows.get_service()``, so a relay keeps one
+    gRPC channel per process, reused across flows.
+    """
     spec = settings.TOKEN_UPSTREAM
     if spec == "local":
         return LocalUpstream(
             signer=authority_key(), ttl=settings.TOKEN_TTL, token_audience=settings.TOKEN_AUDIENCE
+        )
+    if spec.startswith(("grpc://", "grpcs://")):
+        from .rpc.client import GrpcUpstream, parse_target  # grpc only when relaying
+
+        try:
+            target, secure = parse_target(spec)
+        except ValueError as exc:
+            raise ImproperlyConfigured(str(exc)) from exc
+        return GrpcUpstream(
+            target=target,
+            secure=secure,
+            api_key=settings.USER_API_KEY,
+            api_secret=settings.USER_API_SECRET,
         )
     raise ImproperlyConfigured(f"unsupported TOKEN_UPSTREAM {spec!r}")

@@ -122,6 +122,6 @@ def test_readme_documents_every_error_code_and_variable():
 def test_challenge_timeout_must_be_shorter_than_the_layer_expiry(settings):
     settings.DEBUG = True
     settings.CHALLENGE_TIMEOUT = 120
-    assert "challenges.E006" in errors_ids(settings)
+    assert "challenges.E008" in errors_ids(settings)
     settings.CHALLENGE_TIMEOUT = 60
-    assert "challenges.E006" not in errors_ids(settings)
+    assert "challenges.E008" not in errors_ids(settings)

@@ -98,7 +98,7 @@ if REDIS_URL:
                 "capacity": env.int("CHANNEL_CAPACITY", default=1000),
                 "channel_capacity": {"tokenflow.*": env.int("INBOX_CAPACITY", default=10000)},
                 # A routed message older than this is dropped; it must outlive a challenge
-                # (CHALLENGE_TIMEOUT, checked by challenges.E006), not much more.
+                # (CHALLENGE_TIMEOUT, checked by challenges.E008), not much more.
                 "expiry": env.int("CHANNEL_EXPIRY", default=90),
                 # This project adds no groups; kept for any that are added later.
                 "group_expiry": env.int("CHANNEL_GROUP_EXPIRY", default=3600),
@@ -129,9 +129,18 @@ STATIC_ROOT = VAR_DIR / "static"
 
 # --- the token provider -------------------------------------------------------
 
-TOKEN_UPSTREAM = env.str("TOKEN_UPSTREAM", default="local")
+#: "local" (the embedded authority) or a Hub-compatible relay: grpc://host:port, grpcs://host:port.
+TOKEN_UPSTREAM = env.str("TOKEN_UPSTREAM", default="local").strip()
+#: The Hub API key (and secret, for keys that need signatures) the grpc relay sends.
 USER_API_KEY = env.str("USER_API_KEY", default="")
 USER_API_SECRET = env.str("USER_API_SECRET", default="")
+#: manage.py runauthority: the address it serves GetToken on (the self-hosted hub's port).
+AUTHORITY_ADDRESS = env.str("AUTHORITY_ADDRESS", default="127.0.0.1:3006")
+#: The API keys runauthority accepts: "key:secret,key2:secret2" (a bare key needs no
+#: signature). Empty: USER_API_KEY / USER_API_SECRET, if set.
+AUTHORITY_API_KEYS = env.str("AUTHORITY_API_KEYS", default="")
+#: Seconds runauthority waits for the signature (the Hub's one minute).
+AUTHORITY_CHALLENGE_DEADLINE = env.float("AUTHORITY_CHALLENGE_DEADLINE", default=60.0)
 #: The authority's identity (a private key string); see challenges.checks.
 AUTHORITY_PRIVATE_KEY = env.str("AUTHORITY_PRIVATE_KEY", default="")
 AUTHORITY_KEY_FILE = VAR_DIR / "dev-authority.key"
@@ -144,6 +153,9 @@ ALLOWED_ORIGINS = env.list("ALLOWED_ORIGINS", default=[])
 
 #: Seconds a worker waits for the owner of a challenge to acknowledge a routed signature.
 ROUTE_ACK_TIMEOUT = env.float("ROUTE_ACK_TIMEOUT", default=2.0)
+#: Seconds a relayed (gRPC) challenge outlives its socket, for a reconnect to resume it,
+#: before its upstream stream is cancelled. Local challenges wait for their expiry.
+RELAY_RESUME_GRACE = env.float("RELAY_RESUME_GRACE", default=5.0)
 MAX_PENDING_PER_KEY = env.int("MAX_PENDING_PER_KEY", default=5)
 MAX_PENDING_PER_IP = env.int("MAX_PENDING_PER_IP", default=100)
 MAX_PENDING_PER_PROCESS = env.int("MAX_PENDING_PER_PROCESS", default=10000)

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from challenges.apikeys import parse_api_keys
+from challenges.services import AuditWriter
+from challenges.upstream import authority_key
+
+log = logging.getLogger("challenges.rpc.server")
+
+
+class Command(BaseCommand):
+    help = (
+        "Serve the embedded authority as a Hub-compatible gRPC API: /threads.pb.API/GetToken and "
+        "/threads.net.pb.API/GetToken, minting the tokens of the 'local' upstream. Prints "
+        "'listening on HOST:PORT' once bound. SIGTERM or SIGINT stops it gracefully."
+    )
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "--address",
+            default=None,
+            help="host:port to listen on (default: $AUTHORITY_ADDRESS, 127.0.0.1:3006; port 0 picks one)",
+        )
+        parser.add_argument(
+            "--challenge-deadline",
+            type=float,
+            default=None,
+            help="seconds to wait for the signature (default: $AUTHORITY_CHALLENGE_DEADLINE, 60)",
+        )
+        parser.add_argument(
+            "--grace",
+            type=float,
+            default=10.0,
+            help="on SIGTERM, seconds in-flight streams get to finish before they are cancelled",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from challenges.rpc.server import AuthorityConfig  # grpc only for this command
+
+        keys = self._api_keys()
+        if not keys:
+            if not settings.DEBUG:
+                raise CommandError("no API keys: set AUTHORITY_API_KEYS (or USER_API_KEY/USER_API_SECRET)")
+            log.warning("no API keys are configured: every caller is accepted (DEBUG only)")
+        deadline = options["challenge_deadline"] or settings.AUTHORITY_CHALLENGE_DEADLINE
+        config = AuthorityConfig(
+            signer=authority_key(),
+            ttl=settings.TOKEN_TTL,
+            audience=settings.TOKEN_AUDIENCE,
+            challenge_deadline=deadline,
+            worker=settings.WORKER_ID,
+        )
+        address = options["address"] or settings.AUTHORITY_ADDRESS
+        try:
+            asyncio.run(self._serve(address, config, keys, options["grace"]))
+        except RuntimeError as exc:
+            raise CommandError(str(exc)) from exc
+
+    def _api_keys(self) -> dict[str, str]:
+        try:
+            keys = parse_api_keys(settings.AUTHORITY_API_KEYS)
+            if not keys and settings.USER_API_KEY:
+                entry = settings.USER_API_KEY
+                if settings.USER_API_SECRET:
+                    entry += ":" + settings.USER_API_SECRET
+                keys = parse_api_keys(entry)
+        except ValueError as exc:
+            raise CommandError(f"bad API key configuration: {exc}") from exc
+        return keys
+
+    async def _serve(self, address: str, config: Any, keys: dict[str, str], grace: float) -> None:
+        from challenges.rpc.server import AuthorityServicer, create_server
+
+        audit = AuditWriter()
+        servicer = AuthorityServicer(config=config, audit=audit)
+        server, port = create_server(address, servicer=servicer, api_keys=keys)
+        await server.start()
+        host = address.rpartition(":")[0] or "0.0.0.0"  # noqa: S104 (only echoes the address given)
+        self.stdout.write(f"listening on {host}:{port}")
+        sys.stdout.flush()
+        log.info(
+            "authority %s serving GetToken on %s:%d (%d API keys, deadline %g s)",
+            config.signer.public,
+            host,
+            port,
+            len(keys),
+            config.challenge_deadline,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping: %d streams in flight get %g s to finish", servicer.active, grace)
+        await server.stop(grace)
+        log.info("stopped")

@@ -1,0 +1,342 @@
+"""The ``grpc`` upstream: relay each flow to a Hub-compatible ``GetToken`` stream.
+
+For each flow :meth:`GrpcUpstream.begin` opens ``/threads.pb.API/GetToken``
+with the API-key metadata of ``shared/PROTOCOL.md`` §3, sends the user's key
+and waits for the Hub's raw challenge; :meth:`GrpcPending.finish` sends the
+signature, half-closes and returns the Hub's token. One channel per upstream,
+and one upstream per event loop (``flows.get_service()``), so one channel per
+process, reused across flows.
+
+gRPC failures become :class:`~challenges.errors.UpstreamError` with their own
+codes (:func:`upstream_error`); each carries the gRPC status name for the
+audit. Every wait is bounded by the challenge's own time, the call has a gRPC
+deadline a few seconds beyond it, and :meth:`GrpcPending.cancel` cancels the
+call, so no stream outlives its flow. ``open_calls`` counts live streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import ssl
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import grpc
+import grpc.aio
+
+from .. import apikeys
+from ..authority import Challenge, IssuedToken, new_challenge_id, token_sha256
+from ..errors import UpstreamError
+from ..identity import PublicKey
+from . import GET_TOKEN_METHODS
+from .threads_pb2 import GetTokenReply, GetTokenRequest
+
+log = logging.getLogger(__name__)
+
+#: The gRPC deadline of a call is the challenge timeout plus this margin.
+DEADLINE_MARGIN = 3.0
+_CHANNEL_OPTIONS = [
+    # Come back quickly once a restarted authority listens again.
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+    # Notice a Hub that vanished without closing its connection.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.max_receive_message_length", 64 * 1024),
+]
+
+_MESSAGES = {
+    "upstream_unavailable": "the token authority cannot be reached",
+    "upstream_deadline": "the token authority did not answer in time",
+    "upstream_rejected_key": "the token authority rejected the public key",
+    "upstream_api_key": "the token authority rejected this provider's API key",
+    "upstream_bad_signature": "the token authority rejected the signature",
+    "upstream_error": "the token authority failed",
+}
+
+
+def parse_target(spec: str) -> tuple[str, bool]:
+    """``grpc://host:port`` or ``grpcs://host:port`` to ``(target, secure)``.
+
+    The port defaults to 3006 (a self-hosted hub) for ``grpc`` and 443 for
+    ``grpcs``. Raises :class:`ValueError`.
+    """
+    parts = urlsplit(spec)
+    if parts.scheme not in ("grpc", "grpcs") or not parts.hostname:
+        raise ValueError("TOKEN_UPSTREAM must look like grpc://host:port or grpcs://host:port")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError("TOKEN_UPSTREAM takes only a host and a port")
+    try:
+        port = parts.port or (443 if parts.scheme == "grpcs" else 3006)
+    except ValueError as exc:
+        raise ValueError("TOKEN_UPSTREAM has a malformed port") from exc
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{port}", parts.scheme == "grpcs"
+
+
+def upstream_error(code: grpc.StatusCode | None, *, phase: str) -> UpstreamError:
+    """Map a gRPC status of the ``key`` or ``signature`` phase to a coded error."""
+    name = code.name if code is not None else "UNKNOWN"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        kind = "upstream_unavailable"
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        kind = "upstream_deadline"
+    elif code == grpc.StatusCode.UNKNOWN and phase == "signature":
+        kind = "upstream_bad_signature"
+    elif code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNKNOWN) and phase == "key":
+        kind = "upstream_rejected_key"
+    elif code in (
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.PERMISSION_DENIED,
+    ):
+        kind = "upstream_api_key"
+    else:
+        kind = "upstream_error"
+    error = UpstreamError(f"{_MESSAGES[kind]} ({name})", code=kind)
+    error.upstream_status = name
+    return error
+
+
+def _classify(exc: grpc.aio.AioRpcError, *, phase: str) -> UpstreamError:
+    details = exc.details() or ""
+    if exc.code() == grpc.StatusCode.UNKNOWN and "bad signature" in details.lower():
+        phase = "signature"
+    # The Hub's details are the peer's words, never our secret: fine for our log.
+    log.warning("upstream %s in the %s phase: %s", exc.code().name, phase, details[:200])
+    return upstream_error(exc.code(), phase=phase)
+
+
+class _StatusLost(Exception):
+    """The upstream refused the call while our first write was in flight, and
+    grpc.aio reported INTERNAL instead of the refusal (grpc/grpc#36066)."""
+
+
+def _lost_status(exc: grpc.aio.AioRpcError) -> bool:
+    return exc.code() == grpc.StatusCode.INTERNAL and (exc.details() or "").startswith(
+        "Internal error from Core"
+    )
+
+
+def describe_token(token: str, *, subject: PublicKey) -> IssuedToken:
+    """What the audit keeps of a relayed token, read (unverified) from its claims.
+
+    Hub tokens have no ``jti`` or ``exp``: the ``jti`` then falls back to the
+    token's hash, so the audit row is still unique.
+    """
+    claims: dict[str, Any] = {}
+    try:
+        segment = token.split(".")[1]
+        decoded = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+        if isinstance(decoded, dict):
+            claims = decoded
+    except (IndexError, ValueError):
+        pass
+    digest = token_sha256(token)
+    jti, iat, exp = claims.get("jti"), claims.get("iat"), claims.get("exp")
+    aud = claims.get("aud")
+    return IssuedToken(
+        token=token,
+        jti=jti if isinstance(jti, str) and 0 < len(jti) <= 64 else digest[:32],
+        sha256=digest,
+        subject=str(subject),
+        issuer=str(claims.get("iss", ""))[:128],
+        audience=aud if isinstance(aud, str) else "",
+        issued_at=_moment(iat) or datetime.now(UTC),
+        expires_at=_moment(exp),
+    )
+
+
+def _moment(value: Any) -> datetime | None:
+    if type(value) is not int:
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _system_roots() -> bytes | None:
+    """The system's CA bundle (as the Hub's Go clients used), else grpc's own."""
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate).read_bytes()
+    return None
+
+
+class GrpcPending:
+    """One open ``GetToken`` stream, waiting for the client's signature."""
+
+    #: A relayed challenge holds a stream on the Hub: a client that goes away
+    #: cancels it at once instead of at expiry.
+    cancel_on_disconnect = True
+
+    def __init__(self, *, upstream: GrpcUpstream, call: Any, key: PublicKey, timeout: float) -> None:
+        self.upstream = upstream
+        self.call = call
+        self.key = key
+        self.status = "pending"
+        self.challenge = Challenge(
+            id=new_challenge_id(),
+            value=b"",
+            expires_at=datetime.now(UTC) + timedelta(seconds=timeout),
+            raw=True,
+        )
+        self._open = True
+
+    async def receive_challenge(self, budget: float) -> None:
+        try:
+            async with asyncio.timeout(budget):
+                with contextlib.suppress(asyncio.InvalidStateError):  # ended already: read its status
+                    await self.call.write(GetTokenRequest(key=str(self.key)))
+                reply = await self.call.read()
+                if reply is grpc.aio.EOF:
+                    raise _classify(await self._status_error(), phase="key")
+        except grpc.aio.AioRpcError as exc:
+            self._close(exc.code().name)
+            if _lost_status(exc):
+                raise _StatusLost from None
+            raise _classify(exc, phase="key") from None
+        except TimeoutError:
+            self._close("DEADLINE_EXCEEDED")
+            raise upstream_error(grpc.StatusCode.DEADLINE_EXCEEDED, phase="key") from None
+        except BaseException as exc:
+            self._close(getattr(exc, "upstream_status", "") or "CANCELLED")
+            raise
+        if reply.WhichOneof("payload") != "challenge" or not 0 < len(reply.challenge) <= 1024:
+            log.warning("upstream sent %s instead of a challenge", reply.WhichOneof("payload"))
+            raise self._invalid_reply()
+        self.challenge = Challenge(
+            id=self.challenge.id, value=reply.challenge, expires_at=self.challenge.expires_at, raw=True
+        )
+
+    async def finish(self, signature: bytes) -> IssuedToken:
+        if not self._open:
+            raise UpstreamError("the upstream stream is already closed", code="upstream_error")
+        # Within the challenge's own time (at least half a second for a late signature).
+        budget = max((self.challenge.expires_at - datetime.now(UTC)).total_seconds(), 0.5)
+        try:
+            async with asyncio.timeout(budget):
+                try:
+                    await self.call.write(GetTokenRequest(signature=signature))
+                    await self.call.done_writing()
+                except asyncio.InvalidStateError:
+                    pass  # the call already ended (the Hub went away): read its status
+                reply = await self.call.read()
+                if reply is grpc.aio.EOF:
+                    raise _classify(await self._status_error(), phase="signature")
+        except grpc.aio.AioRpcError as exc:
+            self._close(exc.code().name)
+            raise _classify(exc, phase="signature") from None
+        except TimeoutError:
+            self._close("DEADLINE_EXCEEDED")
+            raise upstream_error(grpc.StatusCode.DEADLINE_EXCEEDED, phase="signature") from None
+        except BaseException as exc:
+            self._close(getattr(exc, "upstream_status", "") or "CANCELLED")
+            raise
+        if reply.WhichOneof("payload") != "token" or not 0 < len(reply.token) <= 8192:
+            log.warning("upstream sent %s instead of a token", reply.WhichOneof("payload"))
+            raise self._invalid_reply()
+        # The Hub ends with OK after the token; the token is ours even if it dawdles.
+        with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
+            async with asyncio.timeout(1.0):
+                await self.call.code()
+        self._close("OK")
+        return describe_token(reply.token, subject=self.key)
+
+    async def cancel(self) -> None:
+        if self._open:
+            self._close("CANCELLED")
+
+    def _invalid_reply(self) -> UpstreamError:
+        self._close("INVALID_REPLY")
+        error = upstream_error(None, phase="reply")
+        error.upstream_status = "INVALID_REPLY"
+        return error
+
+    async def _status_error(self) -> grpc.aio.AioRpcError:
+        # The stream ended without the reply: its status says why.
+        code = await self.call.code()
+        details = await self.call.details()
+        return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+    def _close(self, status: str) -> None:
+        if self._open:
+            self._open = False
+            self.status = status
+            self.call.cancel()  # a no-op once the call has ended
+            self.upstream.open_calls -= 1
+
+
+class GrpcUpstream:
+    """Relay to ``/threads.pb.API/GetToken`` over one lazily created channel."""
+
+    def __init__(self, *, target: str, secure: bool, api_key: str = "", api_secret: str = "") -> None:
+        self.target = target
+        self.secure = secure
+        self.name = f"{'grpcs' if secure else 'grpc'}://{target}"
+        self._api_key = api_key
+        self._api_secret = api_secret
+        self._channel: grpc.aio.Channel | None = None
+        self._method: Any = None
+        #: Streams open right now (a debugging aid and the tests' leak check).
+        self.open_calls = 0
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"GrpcUpstream({self.name!r}, api_key={'set' if self._api_key else 'unset'})"
+
+    def metadata(self, *, now: datetime | None = None) -> list[tuple[str, str]]:
+        """The API-key metadata of one call: a fresh signature each time."""
+        if not self._api_key:
+            return []
+        entries = [(apikeys.API_KEY_HEADER, self._api_key)]
+        if self._api_secret:
+            signed = apikeys.make_signature(secret=self._api_secret, now=now)
+            entries += [(apikeys.API_SIG_MSG_HEADER, signed.msg), (apikeys.API_SIG_HEADER, signed.sig)]
+        return entries
+
+    async def begin(self, *, key: PublicKey, audience: str, timeout: float) -> GrpcPending:
+        method = self._get_method()
+        # Answer before the flow service's own bound, so the audit has our status.
+        deadline = time.monotonic() + max(timeout - 0.5, timeout * 0.8)
+        for attempt in range(2):
+            call = method(metadata=self.metadata(), timeout=timeout + DEADLINE_MARGIN)
+            self.open_calls += 1
+            pending = GrpcPending(upstream=self, call=call, key=key, timeout=timeout)
+            try:
+                await pending.receive_challenge(max(deadline - time.monotonic(), 0.01))
+            except _StatusLost:
+                # Nothing was consumed yet: one more call learns the real status.
+                if attempt:
+                    raise upstream_error(grpc.StatusCode.INTERNAL, phase="key") from None
+                continue
+            return pending
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            channel, self._channel, self._method = self._channel, None, None
+            await channel.close()
+
+    def _get_method(self) -> Any:
+        if self._channel is None:
+            if self.secure:
+                credentials = grpc.ssl_channel_credentials(root_certificates=_system_roots())
+                self._channel = grpc.aio.secure_channel(self.target, credentials, options=_CHANNEL_OPTIONS)
+            else:
+                self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+            self._method = self._channel.stream_stream(
+                GET_TOKEN_METHODS[0],
+                request_serializer=GetTokenRequest.SerializeToString,
+                response_deserializer=GetTokenReply.FromString,
+            )
+        return self._method

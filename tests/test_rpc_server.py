@@ -1,0 +1,254 @@
+"""``manage.py runauthority`` as a real process, driven by a hand-made client.
+
+The client frames PROTOCOL.md §5 bytes itself (``tests.rpcutil``), so these
+tests check the wire, not the generated stubs. Each failure has the Hub's
+status code and message, and each flow outcome leaves an audit row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+
+from challenges import authority
+from challenges.identity import PrivateKey
+from tests import servers
+from tests.conftest import VECTOR_PUBLIC
+from tests.rpcutil import (
+    API_KEY,
+    API_SECRET,
+    METHOD,
+    OPEN_KEY,
+    TWIN,
+    Authority,
+    RawCall,
+    api_metadata,
+    api_sig,
+    key_frame,
+    signature_frame,
+    start_authority,
+)
+
+pytestmark = pytest.mark.server
+SIGNER = PrivateKey.generate()
+DEADLINE = 1.0
+
+
+def authority_env(tmp: Path) -> dict[str, str]:
+    return servers.base_env(
+        tmp,
+        AUTHORITY_PRIVATE_KEY=str(SIGNER),
+        AUTHORITY_API_KEYS=f"{API_KEY}:{API_SECRET},{OPEN_KEY}",
+        TOKEN_TTL="600",
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Authority]:
+    tmp = tmp_path_factory.mktemp("authority")
+    process = start_authority(tmp, "--challenge-deadline", str(DEADLINE), env=authority_env(tmp))
+    yield process
+    assert process.stop() == 0, process.log()
+    for secret_thing in (API_SECRET, api_sig(API_SECRET, "x")[:12]):
+        assert secret_thing not in process.log()
+
+
+@pytest.fixture
+async def channel(server: Authority) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(server.target) as ch:
+        yield ch
+
+
+def outcome(server: Authority, key: str) -> tuple[str, str, str, str]:
+    [row] = server.rows(
+        "SELECT outcome, upstream_status, transport, upstream FROM challenges_challengeattempt"
+        " WHERE public_key = ?",
+        (key,),
+    )
+    return row
+
+
+async def expect_status(call: RawCall, code: grpc.StatusCode, details: str) -> None:
+    got = await call.status()
+    assert got == (code, details)
+
+
+@pytest.mark.parametrize("method", [METHOD, TWIN])
+async def test_a_signed_challenge_gets_a_token(server, channel, vector_key, method):
+    call = RawCall(channel, api_metadata(), method)
+    await call.send(key_frame(VECTOR_PUBLIC))
+    kind, challenge = await call.reply()
+    assert kind == "challenge"
+    assert len(challenge) == 32
+    await call.send(signature_frame(vector_key.sign(challenge)))
+    await call.call.done_writing()
+    kind, token = await call.reply()
+    assert kind == "token"
+    assert await call.reply() is None
+    await expect_status(call, grpc.StatusCode.OK, "")
+    claims = authority.verify_token(token.decode(), issuer=SIGNER.public)
+    assert claims["sub"] == VECTOR_PUBLIC
+    rows = server.rows(
+        "SELECT a.outcome, a.transport, a.upstream, a.upstream_status, t.jti, t.token_sha256"
+        " FROM challenges_challengeattempt a JOIN challenges_issuedtoken t ON t.attempt_id = a.id"
+        " WHERE t.jti = ?",
+        (claims["jti"],),
+    )
+    assert rows == [
+        ("success", "grpc", "authority", "OK", claims["jti"], authority.token_sha256(token.decode()))
+    ]
+
+
+async def test_a_key_without_secret_needs_no_signature(channel, user_key):
+    call = RawCall(channel, api_metadata(OPEN_KEY, secret=None))
+    await call.send(key_frame(str(user_key.public)))
+    _, challenge = await call.reply()
+    await call.send(signature_frame(user_key.sign(challenge)))
+    assert (await call.reply())[0] == "token"
+
+
+def wrong_secret_metadata() -> list[tuple[str, str]]:
+    other = "b" + "a" * 39
+    return [*api_metadata(secret=other)[:2], ("x-textile-api-sig", api_sig(other, "x"))]
+
+
+@pytest.mark.parametrize(
+    ("metadata", "code", "details"),
+    [
+        ([], grpc.StatusCode.UNAUTHENTICATED, "Session or API key required"),
+        (api_metadata("bnosuchkey"), grpc.StatusCode.NOT_FOUND, "API key not found or is invalid"),
+        (api_metadata(API_KEY, secret=None), grpc.StatusCode.UNAUTHENTICATED, "API key signature required"),
+        (api_metadata()[:2], grpc.StatusCode.UNAUTHENTICATED, "API key signature required"),
+        (
+            api_metadata(API_KEY, secret="b" + "a" * 39),
+            grpc.StatusCode.UNAUTHENTICATED,
+            "Bad API key signature",
+        ),
+        (
+            api_metadata(ahead=timedelta(minutes=-1)),
+            grpc.StatusCode.UNAUTHENTICATED,
+            "Bad API key signature",
+        ),
+        (
+            api_metadata(ahead=timedelta(hours=1, minutes=5)),
+            grpc.StatusCode.UNAUTHENTICATED,
+            "Bad API key signature",
+        ),
+        (wrong_secret_metadata(), grpc.StatusCode.UNAUTHENTICATED, "Bad API key signature"),
+    ],
+    ids=[
+        "no-key",
+        "unknown-key",
+        "no-sig",
+        "no-sig-header",
+        "bad-sig",
+        "expired-sig",
+        "far-sig",
+        "sig-of-other",
+    ],
+)
+async def test_api_key_refusals(channel, user_key, metadata, code, details):
+    call = RawCall(channel, metadata)
+    with contextlib.suppress(grpc.aio.AioRpcError):  # refused before the first message: see the status
+        await call.send(key_frame(str(user_key.public)))
+    assert await call.reply_or_error() is None
+    await expect_status(call, code, details)
+
+
+async def test_first_message_not_a_key(server, channel, user_key):
+    call = RawCall(channel, api_metadata())
+    await call.send(signature_frame(bytes(64)))
+    assert await call.reply_or_error() is None
+    await expect_status(call, grpc.StatusCode.INVALID_ARGUMENT, "Key is required")
+
+
+async def test_no_message_at_all(channel):
+    call = RawCall(channel, api_metadata())
+    await call.call.done_writing()
+    assert await call.reply_or_error() is None
+    await expect_status(call, grpc.StatusCode.INVALID_ARGUMENT, "Key is required")
+
+
+@pytest.mark.parametrize(
+    "bad", ["bnotakey", VECTOR_PUBLIC + "a", "z" + VECTOR_PUBLIC[1:], "", "bbaareigxlkm"]
+)
+async def test_bad_key_string_is_unknown(server, channel, bad):
+    call = RawCall(channel, api_metadata())
+    await call.send(key_frame(bad))
+    assert await call.reply_or_error() is None
+    code, details = await call.status()
+    # As go-threads: an unparsable key (even an empty one, which is still a set oneof) is UNKNOWN.
+    assert code == grpc.StatusCode.UNKNOWN
+    assert details
+    if bad:
+        assert outcome(server, bad)[:2] == ("invalid_pub", "UNKNOWN")
+
+
+async def test_second_message_not_a_signature(server, channel, user_key):
+    call = RawCall(channel, api_metadata())
+    await call.send(key_frame(str(user_key.public)))
+    assert (await call.reply())[0] == "challenge"
+    await call.send(key_frame(str(user_key.public)))
+    assert await call.reply_or_error() is None
+    await expect_status(call, grpc.StatusCode.INVALID_ARGUMENT, "Signature is required")
+    assert outcome(server, str(user_key.public)) == ("missing_sig", "INVALID_ARGUMENT", "grpc", "authority")
+
+
+async def test_half_close_instead_of_a_signature(server, channel, user_key):
+    call = RawCall(channel, api_metadata())
+    await call.send(key_frame(str(user_key.public)))
+    assert (await call.reply())[0] == "challenge"
+    await call.call.done_writing()
+    assert await call.reply_or_error() is None
+    await expect_status(call, grpc.StatusCode.INVALID_ARGUMENT, "Signature is required")
+
+
+@pytest.mark.parametrize("length", [64, 10])
+async def test_bad_signature(server, channel, user_key, length):
+    call = RawCall(channel, api_metadata())
+    await call.send(key_frame(str(user_key.public)))
+    _, challenge = await call.reply()
+    await call.send(signature_frame(user_key.sign(challenge + b"!")[:length]))
+    assert await call.reply_or_error() is None
+    await expect_status(call, grpc.StatusCode.UNKNOWN, "bad signature")
+    assert outcome(server, str(user_key.public))[1:] == ("UNKNOWN", "grpc", "authority")
+
+
+async def test_challenge_deadline(server, channel, user_key):
+    call = RawCall(channel, api_metadata())
+    await call.send(key_frame(str(user_key.public)))
+    assert (await call.reply())[0] == "challenge"
+    started = asyncio.get_running_loop().time()
+    assert await call.reply_or_error() is None
+    assert DEADLINE - 0.1 <= asyncio.get_running_loop().time() - started < DEADLINE + 2
+    await expect_status(call, grpc.StatusCode.DEADLINE_EXCEEDED, "Challenge deadline exceeded")
+    assert outcome(server, str(user_key.public))[:2] == ("challenge_timeout", "DEADLINE_EXCEEDED")
+
+
+async def test_sigterm_lets_in_flight_streams_finish(tmp_path, user_key):
+    server = start_authority(tmp_path, "--grace", "10", env=authority_env(tmp_path))
+    try:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            call = RawCall(channel, api_metadata())
+            await call.send(key_frame(str(user_key.public)))
+            _, challenge = await call.reply()
+            server.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            late = RawCall(channel, api_metadata())
+            assert await late.reply_or_error() is None
+            assert (await late.status())[0] == grpc.StatusCode.UNAVAILABLE
+            await call.send(signature_frame(user_key.sign(challenge)))
+            assert (await call.reply())[0] == "token"
+            await expect_status(call, grpc.StatusCode.OK, "")
+        assert server.process.wait(10) == 0
+        assert outcome(server, str(user_key.public))[0] == "success"
+    finally:
+        server.stop()
