@@ -30,7 +30,12 @@ AUTHORITY = PrivateKey.generate()
 
 def worker_env(tmp, redis, **extra):
     return servers.base_env(
-        tmp, AUTHORITY_PRIVATE_KEY=str(AUTHORITY), REDIS_URL=redis.url, MAX_CONNECTIONS_PER_IP="2000", **extra
+        tmp,
+        AUTHORITY_PRIVATE_KEY=str(AUTHORITY),
+        REDIS_URL=redis.url,
+        MAX_CONNECTIONS_PER_IP="2000",
+        MAX_PENDING_PER_IP="2000",
+        **extra,
     )
 
 
