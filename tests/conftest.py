@@ -46,6 +46,15 @@ def authority_signer(settings: pytest.FixtureRequest) -> Iterator[PrivateKey]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _no_persistent_connections() -> None:
+    """database_sync_to_async runs in worker threads; with CONN_MAX_AGE their PostgreSQL
+    sessions outlive the tests and block the test database's DROP at teardown."""
+    from django.conf import settings
+
+    settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _drop_server_databases() -> Iterator[None]:
     yield
     servers.drop_server_databases()

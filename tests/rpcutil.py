@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import hmac
 import re
-import sqlite3
 import subprocess
 import sys
 import time
@@ -43,7 +42,6 @@ class Authority:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
-    db_path: Path
     env: dict[str, str]
 
     @property
@@ -54,8 +52,7 @@ class Authority:
         return self.log_path.read_text(errors="replace")
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with contextlib.closing(sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)) as db:
-            return db.execute(sql, params).fetchall()
+        return servers.query(self.env["DATABASE_URL"], sql, params)
 
     def stop(self, timeout: float = 15) -> int | None:
         if self.process.poll() is None:
@@ -88,12 +85,11 @@ def start_authority(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    db = Path(env["DATABASE_URL"].removeprefix("sqlite:///"))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         match = re.search(r"^listening on 127\.0\.0\.1:(\d+)$", log_path.read_text(), re.MULTILINE)
         if match:
-            return Authority(process, int(match.group(1)), log_path, db, env)
+            return Authority(process, int(match.group(1)), log_path, env)
         if process.poll() is not None:
             raise RuntimeError(f"runauthority exited with {process.returncode}:\n{log_path.read_text()}")
         time.sleep(0.05)

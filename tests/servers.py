@@ -50,18 +50,7 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Query the server's audit database (SQLite file or PostgreSQL); ``?`` placeholders."""
-        url = self.env["DATABASE_URL"]
-        if url.startswith("sqlite:///"):
-            path = url.removeprefix("sqlite:///")
-            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-                return db.execute(sql, params).fetchall()
-        import psycopg
-
-        with psycopg.connect(url) as conn:
-            rows = conn.execute(sql.replace("?", "%s"), params).fetchall()
-        # inet columns come back as ipaddress objects; compare them as SQLite's strings.
-        return [tuple(str(v) if isinstance(v, ipaddress._BaseAddress) else v for v in row) for row in rows]
+        return query(self.env["DATABASE_URL"], sql, params)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         if self.process.poll() is None:
@@ -76,6 +65,7 @@ class Server:
 
 #: Databases created for server processes in a PostgreSQL run (dropped at session end).
 CREATED_DATABASES: list[str] = []
+_DATABASE_OF: dict[Path, str] = {}
 
 
 def server_database(tmp: Path) -> str:
@@ -84,13 +74,16 @@ def server_database(tmp: Path) -> str:
     url = os.environ.get("DATABASE_URL", "")
     if not url.startswith(("postgres://", "postgresql://")):
         return f"sqlite:///{tmp / 'audit.sqlite3'}"
+    if tmp in _DATABASE_OF:  # like the SQLite file: one database per folder
+        return _DATABASE_OF[tmp]
     import psycopg
 
     name = f"tp_{os.getpid()}_{len(CREATED_DATABASES)}_{os.urandom(3).hex()}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     CREATED_DATABASES.append(name)
-    return url.rsplit("/", 1)[0] + "/" + name
+    _DATABASE_OF[tmp] = url.rsplit("/", 1)[0] + "/" + name
+    return _DATABASE_OF[tmp]
 
 
 def drop_server_databases() -> None:
@@ -103,6 +96,21 @@ def drop_server_databases() -> None:
         for name in CREATED_DATABASES:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     CREATED_DATABASES.clear()
+    _DATABASE_OF.clear()
+
+
+def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Read a server's audit database (SQLite file or PostgreSQL); ``?`` placeholders."""
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return db.execute(sql, params).fetchall()
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(sql.replace("?", "%s"), params).fetchall()
+    # inet columns come back as ipaddress objects; compare them as SQLite's strings.
+    return [tuple(str(v) if isinstance(v, ipaddress._BaseAddress) else v for v in row) for row in rows]
 
 
 def base_env(tmp: Path, **overrides: str) -> dict[str, str]:

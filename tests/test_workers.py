@@ -76,6 +76,10 @@ async def answer(url: str, key: PrivateKey, frame: dict) -> dict:
         return await recv(sock)
 
 
+def subject_of(token: str) -> str:
+    return str(authority.verify_token(token, issuer=AUTHORITY.public)["sub"])
+
+
 def post(server, path, body) -> tuple[int, dict]:
     request = urllib.request.Request(
         server.http + path, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
@@ -299,3 +303,55 @@ async def test_load_500_concurrent_flows_half_resuming_on_the_other_worker(clust
     tokens = a.rows("SELECT COUNT(*) FROM challenges_issuedtoken")[0][0]
     assert tokens == outcomes["token"]
     print(f"500 flows in {elapsed:.1f} s: {outcomes}")
+
+
+async def test_grpc_upstream_across_workers(tmp_path):
+    """The relayed challenge's Hub stream lives in worker A; the signature arrives at B (over a
+    socket, then over HTTP) and is relayed through A's open stream."""
+    from tests.rpcutil import API_KEY, API_SECRET, start_authority
+
+    hub = start_authority(
+        tmp_path / "hub",
+        env=servers.base_env(tmp_path / "hub", AUTHORITY_PRIVATE_KEY=str(AUTHORITY),
+                             AUTHORITY_API_KEYS=f"{API_KEY}:{API_SECRET}"),
+    )  # fmt: skip
+    try:
+        with servers.redis_server(tmp_path / "redis") as redis:
+            env = worker_env(
+                tmp_path, redis, CHALLENGE_TIMEOUT="10", TOKEN_UPSTREAM=f"grpc://{hub.target}",
+                USER_API_KEY=API_KEY, USER_API_SECRET=API_SECRET,
+            )  # fmt: skip
+            a = servers.start(tmp_path / "a", kind="daphne", env=dict(env, WORKER_ID="A"))
+            b = servers.start(tmp_path / "b", kind="uvicorn", env=dict(env, WORKER_ID="B"), migrate_db=False)
+            try:
+                user = PrivateKey.generate()
+                async with websockets.connect(a.ws) as sock:
+                    await sock.send(json.dumps({"type": "token", "pub": str(user.public)}))
+                    frame = await recv(sock)
+                    assert frame["raw"] is True
+                    assert len(frame["value"]["data"]) == 32  # the Hub's raw challenge
+                    reply = await answer(b.ws, user, frame)
+                assert reply["type"] == "token", reply
+                assert authority.verify_token(reply["value"], issuer=AUTHORITY.public)["sub"] == str(
+                    user.public
+                )
+                attempts, tokens = audit(a, frame["id"])
+                assert attempts == [("success", "A")]
+                assert len(tokens) == 1
+
+                status, ch = post(a, "/api/token/challenge", {"pub": str(user.public)})
+                assert (status, ch["raw"]) == (200, True)
+                sig = list(user.sign(bytes(ch["value"]["data"])))
+                status, body = post(b, "/api/token", {"id": ch["id"], "sig": sig})
+                assert status == 200, body
+                assert authority.verify_token(body["value"], issuer=AUTHORITY.public)["sub"] == str(
+                    user.public
+                )
+                assert audit(a, ch["id"])[0] == [("success", "A")]
+            finally:
+                a.stop()
+                b.stop()
+    finally:
+        hub.stop()
+    for log in (a.log(), b.log(), hub.log()):
+        assert "Traceback" not in log, log
