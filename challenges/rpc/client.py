@@ -23,6 +23,7 @@ import json
 import logging
 import ssl
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -194,24 +195,12 @@ class GrpcPending:
         self._open = True
 
     async def receive_challenge(self, budget: float) -> None:
-        try:
-            async with asyncio.timeout(budget):
-                with contextlib.suppress(asyncio.InvalidStateError):  # ended already: read its status
-                    await self.call.write(GetTokenRequest(key=str(self.key)))
-                reply = await self.call.read()
-                if reply is grpc.aio.EOF:
-                    raise _classify(await self._status_error(), phase="key")
-        except grpc.aio.AioRpcError as exc:
-            self._close(exc.code().name)
-            if _lost_status(exc):
-                raise _StatusLost from None
-            raise _classify(exc, phase="key") from None
-        except TimeoutError:
-            self._close("DEADLINE_EXCEEDED")
-            raise upstream_error(grpc.StatusCode.DEADLINE_EXCEEDED, phase="key") from None
-        except BaseException as exc:
-            self._close(getattr(exc, "upstream_status", "") or "CANCELLED")
-            raise
+        async with self._phase("key", budget):
+            with contextlib.suppress(asyncio.InvalidStateError):  # ended already: read its status
+                await self.call.write(GetTokenRequest(key=str(self.key)))
+            reply = await self.call.read()
+            if reply is grpc.aio.EOF:
+                raise _classify(await self._status_error(), phase="key")
         if reply.WhichOneof("payload") != "challenge" or not 0 < len(reply.challenge) <= 1024:
             log.warning("upstream sent %s instead of a challenge", reply.WhichOneof("payload"))
             raise self._invalid_reply()
@@ -224,25 +213,15 @@ class GrpcPending:
             raise UpstreamError("the upstream stream is already closed", code="upstream_error")
         # Within the challenge's own time (at least half a second for a late signature).
         budget = max((self.challenge.expires_at - datetime.now(UTC)).total_seconds(), 0.5)
-        try:
-            async with asyncio.timeout(budget):
-                try:
-                    await self.call.write(GetTokenRequest(signature=signature))
-                    await self.call.done_writing()
-                except asyncio.InvalidStateError:
-                    pass  # the call already ended (the Hub went away): read its status
-                reply = await self.call.read()
-                if reply is grpc.aio.EOF:
-                    raise _classify(await self._status_error(), phase="signature")
-        except grpc.aio.AioRpcError as exc:
-            self._close(exc.code().name)
-            raise _classify(exc, phase="signature") from None
-        except TimeoutError:
-            self._close("DEADLINE_EXCEEDED")
-            raise upstream_error(grpc.StatusCode.DEADLINE_EXCEEDED, phase="signature") from None
-        except BaseException as exc:
-            self._close(getattr(exc, "upstream_status", "") or "CANCELLED")
-            raise
+        async with self._phase("signature", budget):
+            try:
+                await self.call.write(GetTokenRequest(signature=signature))
+                await self.call.done_writing()
+            except asyncio.InvalidStateError:
+                pass  # the call already ended (the Hub went away): read its status
+            reply = await self.call.read()
+            if reply is grpc.aio.EOF:
+                raise _classify(await self._status_error(), phase="signature")
         if reply.WhichOneof("payload") != "token" or not 0 < len(reply.token) <= 8192:
             log.warning("upstream sent %s instead of a token", reply.WhichOneof("payload"))
             raise self._invalid_reply()
@@ -252,6 +231,25 @@ class GrpcPending:
                 await self.call.code()
         self._close("OK")
         return describe_token(reply.token, subject=self.key)
+
+    @contextlib.asynccontextmanager
+    async def _phase(self, phase: str, budget: float) -> AsyncIterator[None]:
+        """Bound one step of the stream by ``budget`` and turn its failures into coded errors,
+        closing the stream with the status the audit records."""
+        try:
+            async with asyncio.timeout(budget):
+                yield
+        except grpc.aio.AioRpcError as exc:
+            self._close(exc.code().name)
+            if phase == "key" and _lost_status(exc):
+                raise _StatusLost from None
+            raise _classify(exc, phase=phase) from None
+        except TimeoutError:
+            self._close("DEADLINE_EXCEEDED")
+            raise upstream_error(grpc.StatusCode.DEADLINE_EXCEEDED, phase=phase) from None
+        except BaseException as exc:
+            self._close(getattr(exc, "upstream_status", "") or "CANCELLED")
+            raise
 
     async def cancel(self) -> None:
         if self._open:
