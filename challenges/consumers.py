@@ -47,9 +47,20 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if not await self.session.receive(text=text_data, data=bytes_data):
             await self.close(code=CLOSE_TOO_LARGE if _too_large(text_data) else CLOSE_POLICY)
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # daphne cancels an application still busy 10 s after its client left, and then
+        # disconnect() never runs: release the connection here too, or its count leaks.
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
     async def disconnect(self, code: int) -> None:
+        self._release()
+
+    def _release(self) -> None:
         if self.session is not None:
-            await self.session.close(resume_grace=_settings().RELAY_RESUME_GRACE)
+            self.session.close(resume_grace=_settings().RELAY_RESUME_GRACE)
             self.session.service.connection_closed(self.session.client.ip)
             self.session = None
 

@@ -21,7 +21,7 @@ import logging
 import time
 import weakref
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,8 +38,8 @@ from .services import AuditRecord, AuditWriter
 
 log = logging.getLogger(__name__)
 
-#: Told how a watched flow ended: the token, or the error.
-Notify = Callable[[IssuedToken | ChallengeError], Awaitable[None]]
+#: Told how a watched flow ended: its id, and the token or the error.
+Notify = Callable[[str, IssuedToken | ChallengeError], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +215,13 @@ class FlowService:
         remaining = (flow.pending.challenge.expires_at - datetime.now(UTC)).total_seconds()
         try:
             token = await asyncio.wait_for(flow.pending.finish(signature), max(remaining, 0.001) + 1)
+        except asyncio.CancelledError:
+            # The connection was torn down mid-check: the challenge is spent, say so in the audit.
+            gone = ChallengeError(
+                "the client went away while its signature was checked", code="internal_error"
+            )
+            self._spawn(self._close_flow(flow, gone))
+            raise
         except Exception as exc:
             error = self._coded(exc)
             await self._close_flow(flow, error, exclude=finisher)
@@ -368,9 +375,7 @@ class FlowService:
             "the client disconnected before answering; the upstream stream was cancelled",
             code="challenge_timeout",
         )
-        task = asyncio.create_task(self._close_flow(flow, error))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._close_flow(flow, error))
 
     def _expire(self, flow_id: str) -> None:
         flow = self._take(flow_id)
@@ -380,7 +385,10 @@ class FlowService:
             f"the challenge was not answered within {self.timeout:g} s; ask for a new one",
             code="challenge_timeout",
         )
-        task = asyncio.create_task(self._close_flow(flow, error))
+        self._spawn(self._close_flow(flow, error))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -400,7 +408,7 @@ class FlowService:
             if watcher == exclude:
                 continue
             try:
-                await watcher(event)
+                await watcher(flow.id, event)
             except Exception:
                 log.debug("a watcher of a challenge failed", exc_info=True)
 

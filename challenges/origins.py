@@ -3,8 +3,11 @@
 The audience bound into challenges is ``TOKEN_AUDIENCE`` or, when unset, the
 origin the client connected to, built from a Host header that must be one of
 ``ALLOWED_HOSTS`` (as Django checks for HTTP). A browser's Origin must be in
-``ALLOWED_ORIGINS`` or, when that is empty, be one of ``ALLOWED_HOSTS``; clients
-that send no Origin (not browsers) are allowed.
+``ALLOWED_ORIGINS`` or, when that is empty, be this service's own origin
+(same scheme, host and port); clients that send no Origin (not browsers) are
+allowed. Behind proxies, ``CLIENT_IP_HEADER`` names the header whose entry
+added by the nearest of ``TRUSTED_PROXIES`` proxies is the client address:
+entries further left are written by the client and never trusted.
 """
 
 from __future__ import annotations
@@ -33,13 +36,13 @@ def client_info(scope: Mapping[str, Any], *, validate: bool = True, transport: s
     secure = scope.get("scheme") in ("https", "wss")
     audience = settings.TOKEN_AUDIENCE
     if validate:
-        if origin and not origin_allowed(origin):
-            raise ConnectionRefused(f"the Origin {origin[:100]!r} is not allowed to get tokens here")
         domain, _port = split_domain_port(host)
         if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
             raise ConnectionRefused("the Host header is not an allowed host", code="invalid_host")
+        if origin and not origin_allowed(origin, own=own_origin(secure, host)):
+            raise ConnectionRefused(f"the Origin {origin[:100]!r} is not allowed to get tokens here")
     if not audience:
-        audience = f"{'https' if secure else 'http'}://{host}"
+        audience = own_origin(secure, host)
     return ClientInfo(
         ip=client_ip(scope, headers),
         origin=origin[:200],
@@ -49,18 +52,35 @@ def client_info(scope: Mapping[str, Any], *, validate: bool = True, transport: s
     )
 
 
-def origin_allowed(origin: str) -> bool:
+def own_origin(secure: bool, host: str) -> str:
+    return f"{'https' if secure else 'http'}://{host.lower()}"
+
+
+def origin_allowed(origin: str, *, own: str) -> bool:
+    """``ALLOWED_ORIGINS`` if set, else only the service's own origin (scheme, host, port)."""
     if settings.ALLOWED_ORIGINS:
         return "*" in settings.ALLOWED_ORIGINS or origin in settings.ALLOWED_ORIGINS
-    parts = urlsplit(origin)
-    return bool(parts.hostname) and validate_host(parts.hostname or "", settings.ALLOWED_HOSTS)
+    return _normal(origin) == _normal(own)
+
+
+def _normal(origin: str) -> str:
+    parts = urlsplit(origin.lower())
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    try:
+        port = parts.port
+    except ValueError:
+        return ""
+    return f"{parts.scheme}://{parts.hostname}:{port or default}"
 
 
 def client_ip(scope: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
     candidate = None
     if settings.CLIENT_IP_HEADER:
-        forwarded = headers.get(settings.CLIENT_IP_HEADER.lower(), "")
-        candidate = forwarded.split(",")[0].strip() or None
+        entries = [e.strip() for e in headers.get(settings.CLIENT_IP_HEADER.lower(), "").split(",")]
+        entries = [e for e in entries if e]
+        # Each proxy appends the address it saw: count from the right, past our own proxies.
+        if len(entries) >= settings.TRUSTED_PROXIES:
+            candidate = entries[-settings.TRUSTED_PROXIES]
     if candidate is None and scope.get("client"):
         candidate = scope["client"][0]
     try:

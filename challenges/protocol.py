@@ -57,6 +57,8 @@ class FrameContext:
     type: str | None = None
     pub: str | None = None
     challenge_id: str | None = None
+    #: The frame named a challenge, even one whose id is malformed.
+    id_given: bool = False
 
 
 def check_size(*, text: str | None = None, data: bytes | None = None) -> None:
@@ -77,6 +79,7 @@ def peek(obj: Any) -> FrameContext:
         type=t if isinstance(t, str) else None,
         pub=pub[:128] if isinstance(pub, str) else None,
         challenge_id=cid if isinstance(cid, str) and _CHALLENGE_ID.fullmatch(cid) else None,
+        id_given=cid is not None,
     )
 
 

@@ -44,6 +44,14 @@ class AuditRecord:
     token: Minted | None = field(default=None, repr=False)
 
 
+#: Control characters (NUL above all: PostgreSQL refuses it in text) from client input.
+_CONTROL = dict.fromkeys([*range(0x20), 0x7F], "\ufffd")
+
+
+def _clean(text: str, limit: int) -> str:
+    return text[:limit].translate(_CONTROL)
+
+
 def audit_write_batch(records: list[AuditRecord]) -> None:
     """Write a batch of audit records in one transaction."""
     with transaction.atomic():
@@ -53,16 +61,16 @@ def audit_write_batch(records: list[AuditRecord]) -> None:
                     outcome=r.outcome,
                     created_at=r.created_at,
                     finished_at=r.finished_at,
-                    public_key=r.public_key[:128],
-                    challenge_id=r.challenge_id[:64],
-                    detail=r.detail[:200],
+                    public_key=_clean(r.public_key, 128),
+                    challenge_id=_clean(r.challenge_id, 64),
+                    detail=_clean(r.detail, 200),
                     client_ip=r.client_ip,
-                    origin=r.origin[:200],
-                    user_agent=r.user_agent[:200],
+                    origin=_clean(r.origin, 200),
+                    user_agent=_clean(r.user_agent, 200),
                     transport=r.transport,
-                    worker=r.worker[:100],
-                    upstream=r.upstream[:100],
-                    upstream_status=r.upstream_status[:40],
+                    worker=_clean(r.worker, 100),
+                    upstream=_clean(r.upstream, 100),
+                    upstream_status=_clean(r.upstream_status, 40),
                     latency_ms=r.latency_ms,
                 )
                 for r in records
@@ -123,14 +131,31 @@ class AuditWriter:
             try:
                 await database_sync_to_async(audit_write_batch)([r for r, _ in batch])
             except Exception:
-                log.exception("audit batch of %d rows failed", len(batch))
-                error = InternalError("the audit log could not be written; retry shortly")
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(error)
+                if len(batch) == 1:
+                    self._settle(batch, failed=True)
+                    continue
+                # One bad row must not sink its neighbours: retry each on its own.
+                log.warning("audit batch of %d rows failed; writing them one by one", len(batch))
+                for item in batch:
+                    try:
+                        await database_sync_to_async(audit_write_batch)([item[0]])
+                    except Exception:
+                        self._settle([item], failed=True)
+                    else:
+                        self._settle([item], failed=False)
             else:
-                self.batches += 1
-                self.rows += len(batch)
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_result(None)
+                self._settle(batch, failed=False)
+
+    def _settle(self, items: list[tuple[AuditRecord, asyncio.Future[None]]], *, failed: bool) -> None:
+        if failed:
+            log.exception("audit row (%s) could not be written", items[0][0].outcome)
+        else:
+            self.batches += 1
+            self.rows += len(items)
+        for _, fut in items:
+            if fut.done():
+                continue
+            if failed:
+                fut.set_exception(InternalError("the audit log could not be written; retry shortly"))
+            else:
+                fut.set_result(None)

@@ -6,6 +6,7 @@ calls and outcomes into frames, so the consumer only moves bytes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -58,7 +59,7 @@ class TokenSession:
                 return False
         return True
 
-    async def close(self, *, resume_grace: float) -> None:
+    def close(self, *, resume_grace: float) -> None:
         """The socket is gone. Its pending challenge stays resumable from another
         connection; one that holds an upstream stream is cancelled after ``resume_grace``."""
         self.closed = True
@@ -87,9 +88,9 @@ class TokenSession:
         await self._send(protocol.token_frame(token))
 
     async def _error(self, error: ChallengeError, context: FrameContext) -> None:
-        if context.type == "challenge" and not context.challenge_id and self.flow_id:
+        if context.type == "challenge" and not context.id_given and self.flow_id:
             # An answer without an id is for this connection's challenge.
-            context = FrameContext(type=context.type, pub=context.pub, challenge_id=self.flow_id)
+            context = dataclasses.replace(context, challenge_id=self.flow_id, id_given=True)
         if context.challenge_id == self.flow_id and context.type == "challenge":
             self.flow_id = None
         await self.service.reject(error, client=self.client, context=context, finisher=self._event)
@@ -99,9 +100,11 @@ class TokenSession:
         if not self.closed:
             await self._send(protocol.error_frame(error))
 
-    async def _event(self, event: IssuedToken | ChallengeError) -> None:
-        """Our challenge ended elsewhere: it expired, or another connection answered it."""
-        self.flow_id = None
+    async def _event(self, flow_id: str, event: IssuedToken | ChallengeError) -> None:
+        """A challenge of ours ended elsewhere: it expired, or another connection answered it.
+        The news may come after this connection asked for a newer one: keep that one."""
+        if flow_id == self.flow_id:
+            self.flow_id = None
         if isinstance(event, ChallengeError):
             await self.send_error(event)
         elif not self.closed:

@@ -10,6 +10,7 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import render
@@ -62,10 +63,15 @@ async def _step(request: HttpRequest, kind: str) -> JsonResponse:
     client = _client(request)
     context = protocol.FrameContext(type=kind)
     try:
-        if request.headers.get("origin") and not origin_allowed(request.headers["origin"]):
+        origin = request.headers.get("origin")
+        if origin and not origin_allowed(origin, own=f"{request.scheme}://{request.get_host()}"):
             raise ChallengeError("this Origin is not allowed to get tokens here", code="origin_not_allowed")
-        body = request.body
-        if len(body) > protocol.MAX_FRAME_BYTES:
+        try:  # refuse by Content-Length before reading the body
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+            body = b"" if declared > protocol.MAX_FRAME_BYTES else request.body
+        except (ValueError, RequestDataTooBig):
+            declared = protocol.MAX_FRAME_BYTES + 1
+        if max(declared, len(body)) > protocol.MAX_FRAME_BYTES:
             raise FrameError(
                 f"bodies are limited to {protocol.MAX_FRAME_BYTES} bytes", code="frame_too_large"
             )

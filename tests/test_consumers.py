@@ -370,3 +370,53 @@ async def test_pending_per_address_cap(settings):
     assert (await send(elsewhere, sign_frame(other, frame)))["type"] == "token"
     for sock in [*socks, elsewhere]:
         await sock.disconnect()
+
+
+async def test_control_characters_are_audited_cleanly_and_harm_no_one(user_key):
+    """A NUL in a key once made PostgreSQL refuse the whole group-committed batch, so other
+    users' tokens were withheld. Now it is stored escaped, and neighbours are unharmed."""
+    good, bad = await connect(), await connect(client=("127.0.0.11", 1))
+    frame = await challenge(good, user_key)
+    await bad.send_to(text_data=json.dumps({"type": "token", "pub": "x\u0000y\u0007"}))
+    await comm_send(good, sign_frame(user_key, frame))
+    await expect_error(bad, "invalid_pub")
+    assert (await receive(good))["type"] == "token"
+    rows = {r.outcome: r for r in await attempts()}
+    assert rows["invalid_pub"].public_key == "x\ufffdy\ufffd"
+    assert SUCCESS in rows
+    await good.disconnect()
+    await bad.disconnect()
+
+
+async def comm_send(comm, frame):
+    await comm.send_to(text_data=json.dumps(frame))
+
+
+async def test_a_malformed_id_does_not_spend_the_connections_challenge(user_key):
+    comm = await connect()
+    frame = await challenge(comm, user_key)
+    reply = await send(comm, sign_frame(user_key, frame, id="!"))
+    await expect_error(comm, "unknown_challenge", reply)
+    assert (await send(comm, sign_frame(user_key, frame)))["type"] == "token"
+    await comm.disconnect()
+
+
+async def test_origin_must_match_scheme_host_and_port():
+    for origin in ["http://127.0.0.1:9999", "https://127.0.0.1:8000", "http://localhost:8000"]:
+        comm = await connect(origin=origin)
+        await expect_error(comm, "origin_not_allowed")
+        await comm.receive_output(2)
+
+
+async def test_a_cancelled_consumer_releases_its_connection_slot(settings):
+    """daphne cancels an application still busy after its client left; disconnect() never runs
+    then, and the per-address count must not leak."""
+    settings.MAX_CONNECTIONS_PER_IP = 1
+    first = await connect()
+    first.future.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first.future
+    second = await connect()
+    await second.send_to(text_data="[]")
+    await expect_error(second, "invalid_frame")  # admitted: the slot was released
+    await second.disconnect()

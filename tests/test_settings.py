@@ -125,3 +125,22 @@ def test_challenge_timeout_must_be_shorter_than_the_layer_expiry(settings):
     assert "challenges.E008" in errors_ids(settings)
     settings.CHALLENGE_TIMEOUT = 60
     assert "challenges.E008" not in errors_ids(settings)
+
+
+@pytest.mark.parametrize(
+    ("header", "proxies", "expected"),
+    [
+        ("203.0.113.9", 1, "203.0.113.9"),
+        ("6.6.6.6, 203.0.113.9", 1, "203.0.113.9"),  # the client wrote 6.6.6.6
+        ("6.6.6.6, 203.0.113.9, 10.0.0.2", 2, "203.0.113.9"),
+        ("10.0.0.2", 2, "127.0.0.5"),  # fewer entries than proxies: fall back to the peer
+        ("not-an-ip", 1, None),
+    ],
+)
+def test_client_ip_counts_forwarded_entries_from_the_right(settings, header, proxies, expected):
+    from challenges.origins import client_ip
+
+    settings.CLIENT_IP_HEADER = "X-Forwarded-For"
+    settings.TRUSTED_PROXIES = proxies
+    scope = {"client": ("127.0.0.5", 1)}
+    assert client_ip(scope, {"x-forwarded-for": header}) == expected

@@ -163,6 +163,8 @@ MAX_CONNECTIONS_PER_IP = env.int("MAX_CONNECTIONS_PER_IP", default=256)
 MAX_ERRORS_PER_CONNECTION = env.int("MAX_ERRORS_PER_CONNECTION", default=20)
 #: Proxy header carrying the client address (e.g. X-Forwarded-For); empty: peer address.
 CLIENT_IP_HEADER = env.str("CLIENT_IP_HEADER", default="")
+#: How many proxies of yours append to CLIENT_IP_HEADER; the entry they added is the client.
+TRUSTED_PROXIES = env.int("TRUSTED_PROXIES", default=1)
 
 WORKER_ID = env.str("WORKER_ID", default=f"{socket.gethostname()}:{os.getpid()}")
 
