@@ -55,7 +55,8 @@ postgres: install-dev
 	  echo "ERROR: PostgreSQL is not reachable at $(POSTGRES_URL): start it (pg_ctlcluster ... start) or set POSTGRES_URL" >&2; exit 1; }
 
 pytest-postgres: install-dev chromium postgres
-	DATABASE_URL=$(POSTGRES_URL) CHROMIUM=$(CHROMIUM) $(PY) -m pytest $(PYTEST_ARGS)
+	DATABASE_URL=$(POSTGRES_URL) TEST_DATABASE_NAME=test_tokenprovider_$$$$ CHROMIUM=$(CHROMIUM) \
+	  $(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest pytest-postgres
 
