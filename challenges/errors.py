@@ -100,6 +100,11 @@ ERROR_CODES: dict[str, str] = {
     "upstream_bad_signature": "the token authority rejected the signature",
     "upstream_error": "the token authority failed",
     "routing_unavailable": "the challenge lives on another worker that cannot be reached now",
+    # Refusals of runauthority's API-key check (gRPC callers only).
+    "api_key_required": "runauthority: the call carries no API key",
+    "api_key_not_found": "runauthority: the API key is unknown",
+    "api_sig_required": "runauthority: the API key needs a signature",
+    "api_sig_bad": "runauthority: the API key signature is wrong or expired",
     "internal_error": "the server failed; the request can be retried",
 }
 

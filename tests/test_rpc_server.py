@@ -155,12 +155,20 @@ def wrong_secret_metadata() -> list[tuple[str, str]]:
         "sig-of-other",
     ],
 )
-async def test_api_key_refusals(channel, user_key, metadata, code, details):
+async def test_api_key_refusals(server, channel, user_key, metadata, code, details):
     call = RawCall(channel, metadata)
     with contextlib.suppress(grpc.aio.AioRpcError):  # refused before the first message: see the status
         await call.send(key_frame(str(user_key.public)))
     assert await call.reply_or_error() is None
     await expect_status(call, code, details)
+    # Audited too (before the status is sent), with the Hub's status and nothing secret.
+    [(outcome, status, detail)] = server.rows(
+        "SELECT outcome, upstream_status, detail FROM challenges_challengeattempt WHERE public_key = ?",
+        (str(user_key.public),),
+    )
+    assert outcome.startswith("api_")
+    assert (status, detail) == (code.name, details)
+    assert API_SECRET not in repr(server.rows("SELECT * FROM challenges_challengeattempt"))
 
 
 async def test_first_message_not_a_key(server, channel, user_key):

@@ -221,8 +221,10 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     the secret, the signature and its message never are.
     """
 
-    def __init__(self, keys: Mapping[str, str]) -> None:
+    def __init__(self, keys: Mapping[str, str], *, servicer: AuthorityServicer | None = None) -> None:
         self.keys = dict(keys)
+        #: Refusals are audited through the servicer's writer, like every other outcome.
+        self.servicer = servicer
 
     async def intercept_service(
         self,
@@ -244,21 +246,37 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         except ApiKeyError as error:
             log.warning("GetToken refused: %s (key %s...)", error.reason, (key or "-")[:8])
-            return _refusal(*status_of(error))
+            return _refusal(error, self.servicer)
         return await continuation(handler_call_details)
+
+
+def _key_of(first: Any) -> str:
+    """The public key a refused caller sent first (raw bytes here: no deserializer)."""
+    with contextlib.suppress(Exception):
+        request = GetTokenRequest.FromString(first) if isinstance(first, bytes) else first
+        if isinstance(request, GetTokenRequest) and request.WhichOneof("payload") == "key":
+            return request.key[:128]
+    return ""
 
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+def _refusal(error: ChallengeError, servicer: AuthorityServicer | None) -> grpc.RpcMethodHandler:
+    code, message = status_of(error)
+
     async def refuse(request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         # Take the caller's first message before refusing: a grpc.aio client whose
         # write races our status reports INTERNAL instead of it (grpc/grpc#36066).
+        first = None
         with contextlib.suppress(Exception):
             async with asyncio.timeout(1.0):
-                await anext(aiter(request_iterator), None)
+                first = await anext(aiter(request_iterator), None)
+        if servicer is not None:
+            attempt = _Attempt(context, servicer.config.worker)
+            attempt.key = _key_of(first)
+            await servicer._audit_quietly(attempt.record(error.code, status=code.name, detail=message))
         await context.abort(code, message)
 
     return grpc.stream_stream_rpc_method_handler(refuse)
@@ -276,7 +294,7 @@ def create_server(
     Returns the server (not started) and the bound port. Raises
     :class:`RuntimeError` when the address cannot be bound.
     """
-    interceptors = [ApiKeyInterceptor(api_keys)] if api_keys else []
+    interceptors = [ApiKeyInterceptor(api_keys, servicer=servicer)] if api_keys else []
     server = grpc.aio.server(
         interceptors=interceptors,
         # No SO_REUSEPORT: a second authority on the same port must fail, not share it.
