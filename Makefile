@@ -8,7 +8,7 @@ CHROMIUM ?= /usr/bin/chromium
 # The suite runs twice: on SQLite, then on this PostgreSQL (database `test`, trust auth).
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 
-.PHONY: run test lint typecheck pytest pytest-postgres postgres bench install install-dev chromium migrate clean proto
+.PHONY: run test lint typecheck pytest pytest-postgres postgres bench soak install install-dev chromium migrate clean proto
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,8 +71,13 @@ PROTO_OUT ?= .
 proto: install-dev
 	$(PY) -m grpc_tools.protoc $(PROTOC_ARGS)
 
+# The load benchmark (a few minutes; writes bench/REPORT.md), and the idle-socket soak.
 bench: install-dev
 	$(PY) -m bench $(BENCH_ARGS)
+
+SOAK_MINUTES ?= 10
+soak: install-dev
+	$(PY) -m bench soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache test-artifacts

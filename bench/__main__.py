@@ -1,0 +1,77 @@
+"""``python -m bench [options]`` runs the benchmark; ``python -m bench soak --minutes N`` the soak."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+
+def _bench_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Token-flow load benchmark.")
+    parser.add_argument("--flows", type=int, default=1000, help="flows per point (default 1000)")
+    parser.add_argument("--quick", action="store_true", help="200 flows per point, 300 idle sockets")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per point; the median is reported")
+    parser.add_argument("--concurrency", default="1,16,128", help="comma-separated client counts")
+    parser.add_argument(
+        "--configs",
+        default="floor,daphne,uvicorn,two-workers",
+        help="comma-separated subset of floor,daphne,uvicorn,two-workers",
+    )
+    parser.add_argument("--idle", type=int, default=1000, help="idle sockets for the memory figure (0: skip)")
+    parser.add_argument(
+        "--no-pin", action="store_true", help="do not pin servers and client to separate CPUs"
+    )
+    parser.add_argument("--no-report", action="store_true", help="print only; leave bench/REPORT.md alone")
+    return parser
+
+
+def _soak_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench soak", description="Idle-socket soak, Redis layer."
+    )
+    parser.add_argument("--minutes", type=float, default=10.0, help="how long the sockets stay idle")
+    parser.add_argument("--sockets", type=int, default=50, help="idle sockets per worker")
+    parser.add_argument("--settings", default="tokensite.settings", help="the workers' settings module")
+    parser.add_argument("--no-report", action="store_true", help="print only; leave bench/REPORT.md alone")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    # A SIGTERM (or a SIGINT to a background job, which ignores it) must still unwind through
+    # the finally blocks that stop every server and redis-server this run started.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit)
+    if argv[:1] == ["soak"]:
+        args = _soak_parser().parse_args(argv[1:])
+        if not 0 < args.minutes <= 24 * 60 or not 0 < args.sockets <= 5000:
+            raise SystemExit("--minutes must be in (0, 1440] and --sockets in (0, 5000]")
+        from .soak import soak
+
+        return soak(
+            minutes=args.minutes,
+            per_worker=args.sockets,
+            settings=args.settings,
+            write_report=not args.no_report,
+        )
+    args = _bench_parser().parse_args(argv)
+    from .run import Options, bench
+
+    options = Options(
+        flows=200 if args.quick else args.flows,
+        idle=min(args.idle, 300) if args.quick else args.idle,
+        repeats=args.repeats,
+        concurrency=[int(c) for c in args.concurrency.split(",") if c],
+        configs=[c for c in args.configs.split(",") if c],
+        pin=not args.no_pin,
+        write_report=not args.no_report,
+    )
+    return bench(options)
+
+
+def _exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,209 @@
+"""The load generator: complete token flows against one server, or across two.
+
+Run as a separate process, pinned to its own CPU, so the client does not
+share a core with the server under test::
+
+    python -m bench.loadgen '{"urls": ["ws://127.0.0.1:8001/ws/token"], "concurrency": 16, "flows": 1000}'
+
+It prints one JSON object (:class:`Result`). With one URL each flow is
+connect, ``token`` frame, challenge, sign, ``challenge`` frame, token, on one
+socket. With two, every flow resumes on the other worker: the challenge comes
+from one socket, which is closed, and the signature goes with the challenge's
+``id`` to the other server on a second socket (directions alternate).
+
+Latency is from the start of the connect to the token frame; the socket's
+closing handshake follows outside it. Every failure is counted by kind
+(``http_500``, ``close_1011``, ``error_<code>``, ``timeout`` ...), never raised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import nacl.signing
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from challenges.authority import verify_token
+from challenges.identity import encode_buffer, format_public_key, parse_public_key
+
+
+@dataclass
+class Spec:
+    urls: list[str]
+    concurrency: int
+    flows: int
+    cpu: int | None = None
+    #: The authority's public key string: the first token of the run is verified against it.
+    issuer: str = ""
+    flow_timeout: float = 30.0
+    run_timeout: float = 300.0
+
+
+@dataclass
+class Result:
+    ok: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    client_cpu: float = 0.0
+    extensions: str = ""
+
+    @property
+    def failed(self) -> int:
+        return sum(self.errors.values())
+
+
+class FlowFailed(Exception):
+    """The server answered with an error frame or an unexpected frame."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+@dataclass
+class Identity:
+    key: nacl.signing.SigningKey
+    pub: str
+
+    @classmethod
+    def generate(cls) -> Identity:
+        key = nacl.signing.SigningKey.generate()
+        return cls(key=key, pub=format_public_key(bytes(key.verify_key)))
+
+    def answer(self, challenge: dict[str, Any], *, with_id: bool) -> str:
+        value = bytes(challenge["value"]["data"])
+        frame: dict[str, Any] = {"type": "challenge", "sig": encode_buffer(self.key.sign(value).signature)}
+        if with_id:
+            frame["id"] = challenge["id"]
+        return json.dumps(frame)
+
+
+def open_socket(url: str, *, timeout: float = 30.0, compression: bool = True) -> Any:
+    """The client's connect: permessage-deflate offered as browsers do (unless told not to), no pings."""
+    return connect(
+        url,
+        max_size=2**16,
+        open_timeout=timeout,
+        close_timeout=timeout,
+        ping_interval=None,
+        compression="deflate" if compression else None,
+    )
+
+
+async def receive(ws: ClientConnection, expected: str) -> dict[str, Any]:
+    frame = json.loads(await ws.recv())
+    if not isinstance(frame, dict):
+        raise FlowFailed("bad_frame")
+    if frame.get("type") == "error":
+        raise FlowFailed(f"error_{frame.get('code')}")
+    if frame.get("type") != expected:
+        raise FlowFailed(f"unexpected_{frame.get('type')}")
+    return frame
+
+
+async def ask(ws: ClientConnection, who: Identity) -> dict[str, Any]:
+    await ws.send(json.dumps({"type": "token", "pub": who.pub}))
+    return await receive(ws, "challenge")
+
+
+async def flow_on(ws: ClientConnection, who: Identity) -> str:
+    """One flow on an open socket; returns the token."""
+    challenge = await ask(ws, who)
+    await ws.send(who.answer(challenge, with_id=False))
+    return str((await receive(ws, "token"))["value"])
+
+
+def classify(exc: BaseException) -> str:
+    if isinstance(exc, FlowFailed):
+        return exc.kind
+    if isinstance(exc, websockets.InvalidStatus):
+        return f"http_{exc.response.status_code}"
+    if isinstance(exc, websockets.ConnectionClosed):
+        return f"close_{exc.rcvd.code if exc.rcvd else 'none'}"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, OSError):
+        return f"os_{exc.errno}"
+    return type(exc).__name__
+
+
+async def _same(url: str, who: Identity, result: Result) -> tuple[str, float]:
+    async with open_socket(url) as ws:
+        token = await flow_on(ws, who)
+        done = time.perf_counter()
+        if not result.extensions:
+            result.extensions = ",".join(e.name for e in ws.protocol.extensions) or "none"
+    return token, done
+
+
+async def _cross(first: str, second: str, who: Identity) -> tuple[str, float]:
+    async with open_socket(first) as ws:
+        challenge = await ask(ws, who)
+    async with open_socket(second) as ws:
+        await ws.send(who.answer(challenge, with_id=True))
+        token = str((await receive(ws, "token"))["value"])
+        done = time.perf_counter()
+    return token, done
+
+
+async def run(spec: Spec) -> Result:
+    result = Result()
+    counter = itertools.count()
+    errors: Counter[str] = Counter()
+    checked = False
+
+    async def slot() -> None:
+        nonlocal checked
+        who = Identity.generate()  # one key per client: MAX_PENDING_PER_KEY is never hit
+        while (n := next(counter)) < spec.flows:
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(spec.flow_timeout):
+                    if len(spec.urls) == 1:
+                        token, done = await _same(spec.urls[0], who, result)
+                    else:
+                        first, second = spec.urls[n % 2], spec.urls[1 - n % 2]
+                        token, done = await _cross(first, second, who)
+                if not checked and spec.issuer:
+                    checked = True
+                    verify_token(token, issuer=parse_public_key(spec.issuer))
+            except Exception as exc:
+                errors[classify(exc)] += 1
+                who = Identity.generate()  # its failed challenge may still be pending
+            else:
+                result.ok += 1
+                result.latencies_ms.append((done - started) * 1000)
+
+    cpu, started = time.process_time(), time.perf_counter()
+    try:
+        async with asyncio.timeout(spec.run_timeout):
+            await asyncio.gather(*(slot() for _ in range(spec.concurrency)))
+    except TimeoutError:
+        errors["run_timeout"] += 1
+    result.elapsed = time.perf_counter() - started
+    result.client_cpu = (time.process_time() - cpu) / max(result.elapsed, 1e-9)
+    result.errors = dict(errors)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.loadgen")
+    parser.add_argument("spec", help="a JSON object with the fields of bench.loadgen.Spec")
+    spec = Spec(**json.loads(parser.parse_args().spec))
+    if spec.cpu is not None:
+        os.sched_setaffinity(0, {spec.cpu})
+    print(json.dumps(asdict(asyncio.run(run(spec)))))
+
+
+if __name__ == "__main__":
+    main()

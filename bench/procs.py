@@ -1,0 +1,144 @@
+"""Server processes for the benchmark: the product's workers, the floor, pinning, /proc readings.
+
+The product's servers are started by ``tests/servers.py`` (daphne with a
+1,024 backlog, uvicorn with ``--ws websockets-sansio``), each with its own
+SQLite audit unless ``DATABASE_URL`` names a PostgreSQL server. Every server
+runs in production mode (``DEBUG=false``) with a fresh authority key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from challenges.identity import PrivateKey
+from tests import servers
+from tests.servers import ROOT, Server
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def bench_env(tmp: Path, *, authority: PrivateKey, redis_url: str = "", **extra: str) -> dict[str, str]:
+    """Production settings for a server under test; ``redis_url`` selects the Redis layer."""
+    return servers.base_env(
+        tmp,
+        DEBUG="false",
+        SECRET_KEY=secrets.token_urlsafe(40),
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        AUTHORITY_PRIVATE_KEY=str(authority),
+        REDIS_URL=redis_url,
+        # All the load comes from one address (1,000 idle sockets, 128 clients): lift its caps.
+        MAX_CONNECTIONS_PER_IP="5000",
+        MAX_PENDING_PER_IP="5000",
+        **extra,
+    )
+
+
+def start_floor(tmp: Path, *, authority: PrivateKey, ready_timeout: float = 20) -> Server:
+    """``bench.floor`` (plain ``websockets``) on a free port, ready when it accepts TCP."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    port = servers.free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    env.update(AUTHORITY_PRIVATE_KEY=str(authority), PYTHONUNBUFFERED="1")
+    log_path = tmp / f"floor-{port}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench.floor", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(process=process, port=port, env=env, log_path=log_path)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the floor exited with {process.returncode}:\n{server.log()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return server
+        except OSError:
+            time.sleep(0.05)
+    server.stop(signal.SIGKILL)
+    raise RuntimeError(f"the floor did not listen within {ready_timeout} s:\n{server.log()}")
+
+
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Pin every thread of ``pid`` (threads it starts later inherit it)."""
+    if not cpus:
+        return
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(tid), cpus)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of a process in KiB, from /proc/PID/status."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        match = re.search(r"^VmRSS:\s+(\d+) kB", fh.read(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no VmRSS for process {pid}")
+    return int(match.group(1))
+
+
+def log_counts(*logs: Path) -> dict[str, int]:
+    """Tracebacks, redis-py 'Timeout reading' lines (FIELD-NOTES trap 1) and failed reads of a
+    worker's inbox (how that trap shows now that no connection reads the layer itself)."""
+    text = "".join(path.read_text(errors="replace") for path in logs if path.exists())
+    return {
+        "tracebacks": text.count("Traceback"),
+        "timeout_reading": text.count("Timeout reading"),
+        "inbox_read_failures": text.count("cannot read the channel layer"),
+    }
+
+
+def raise_fd_limit(wanted: int = 20_000) -> None:
+    """Idle sockets need descriptors in this process and in the servers it starts."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(wanted, hard) if hard != resource.RLIM_INFINITY else wanted
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def cpu_split(no_pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(server CPUs, load-generator CPUs): the last CPU for the client, the rest for servers."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if no_pin or len(cpus) < 2:
+        return None, None
+    return set(cpus[:-1]), {cpus[-1]}
+
+
+def redis_commands(port: int) -> int:
+    """Commands a redis-server has run (``INFO commandstats``), not counting this query."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"INFO commandstats\r\n")
+        data = b""
+        while b"\r\n" not in data or len(data) < _bulk_end(data):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    calls = re.findall(rb"^cmdstat_(\w+):calls=(\d+)", data, re.MULTILINE)
+    return sum(int(n) for name, n in calls if name != b"info")
+
+
+def _bulk_end(data: bytes) -> int:
+    header, _, _ = data.partition(b"\r\n")
+    return len(header) + 2 + int(header[1:]) + 2 if header.startswith(b"$") else 0

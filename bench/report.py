@@ -1,0 +1,211 @@
+"""``bench/REPORT.md``: machine facts, and sections that the benchmark and the soak rewrite."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import statistics
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPORT = Path(__file__).resolve().parent / "REPORT.md"
+PACKAGES = ("Django", "channels", "daphne", "uvicorn", "channels-redis", "redis", "websockets", "PyNaCl")
+_TITLE = (
+    "# Benchmark report\n\nWritten by `python -m bench` and `python -m bench soak`; see the README.\n\n"
+    "<!-- begin bench -->\n(not run yet)\n<!-- end bench -->\n\n"
+    "<!-- begin soak -->\n(not run yet)\n<!-- end soak -->\n"
+)
+
+
+def machine_facts() -> str:
+    """One line: cores, CPU model, kernel, Python, package versions, date, load."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            found = re.search(r"^model name\s*:\s*(.+)$", fh.read(), re.MULTILINE)
+        model = found.group(1).strip() if found else model
+    except OSError:
+        pass
+    versions = ", ".join(f"{name} {_version(name)}" for name in PACKAGES)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{os.cpu_count()} cores ({model}), Linux {platform.release()}, Python {platform.python_version()};"
+        f" {versions}; {redis_version()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average {load}"
+    )
+
+
+def redis_version() -> str:
+    import shutil
+    import subprocess
+
+    if not shutil.which("redis-server"):
+        return "no redis-server"
+    out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=10).stdout
+    found = re.search(r"v=(\S+)", out)
+    return f"redis-server {found.group(1) if found else '?'}"
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def write_section(name: str, body: str, path: Path = REPORT) -> None:
+    """Replace (or append) the section between ``<!-- begin name -->`` and ``<!-- end name -->``."""
+    text = path.read_text() if path.exists() else _TITLE
+    block = f"<!-- begin {name} -->\n{body.rstrip()}\n<!-- end {name} -->"
+    pattern = re.compile(rf"<!-- begin {re.escape(name)} -->.*?<!-- end {re.escape(name)} -->", re.DOTALL)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
+    path.write_text(text.rstrip() + "\n")
+
+
+def render_bench(
+    *,
+    points: list[Any],
+    logs: dict[str, dict[str, int]],
+    idle: list[Any],
+    options: dict[str, Any],
+    facts: str,
+    names: dict[str, str],
+) -> str:
+    """The benchmark section: summary, details, CPU breakdown, memory, logs, method (Markdown)."""
+    concurrency: list[int] = options["concurrency"]
+    configs = [n for n in names if n in options["configs"]]
+    by = {(p.config, p.concurrency): p for p in points}
+
+    def ratio(name: str, c: int, attr: str = "rate") -> str:
+        """Median over repeats of (this run / the floor's run of the same repeat)."""
+        floor = by.get(("floor", c))
+        if floor is None:
+            return "-"
+        pairs = zip(by[(name, c)].runs, floor.runs, strict=False)
+        ratios = [getattr(r, attr) / getattr(f, attr) for r, f in pairs if getattr(f, attr)]
+        return f"{statistics.median(ratios):.2f}" if ratios else "-"
+
+    lines = [
+        "## Token flows",
+        "",
+        f"Machine: {facts}.",
+        "",
+        f"{options['flows']} flows per point, {options['repeats']} runs each; flows/s (median) and, in"
+        " brackets, the ratio to the floor (median of the runs' ratios: each run's floor ran alongside).",
+        "",
+        "| configuration | " + " | ".join(f"c={c}" for c in concurrency) + " |",
+        "|---|" + "---|" * len(concurrency),
+    ]
+    for name in configs:
+        cells = [f"{by[(name, c)].median('rate'):,.0f} ({ratio(name, c)})" for c in concurrency]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| configuration | c | flows/s | range of runs | ratio to floor | p50 ms | p99 ms"
+        " | server CPU ms/flow | CPU ratio to floor | client CPU | flows ok | failures |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in concurrency:
+        for name in configs:
+            p = by[(name, c)]
+            rates = [r.rate for r in p.runs]
+            failures = ", ".join(f"{k} {v}" for k, v in sorted(p.errors.items())) or "0"
+            lines.append(
+                f"| {name} | {c} | {p.median('rate'):,.0f} | {min(rates):,.0f}-{max(rates):,.0f}"
+                f" | {ratio(name, c)} | {p.median('p50'):.1f} | {p.median('p99'):.1f}"
+                f" | {p.median('server_cpu_ms'):.2f} | {ratio(name, c, 'server_cpu_ms')}"
+                f" | {p.median('client_cpu'):.0%} | {sum(r.ok for r in p.runs)} | {failures} |"
+            )
+    lines += ["", "Configurations:", ""]
+    for name in configs:
+        exts = sorted({r.extensions for p in points if p.config == name for r in p.runs} - {""})
+        lines.append(f"- **{name}**: {names[name]} (negotiated extensions: {', '.join(exts) or '-'}).")
+    lines += _breakdown(points, concurrency)
+    lines += _memory(idle)
+    lines += [
+        "",
+        "## Server logs",
+        "",
+        "| configuration | tracebacks | 'Timeout reading' | inbox read failures | warm-up failures |",
+        "|---|---|---|---|---|",
+    ]
+    for name in configs:
+        counts = logs.get(name, {})
+        lines.append(
+            f"| {name} | {counts.get('tracebacks', 0)} | {counts.get('timeout_reading', 0)}"
+            f" | {counts.get('inbox_read_failures', 0)} | {counts.get('warm-up errors', 0)} |"
+        )
+    lines += ["", *METHOD]
+    return "\n".join(lines)
+
+
+def _breakdown(points: list[Any], concurrency: list[int]) -> list[str]:
+    """Server CPU per flow by process, for configurations of several processes."""
+    multi = [p for p in points if len(p.runs) and len(p.runs[0].cpu_by_role) > 1]
+    if not multi:
+        return []
+    roles = list(multi[0].runs[0].cpu_by_role)
+    lines = [
+        "",
+        "Server CPU ms per flow by process (median of runs)"
+        + (", and Redis commands run per flow:" if multi[0].runs[0].redis_commands is not None else ":"),
+        "",
+        "| configuration | c | " + " | ".join(roles) + " | Redis commands/flow |",
+        "|---|---|" + "---|" * (len(roles) + 1),
+    ]
+    for p in sorted(multi, key=lambda p: (p.config, p.concurrency)):
+        cells = [f"{statistics.median(r.cpu_by_role.get(role, 0.0) for r in p.runs):.2f}" for role in roles]
+        commands = [r.redis_commands for r in p.runs if r.redis_commands is not None]
+        redis = f"{statistics.median(commands):.1f}" if commands else "-"
+        lines.append(f"| {p.config} | {p.concurrency} | " + " | ".join(cells) + f" | {redis} |")
+    return lines
+
+
+def _memory(idle: list[Any]) -> list[str]:
+    if not idle:
+        return []
+    lines = [
+        "",
+        "## Memory per idle socket",
+        "",
+        "RSS (VmRSS) of a fresh, warmed-up server before, while and after holding the sockets; the client"
+        " offers permessage-deflate as browsers do, or not at all.",
+        "",
+        "| server | client offers deflate | idle sockets | RSS before | RSS while held | RSS after close"
+        " | KiB per socket | failures |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m in idle:
+        failures = ", ".join(f"{k} {v}" for k, v in sorted(m.errors.items())) or "0"
+        lines.append(
+            f"| {m.server} | {'yes' if m.compression else 'no'} | {m.sockets} | {m.before_kib / 1024:.1f} MiB"
+            f" | {m.held_kib / 1024:.1f} MiB | {m.closed_kib / 1024:.1f} MiB | {m.per_socket_kib:.1f}"
+            f" | {failures} |"
+        )
+    return lines
+
+
+METHOD = [
+    "## Method",
+    "",
+    "- A flow is connect, `token` frame, challenge, Ed25519 signature, `challenge` frame, token; latency runs"
+    " from the connect to the token frame (the closing handshake follows outside it). Each client slot has"
+    " its own key; the first token of every run is verified against the authority key.",
+    "- `two-workers`: the challenge comes from one worker on a first socket, which is closed; the signature"
+    " goes with the challenge's `id` to the other worker on a second socket (directions alternate), so every"
+    " flow crosses the Redis channel layer.",
+    "- Servers run with `DEBUG=false`, SQLite audit (group-committed), the per-address caps lifted"
+    " (`MAX_CONNECTIONS_PER_IP`, `MAX_PENDING_PER_IP`: all load comes from 127.0.0.1); all"
+    " server-side processes (both workers and redis-server included) are pinned to the first CPU, the load"
+    " generator (a separate process) to the last, so every configuration gets the same server budget of"
+    " one core. Server CPU is user+system time of those processes over the run, divided by the flows.",
+    "- Repeats are interleaved (each repeat visits every concurrency and configuration in turn); every"
+    " configuration is warmed up with 100 flows first. The machine is shared: the ratio to the floor and"
+    " the server CPU per flow are steadier than flows/s.",
+    "- Client CPU near 100 % means the one-core Python load generator, not the server, set the pace."
+    " At c=1 the server idles between frames, and on this VM those wake-ups show as more CPU per flow.",
+    "- Redis commands per flow come from `INFO commandstats` (those run inside channels-redis's Lua"
+    " scripts included; the workers' 1 s heartbeats too, a few per run).",
+]

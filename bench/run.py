@@ -1,0 +1,236 @@
+"""The benchmark: every configuration at every concurrency, repeated, interleaved.
+
+All servers under test run at once, pinned to the server CPU(s); the load
+generator runs in its own process on the remaining CPU. Each repeat visits
+every concurrency and, within it, every configuration in turn, so slow drifts
+of a shared machine fall on all configurations alike, and the floor measured
+alongside gives each figure a ratio that is steadier than the figure itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from challenges.identity import PrivateKey
+from tests import servers
+from tests.servers import ROOT, Server
+
+from . import memory, procs, report
+from .loadgen import Result, Spec
+
+CONFIGS = {
+    "floor": "plain `websockets` server (the floor)",
+    "daphne": "daphne, one worker, in-memory layer",
+    "uvicorn": "uvicorn `--ws websockets-sansio`, one worker, in-memory layer",
+    "two-workers": "daphne A + uvicorn B + redis-server, every flow resumes on the other worker",
+}
+WARMUP_FLOWS = 100
+
+
+@dataclass
+class Options:
+    flows: int = 1000
+    idle: int = 1000
+    repeats: int = 3
+    concurrency: list[int] = field(default_factory=lambda: [1, 16, 128])
+    configs: list[str] = field(default_factory=lambda: list(CONFIGS))
+    pin: bool = True
+    write_report: bool = True
+
+
+@dataclass
+class Target:
+    name: str
+    urls: list[str]
+    #: Every server-side process of the configuration: its CPU time is the server's cost.
+    pids: list[int]
+    logs: list[Path]
+    #: What each of ``pids`` is, for the CPU breakdown.
+    roles: list[str] = field(default_factory=list)
+    redis_port: int | None = None
+
+
+@dataclass
+class Run:
+    rate: float
+    p50: float
+    p99: float
+    server_cpu_ms: float
+    client_cpu: float
+    ok: int
+    errors: dict[str, int]
+    extensions: str
+    #: Server CPU ms per flow of each process (by role), and Redis commands per flow.
+    cpu_by_role: dict[str, float] = field(default_factory=dict)
+    redis_commands: float | None = None
+
+
+@dataclass
+class Point:
+    config: str
+    concurrency: int
+    runs: list[Run] = field(default_factory=list)
+
+    def median(self, attr: str) -> float:
+        return float(statistics.median(getattr(r, attr) for r in self.runs))
+
+    @property
+    def errors(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for r in self.runs:
+            for kind, n in r.errors.items():
+                total[kind] = total.get(kind, 0) + n
+        return total
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile; NaN when there is nothing to rank."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def drive(target: Target, *, concurrency: int, flows: int, cpu: int | None, issuer: str) -> Run:
+    """One point: the load generator in its own process; server CPU read around it."""
+    spec = Spec(urls=target.urls, concurrency=concurrency, flows=flows, cpu=cpu, issuer=issuer)
+    before = [procs.cpu_seconds(pid) for pid in target.pids]
+    commands = procs.redis_commands(target.redis_port) if target.redis_port else 0
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", json.dumps(asdict(spec))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=spec.run_timeout + 60,
+        check=False,
+    )
+    used = [procs.cpu_seconds(pid) - cpu for pid, cpu in zip(target.pids, before, strict=True)]
+    if target.redis_port:
+        commands = procs.redis_commands(target.redis_port) - commands
+    if out.returncode != 0:
+        raise RuntimeError(f"the load generator failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    result = Result(**json.loads(out.stdout))
+    flows = max(result.ok, 1)
+    return Run(
+        rate=result.ok / result.elapsed if result.elapsed else 0.0,
+        p50=percentile(result.latencies_ms, 0.50),
+        p99=percentile(result.latencies_ms, 0.99),
+        server_cpu_ms=sum(used) * 1000 / flows,
+        client_cpu=result.client_cpu,
+        ok=result.ok,
+        errors=result.errors,
+        extensions=result.extensions,
+        cpu_by_role={role: u * 1000 / flows for role, u in zip(target.roles, used, strict=False)},
+        redis_commands=commands / flows if target.redis_port else None,
+    )
+
+
+def _start_targets(
+    stack: contextlib.ExitStack, tmp: Path, names: list[str], authority: PrivateKey, cpus: set[int] | None
+) -> dict[str, Target]:
+    targets: dict[str, Target] = {}
+
+    def started(server: Server) -> Server:
+        stack.callback(server.stop)
+        procs.pin(server.process.pid, cpus)
+        return server
+
+    def single(name: str) -> Target:
+        server = started(
+            servers.start(tmp / name, kind=name, env=procs.bench_env(tmp / name, authority=authority))
+        )
+        return Target(name, [server.ws], [server.process.pid], [server.log_path], [name])
+
+    for name in names:
+        if name == "floor":
+            floor = started(procs.start_floor(tmp / name, authority=authority))
+            targets[name] = Target(name, [floor.ws], [floor.process.pid], [floor.log_path], [name])
+        elif name in ("daphne", "uvicorn"):
+            targets[name] = single(name)
+        elif name == "two-workers":
+            redis = stack.enter_context(servers.redis_server(tmp / "redis"))
+            assert redis.process is not None
+            procs.pin(redis.process.pid, cpus)
+            (tmp / "cluster").mkdir(parents=True, exist_ok=True)
+            env = procs.bench_env(tmp / "cluster", authority=authority, redis_url=redis.url)
+            a = started(servers.start(tmp / "a", kind="daphne", env=dict(env, WORKER_ID="A")))
+            b = started(
+                servers.start(tmp / "b", kind="uvicorn", env=dict(env, WORKER_ID="B"), migrate_db=False)
+            )
+            targets[name] = Target(
+                name,
+                [a.ws, b.ws],
+                [a.process.pid, b.process.pid, redis.process.pid],
+                [a.log_path, b.log_path],
+                ["worker A (daphne)", "worker B (uvicorn)", "redis-server"],
+                redis.port,
+            )
+        else:
+            raise SystemExit(f"unknown configuration {name!r}; known: {', '.join(CONFIGS)}")
+    return targets
+
+
+def _flows(
+    options: Options, tmp: Path, authority: PrivateKey
+) -> tuple[list[Point], dict[str, dict[str, int]]]:
+    server_cpus, client_cpus = procs.cpu_split(not options.pin)
+    cpu = min(client_cpus) if client_cpus else None
+    issuer = str(authority.public)
+    points = {(c, n): Point(n, c) for c in options.concurrency for n in options.configs}
+    with contextlib.ExitStack() as stack:
+        targets = _start_targets(stack, tmp, options.configs, authority, server_cpus)
+        warmup: dict[str, dict[str, int]] = {}
+        for name, target in targets.items():
+            warm = drive(target, concurrency=16, flows=WARMUP_FLOWS, cpu=cpu, issuer=issuer)
+            warmup[name] = warm.errors
+        for repeat in range(options.repeats):
+            for c in options.concurrency:
+                for name, target in targets.items():
+                    run = drive(target, concurrency=c, flows=options.flows, cpu=cpu, issuer=issuer)
+                    points[(c, name)].runs.append(run)
+                    print(
+                        f"bench: run {repeat + 1}/{options.repeats} c={c:<3} {name:<11}"
+                        f" {run.rate:7.0f} flows/s  p50 {run.p50:6.1f} ms  p99 {run.p99:6.1f} ms"
+                        f"  server {run.server_cpu_ms:.2f} ms/flow"
+                        f"  client cpu {run.client_cpu:.0%}  errors {run.errors or 0}",
+                        file=sys.stderr,
+                    )
+    logs = {name: procs.log_counts(*t.logs) for name, t in targets.items()}
+    for name, errors in warmup.items():
+        logs[name]["warm-up errors"] = sum(errors.values())
+    return list(points.values()), logs
+
+
+def bench(options: Options) -> int:
+    """Run everything, print the Markdown report, write bench/REPORT.md; 1 if any flow failed."""
+    procs.raise_fd_limit()
+    authority = PrivateKey.generate()
+    facts = report.machine_facts()
+    with tempfile.TemporaryDirectory(prefix="bench-") as name:
+        tmp = Path(name)
+        try:
+            points, logs = _flows(options, tmp, authority)
+            idle = (
+                memory.measure(tmp / "memory", authority=authority, count=options.idle)
+                if options.idle
+                else []
+            )
+        finally:
+            servers.drop_server_databases()
+    text = report.render_bench(
+        points=points, logs=logs, idle=idle, options=asdict(options), facts=facts, names=CONFIGS
+    )
+    print(text)
+    if options.write_report:
+        report.write_section("bench", text)
+    failed = sum(sum(p.errors.values()) for p in points) + sum(m.failures for m in idle)
+    failed += sum(counts.get("warm-up errors", 0) for counts in logs.values())
+    return 1 if failed else 0
