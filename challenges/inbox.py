@@ -4,15 +4,17 @@ A challenge lives in the process that issued it (its local state, or its open
 gRPC stream). Its id starts with that process's *tag*, and every process reads
 one channel, ``tokenflow.<tag>``. A process that receives a signature for
 another tag sends a ``flow.request`` to that inbox with its own inbox as
-``reply_to``; the owner answers at once with ``flow.ack`` and, when the flow
-is finished, with ``flow.reply`` (the token or a coded error).
+``reply_to``; the owner answers with ``flow.reply`` (the token or a coded
+error) when the flow is finished. With Redis, workers keep heartbeats
+(:class:`Liveness`), which tell a slow owner from a dead one; without them
+(the in-memory layer, one process) the owner also sends a ``flow.ack`` at once.
 
 This improves on one channel-layer group per challenge: no ``group_add`` /
 ``group_discard`` per flow (two Redis round trips each, and the stale members
-a failed discard leaves), and no channel per connection. A missing ack within
-``ack_timeout`` means the owner is gone (``unknown_challenge``); a layer that
-cannot be reached is ``routing_unavailable``. Waiting requests and running
-handlers are capped.
+a failed discard leaves), and no channel per connection: two messages per routed
+signature. No sign of life within ``ack_timeout`` and no heartbeat means the
+owner is gone (``unknown_challenge``); a layer that cannot be reached is
+``routing_unavailable``. Waiting requests and running handlers are capped.
 """
 
 from __future__ import annotations
@@ -103,7 +105,13 @@ class Inbox:
                 await asyncio.wait_for(
                     self.layer.send(
                         PREFIX + tag,
-                        {**message, "type": "flow.request", "request": request_id, "reply_to": self.name},
+                        {
+                            **message,
+                            "type": "flow.request",
+                            "request": request_id,
+                            "reply_to": self.name,
+                            "want_ack": self.liveness is None,
+                        },
                     ),
                     self.ack_timeout,
                 )
@@ -113,25 +121,30 @@ class Inbox:
                     "the challenge belongs to another worker and the channel layer is unreachable;"
                     " retry shortly"
                 ) from exc
-            await self._await_ack(tag, ack, deadline=loop.time() + timeout)
-            return await asyncio.wait_for(reply, timeout)
+            deadline = loop.time() + timeout
+            # With heartbeats the reply itself shows the owner is alive; without, an ack does.
+            await self._await_owner(tag, reply if self.liveness else ack, deadline=deadline)
+            return await asyncio.wait_for(reply, max(deadline - loop.time(), 0.001))
         finally:
             self._waiting.pop(request_id, None)
 
-    async def _await_ack(self, tag: str, ack: asyncio.Future[None], *, deadline: float) -> None:
-        """Wait for the owner's ack. An owner is gone when it has not acked within
-        ``ack_timeout`` and (with a liveness registry) its heartbeat has lapsed too: a busy
-        owner under load is waited for while it beats, a dead one is dropped within its TTL."""
+    async def _await_owner(self, tag: str, sign: asyncio.Future[Any], *, deadline: float) -> None:
+        """Wait for a sign of life from the owner (its ack, or with heartbeats its reply).
+
+        The owner is gone when no sign came within ``ack_timeout`` and (with a liveness
+        registry) its heartbeat has lapsed too: a busy owner under load is waited for while
+        it beats, a dead one is dropped within its TTL. Past ``deadline``: TimeoutError.
+        """
         loop = asyncio.get_running_loop()
         started = loop.time()
         while True:
             try:
-                await asyncio.wait_for(asyncio.shield(ack), 0.5)
+                await asyncio.wait_for(asyncio.shield(sign), 0.5)
                 return
             except TimeoutError:
                 now = loop.time()
                 if now > deadline:
-                    raise _owner_gone() from None
+                    raise
                 if now - started < self.ack_timeout:
                     continue
                 if self.liveness is None or not await self.liveness.alive(tag):
@@ -180,7 +193,8 @@ class Inbox:
         if not isinstance(reply_to, str) or not reply_to.startswith(PREFIX) or not request_id:
             return
         try:
-            await self.layer.send(reply_to, {"type": "flow.ack", "request": request_id})
+            if message.get("want_ack"):
+                await self.layer.send(reply_to, {"type": "flow.ack", "request": request_id})
             answer = await self._handler(message)
             await self.layer.send(reply_to, {**answer, "type": "flow.reply", "request": request_id})
         except asyncio.CancelledError:

@@ -165,7 +165,8 @@ def start(
         cmd = [
             sys.executable, "-m", "uvicorn", "tokensite.asgi:application",
             "--host", "127.0.0.1", "--port", str(port), "--ws", "websockets-sansio",
-            "--ws-max-size", str(128 * 1024), "--no-access-log", "--lifespan", "off",
+            "--ws-max-size", str(128 * 1024), "--ws-per-message-deflate", "false",
+            "--no-access-log", "--lifespan", "off",
         ]  # fmt: skip
     else:
         raise ValueError(kind)

@@ -154,7 +154,8 @@ CHALLENGE_TIMEOUT = env.float("CHALLENGE_TIMEOUT", default=60.0)
 #: Empty: Origin must match ALLOWED_HOSTS (Channels' AllowedHostsOriginValidator).
 ALLOWED_ORIGINS = env.list("ALLOWED_ORIGINS", default=[])
 
-#: Seconds a worker waits for the owner of a challenge to acknowledge a routed signature.
+#: Seconds a worker waits for the owner of a challenge to answer a routed signature before
+#: it checks the owner's heartbeat.
 ROUTE_ACK_TIMEOUT = env.float("ROUTE_ACK_TIMEOUT", default=2.0)
 #: Seconds a relayed (gRPC) challenge outlives its socket, for a reconnect to resume it,
 #: before its upstream stream is cancelled. Local challenges wait for their expiry.
