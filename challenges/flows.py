@@ -20,7 +20,6 @@ import asyncio
 import logging
 import time
 import weakref
-from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,8 +30,9 @@ from django.conf import settings
 
 from . import inbox, protocol, upstream
 from .authority import IssuedToken
-from .errors import ChallengeError, InternalError, LimitError, StateError, UpstreamError
+from .errors import ChallengeError, InternalError, StateError, UpstreamError
 from .identity import PublicKey
+from .limits import Caps, Limits
 from .protocol import FrameContext
 from .services import AuditRecord, AuditWriter
 
@@ -82,25 +82,16 @@ class FlowService:
         upstream: upstream.Upstream,
         audit: AuditWriter,
         timeout: float,
-        max_per_key: int,
-        max_total: int,
-        max_per_ip: int = 100,
-        max_connections_per_ip: int,
+        caps: Caps,
         worker: str,
         layer: Any = None,
     ) -> None:
         self.upstream = upstream
         self.audit = audit
         self.timeout = timeout
-        self.max_per_key = max_per_key
-        self.max_per_ip = max_per_ip
-        self.max_total = max_total
-        self.max_connections_per_ip = max_connections_per_ip
+        self.limits = Limits(caps)
         self.worker = worker
         self._flows: dict[str, Flow] = {}
-        #: Pending challenges per ("key", raw key) and per ("ip", address).
-        self._pending_by: Counter[tuple[str, object]] = Counter()
-        self._connections: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.tag = inbox.new_tag()
         self.inbox = (
@@ -121,19 +112,10 @@ class FlowService:
 
     def connection_opened(self, ip: str | None) -> None:
         """Count a connection; raises ``too_many_connections`` over the cap."""
-        key = ip or "?"
-        if self._connections[key] >= self.max_connections_per_ip:
-            raise LimitError(
-                f"at most {self.max_connections_per_ip} connections per address",
-                code="too_many_connections",
-            )
-        self._connections[key] += 1
+        self.limits.open_connection(ip)
 
     def connection_closed(self, ip: str | None) -> None:
-        key = ip or "?"
-        self._connections[key] -= 1
-        if self._connections[key] <= 0:
-            del self._connections[key]
+        self.limits.close_connection(ip)
 
     # -- flows -----------------------------------------------------------
 
@@ -151,26 +133,14 @@ class FlowService:
         """Start a challenge for ``key``; raises a coded error (audited)."""
         created, started = datetime.now(UTC), time.monotonic()
         try:
-            if len(self._flows) >= self.max_total:
-                raise LimitError("the server has too many pending challenges", code="too_many_pending")
-            if self._pending_by["key", key.raw] >= self.max_per_key:
-                raise LimitError(
-                    f"at most {self.max_per_key} challenges may be pending for one key",
-                    code="too_many_pending",
-                )
-            if self._pending_by["ip", client.ip] >= self.max_per_ip:
-                raise LimitError(
-                    f"at most {self.max_per_ip} challenges may be pending for one address",
-                    code="too_many_pending",
-                )
-            self._reserve(key, client, +1)  # before awaiting the upstream
+            self.limits.reserve(key=key.raw, ip=client.ip)  # before awaiting the upstream
             try:
                 pending = await asyncio.wait_for(
                     self.upstream.begin(key=key, audience=client.audience, timeout=self.timeout),
                     self.timeout,
                 )
             except BaseException:
-                self._reserve(key, client, -1)
+                self.limits.release(key=key.raw, ip=client.ip)
                 raise
         except TimeoutError:
             error = UpstreamError("the token authority did not answer in time", code="upstream_deadline")
@@ -345,14 +315,8 @@ class FlowService:
             for timer in (flow.timer, flow.grace):
                 if timer is not None:
                     timer.cancel()
-            self._reserve(flow.key, flow.client, -1)
+            self.limits.release(key=flow.key.raw, ip=flow.client.ip)
         return flow
-
-    def _reserve(self, key: PublicKey, client: ClientInfo, delta: int) -> None:
-        for slot in (("key", key.raw), ("ip", client.ip)):
-            self._pending_by[slot] += delta
-            if self._pending_by[slot] <= 0:
-                del self._pending_by[slot]
 
     def abandoned(self, flow_id: str | None, *, grace: float) -> None:
         """The connection that asked for ``flow_id`` is gone. A challenge whose upstream
@@ -457,10 +421,12 @@ def get_service() -> FlowService:
             upstream=upstream.from_settings(),
             audit=AuditWriter(),
             timeout=settings.CHALLENGE_TIMEOUT,
-            max_per_key=settings.MAX_PENDING_PER_KEY,
-            max_per_ip=settings.MAX_PENDING_PER_IP,
-            max_total=settings.MAX_PENDING_PER_PROCESS,
-            max_connections_per_ip=settings.MAX_CONNECTIONS_PER_IP,
+            caps=Caps(
+                pending_per_key=settings.MAX_PENDING_PER_KEY,
+                pending_per_ip=settings.MAX_PENDING_PER_IP,
+                pending_total=settings.MAX_PENDING_PER_PROCESS,
+                connections_per_ip=settings.MAX_CONNECTIONS_PER_IP,
+            ),
             worker=settings.WORKER_ID,
             layer=get_channel_layer(),
         )
