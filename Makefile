@@ -40,6 +40,13 @@ chromium:
 	@test -x $(CHROMIUM) || { echo "ERROR: $(CHROMIUM) is missing: run 'apt-get install -y chromium' as root, or set CHROMIUM=/path/to/chromium" >&2; exit 1; }
 	@command -v redis-server >/dev/null || { echo "ERROR: redis-server is missing: apt-get install -y redis-server" >&2; exit 1; }
 
+# @textile/crypto and ws for tests/test_textile_identity.py (Node 20 and npm from the machine).
+node-deps: tests/node/node_modules/.installed
+tests/node/node_modules/.installed: tests/node/package-lock.json
+	@command -v npm >/dev/null || { echo "ERROR: npm is missing: apt-get install -y nodejs npm" >&2; exit 1; }
+	npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+	touch $@
+
 lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -47,14 +54,14 @@ lint: install-dev
 typecheck: install-dev
 	$(VENV)/bin/mypy challenges tokensite
 
-pytest: install-dev chromium
+pytest: install-dev chromium node-deps
 	CHROMIUM=$(CHROMIUM) $(PY) -m pytest $(PYTEST_ARGS)
 
 postgres: install-dev
 	@$(PY) -c "import psycopg; psycopg.connect('$(POSTGRES_URL)', connect_timeout=5).close()" 2>/dev/null || { \
 	  echo "ERROR: PostgreSQL is not reachable at $(POSTGRES_URL): start it (pg_ctlcluster ... start) or set POSTGRES_URL" >&2; exit 1; }
 
-pytest-postgres: install-dev chromium postgres
+pytest-postgres: install-dev chromium node-deps postgres
 	DATABASE_URL=$(POSTGRES_URL) TEST_DATABASE_NAME=test_tokenprovider_$$$$ CHROMIUM=$(CHROMIUM) \
 	  $(PY) -m pytest $(PYTEST_ARGS)
 
