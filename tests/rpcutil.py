@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import hmac
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -38,31 +39,15 @@ OPEN_KEY = "bopenkeyneedsnosignature"
 
 
 @dataclass
-class Authority:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    env: dict[str, str]
+class Authority(servers.Server):
+    """A ``manage.py runauthority`` process (its log, audit and stop as a server's)."""
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        return servers.query(self.env["DATABASE_URL"], sql, params)
-
-    def stop(self, timeout: float = 15) -> int | None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        return self.process.returncode
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        return super().stop(sig, timeout)
 
 
 def start_authority(
@@ -89,7 +74,7 @@ def start_authority(
     while time.monotonic() < deadline:
         match = re.search(r"^listening on 127\.0\.0\.1:(\d+)$", log_path.read_text(), re.MULTILINE)
         if match:
-            return Authority(process, int(match.group(1)), log_path, env)
+            return Authority(process=process, port=int(match.group(1)), env=env, log_path=log_path)
         if process.poll() is not None:
             raise RuntimeError(f"runauthority exited with {process.returncode}:\n{log_path.read_text()}")
         time.sleep(0.05)
