@@ -66,12 +66,8 @@ async def _step(request: HttpRequest, kind: str) -> JsonResponse:
         origin = request.headers.get("origin")
         if origin and not origin_allowed(origin, own=f"{request.scheme}://{request.get_host()}"):
             raise ChallengeError("this Origin is not allowed to get tokens here", code="origin_not_allowed")
-        try:  # refuse by Content-Length before reading the body
-            declared = int(request.META.get("CONTENT_LENGTH") or 0)
-            body = b"" if declared > protocol.MAX_FRAME_BYTES else request.body
-        except (ValueError, RequestDataTooBig):
-            declared = protocol.MAX_FRAME_BYTES + 1
-        if max(declared, len(body)) > protocol.MAX_FRAME_BYTES:
+        body = _bounded_body(request, protocol.MAX_FRAME_BYTES)
+        if body is None:
             raise FrameError(
                 f"bodies are limited to {protocol.MAX_FRAME_BYTES} bytes", code="frame_too_large"
             )
@@ -89,6 +85,18 @@ async def _step(request: HttpRequest, kind: str) -> JsonResponse:
     except ChallengeError as error:
         await service.reject(error, client=client, context=context)
         return JsonResponse(protocol.error_frame(error), status=error.http_status)
+
+
+def _bounded_body(request: HttpRequest, limit: int) -> bytes | None:
+    """The request body, or None when it is (or says it is) over ``limit`` bytes.
+    The Content-Length is checked before anything is read."""
+    try:
+        if int(request.META.get("CONTENT_LENGTH") or 0) > limit:
+            return None
+        body = request.body  # also covers a body sent without a Content-Length
+    except (ValueError, RequestDataTooBig):
+        return None
+    return body if len(body) <= limit else None
 
 
 def _client(request: HttpRequest) -> flows.ClientInfo:
@@ -182,13 +190,11 @@ def token_verify(request: HttpRequest) -> JsonResponse:
     issuer, expiry and (when ``TOKEN_AUDIENCE`` is set) audience with
     :func:`authority.verify_token`; it does not consult revocation.
     """
-    declared = request.META.get("CONTENT_LENGTH") or "0"
-    if not declared.isdigit() or int(declared) > MAX_VERIFY_BODY:
-        return _not_verified("invalid_request", f"the body is limited to {MAX_VERIFY_BODY} bytes", 413)
-    if len(request.body) > MAX_VERIFY_BODY:  # a body sent without a Content-Length
+    raw = _bounded_body(request, MAX_VERIFY_BODY)
+    if raw is None:
         return _not_verified("invalid_request", f"the body is limited to {MAX_VERIFY_BODY} bytes", 413)
     try:
-        body = json.loads(request.body)
+        body = json.loads(raw)
     except ValueError:
         return _not_verified("invalid_request", "the body must be JSON", 400)
     token = body.get("token") if isinstance(body, dict) else None

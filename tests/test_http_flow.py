@@ -136,3 +136,11 @@ async def test_websocket_challenge_answered_over_http_reaches_the_socket(client,
     assert pushed == {"type": "token", "value": body["value"]}
     assert len(await tokens()) == 1
     await comm.disconnect()
+
+
+async def test_a_malformed_content_length_is_refused_not_a_500(client, user_key):
+    response = await client.post(
+        "/api/token/challenge", data=json.dumps({"pub": str(user_key.public)}),
+        content_type="application/json", CONTENT_LENGTH="twelve",
+    )  # fmt: skip
+    assert (response.status_code, json.loads(response.content)["code"]) == (413, "frame_too_large")
