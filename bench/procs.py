@@ -12,16 +12,13 @@ import contextlib
 import os
 import re
 import secrets
-import signal
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from challenges.identity import PrivateKey
 from tests import servers
-from tests.servers import ROOT, Server
+from tests.servers import Server
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -48,27 +45,21 @@ def start_floor(tmp: Path, *, authority: PrivateKey, ready_timeout: float = 20) 
     port = servers.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
     env.update(AUTHORITY_PRIVATE_KEY=str(authority), PYTHONUNBUFFERED="1")
-    log_path = tmp / f"floor-{port}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bench.floor", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process, log_path = servers.launch(
+        [sys.executable, "-m", "bench.floor", "--port", str(port)],
+        env=env,
+        log_path=tmp / f"floor-{port}.log",
+    )
     server = Server(process=process, port=port, env=env, log_path=log_path)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the floor exited with {process.returncode}:\n{server.log()}")
+
+    def accepting() -> Server | None:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return server
         except OSError:
-            time.sleep(0.05)
-    server.stop(signal.SIGKILL)
-    raise RuntimeError(f"the floor did not listen within {ready_timeout} s:\n{server.log()}")
+            return None
+
+    return servers.wait_ready(process, log_path, accepting, timeout=ready_timeout, what="the floor")
 
 
 def pin(pid: int, cpus: set[int] | None) -> None:

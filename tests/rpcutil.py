@@ -16,7 +16,6 @@ import hashlib
 import hmac
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -61,25 +60,18 @@ def start_authority(
     env = env or servers.base_env(tmp)
     if migrate:
         servers.migrate(env)
-    log_path = tmp / f"authority-{time.monotonic_ns()}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "runauthority", "--address", address, *args],
-            cwd=servers.ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    process, log_path = servers.launch(
+        [sys.executable, "manage.py", "runauthority", "--address", address, *args],
+        env=env,
+        log_path=tmp / f"authority-{time.monotonic_ns()}.log",
+    )
+
+    def listening() -> int | None:
         match = re.search(r"^listening on 127\.0\.0\.1:(\d+)$", log_path.read_text(), re.MULTILINE)
-        if match:
-            return Authority(process=process, port=int(match.group(1)), env=env, log_path=log_path)
-        if process.poll() is not None:
-            raise RuntimeError(f"runauthority exited with {process.returncode}:\n{log_path.read_text()}")
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"runauthority did not listen in 30 s:\n{log_path.read_text()}")
+        return int(match.group(1)) if match else None
+
+    port = servers.wait_ready(process, log_path, listening, timeout=30, what="runauthority")
+    return Authority(process=process, port=port, env=env, log_path=log_path)
 
 
 @contextlib.contextmanager

@@ -17,12 +17,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -170,22 +171,46 @@ def start(
         ]  # fmt: skip
     else:
         raise ValueError(kind)
-    log_path = tmp / f"{kind}-{port}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process, log_path = launch(cmd, env=env, log_path=tmp / f"{kind}-{port}.log")
     server = Server(process=process, port=port, env=env, log_path=log_path)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{kind} exited with {process.returncode}:\n{server.log()}")
+
+    def healthy() -> Server | None:
         try:
             with urllib.request.urlopen(f"{server.http}/api/health", timeout=2) as response:
-                if response.status == 200:
-                    return server
+                return server if response.status == 200 else None
         except OSError:
-            time.sleep(0.1)
-    server.stop(signal.SIGKILL)
-    raise RuntimeError(f"{kind} did not become healthy in {ready_timeout} s:\n{server.log()}")
+            return None
+
+    return wait_ready(process, log_path, healthy, timeout=ready_timeout, what=kind)
+
+
+def launch(cmd: list[str], *, env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start ``cmd`` in the project root, its output going to ``log_path``."""
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return process, log_path
+
+
+def wait_ready(
+    process: subprocess.Popen[bytes],
+    log_path: Path,
+    ready: Callable[[], T | None],
+    *,
+    timeout: float,
+    what: str,
+) -> T:
+    """Poll ``ready`` until it returns something; fail at once if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = ready()
+        if result is not None:
+            return result
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log_path.read_text()}")
+        time.sleep(0.05)
+    process.kill()
+    process.wait(5)
+    raise RuntimeError(f"{what} was not ready in {timeout} s:\n{log_path.read_text()}")
 
 
 @contextlib.contextmanager
