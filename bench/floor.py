@@ -2,7 +2,7 @@
 
 The same frames and the same cryptography as the product (the pure
 ``challenges.protocol`` parser, ``authority.make_challenge``, PyNaCl verify,
-``authority.mint_token``) with no Django, Channels, channel layer, caps or
+``tokens.mint_token``) with no Django, Channels, channel layer, caps or
 audit: what any Python server must spend on a flow. Each connection holds at
 most one challenge, answered on the same socket::
 
@@ -22,7 +22,7 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from challenges import authority, protocol
+from challenges import authority, protocol, tokens
 from challenges.errors import ChallengeError
 from challenges.identity import parse_private_key
 
@@ -56,7 +56,7 @@ async def handle(ws: ServerConnection) -> None:
                     if datetime.now(UTC) > challenge.expires_at:
                         raise ChallengeError("the challenge expired", code="challenge_timeout")
                     key.verify(challenge.value, message.sig)
-                    token = authority.mint_token(signer=SIGNER, subject=key, ttl=TOKEN_TTL)
+                    token = tokens.mint_token(signer=SIGNER, subject=key, ttl=TOKEN_TTL)
                     frame = protocol.token_frame(token.token)
             except ChallengeError as error:
                 frame = protocol.error_frame(error)

@@ -32,8 +32,8 @@ import nacl.signing
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from challenges.authority import verify_token
 from challenges.identity import encode_buffer, format_public_key, parse_public_key
+from challenges.tokens import verify_token
 
 
 @dataclass

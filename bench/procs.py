@@ -88,8 +88,9 @@ def rss_kib(pid: int) -> int:
 
 
 def log_counts(*logs: Path) -> dict[str, int]:
-    """Tracebacks, redis-py 'Timeout reading' lines (FIELD-NOTES trap 1) and failed reads of a
-    worker's inbox (how that trap shows now that no connection reads the layer itself)."""
+    """Tracebacks, redis-py 'Timeout reading' lines (redis-py 8's 5 s socket timeout under
+    channels-redis, django/channels_redis#422) and failed reads of a worker's inbox (how that
+    trap shows now that no connection reads the layer itself)."""
     text = "".join(path.read_text(errors="replace") for path in logs if path.exists())
     return {
         "tracebacks": text.count("Traceback"),

@@ -5,7 +5,7 @@ holds ``sockets`` idle WebSockets for ``minutes`` (the client sends nothing,
 not even pings; the servers' own pings are answered). Then every socket must
 still be open and complete a token flow, a few flows must resume across the
 workers, and the logs must hold no ``Timeout reading`` and no traceback
-(FIELD-NOTES trap 1: redis-py 8's 5 s socket timeout once closed idle sockets
+(redis-py 8's 5 s socket timeout once closed idle sockets
 with 1011 every few seconds).
 """
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from .models import ChallengeAttempt, IssuedToken
+from .errors import CLIENT_CODES, Code
+from .models import SUCCESS, ChallengeAttempt, IssuedToken
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -23,6 +25,21 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return False
 
 
+class OutcomeFilter(admin.SimpleListFilter):
+    """Outcomes from the code enumeration (the column itself has no choices)."""
+
+    title = "outcome"
+    parameter_name = "outcome"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        codes = sorted(str(code) for code in Code if code not in CLIENT_CODES)
+        return [(SUCCESS, SUCCESS)] + [(code, code) for code in codes]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(outcome=value) if value else queryset
+
+
 @admin.register(ChallengeAttempt)
 class ChallengeAttemptAdmin(ReadOnlyAdmin):
     list_display = (
@@ -36,7 +53,7 @@ class ChallengeAttemptAdmin(ReadOnlyAdmin):
         "upstream",
         "latency_ms",
     )
-    list_filter = ("outcome", "created_at", "transport", "upstream")
+    list_filter = (OutcomeFilter, "created_at", "transport", "upstream")
     search_fields = ("public_key", "challenge_id", "token__jti", "client_ip")
     date_hierarchy = "created_at"
     ordering = ("-created_at", "-id")

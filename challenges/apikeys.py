@@ -1,4 +1,4 @@
-"""Hub API keys and their HMAC signatures (``shared/PROTOCOL.md`` §3).
+"""Hub API keys and their HMAC signatures (``docs/PROTOCOL.md``, "API keys").
 
 A Hub "user group" API key is sent as ``x-textile-api-key``. A key with a
 secret also sends ``x-textile-api-sig-msg``, an RFC 3339 date a little in the
@@ -11,9 +11,10 @@ bytes of that date. The secret itself never travels.
 * a verifier refuses a date in the past, or more than :data:`MAX_AHEAD`
   ahead, and compares in constant time.
 
-Errors are :class:`ApiKeyError` (a :class:`~challenges.errors.ChallengeError`)
-whose ``code`` is one of :data:`API_KEY_CODES`; the gRPC server maps each to
-the Hub's status and message. No message ever quotes a secret or a signature.
+Errors are :class:`~challenges.errors.ApiKeyError` whose ``code`` is one of
+``api_key_required``, ``api_key_not_found``, ``api_sig_required`` and
+``api_sig_bad``, and whose message is the Hub's own; the gRPC edge maps each
+to the Hub's status. No message ever quotes a secret or a signature.
 
 Time and randomness are injected (``now=``, ``rand=``). Pure module: no
 Django, Channels or grpc import.
@@ -31,7 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from .errors import ChallengeError
+from .errors import ApiKeyError, Code
+from .identity import multibase_b32
 
 API_KEY_HEADER = "x-textile-api-key"
 API_SIG_MSG_HEADER = "x-textile-api-sig-msg"
@@ -45,26 +47,6 @@ MAX_AHEAD = timedelta(hours=1)
 _MAX_MSG = 64
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})")
 _KEY_CHARS = re.compile(r"[A-Za-z0-9_-]{1,128}")
-
-#: Codes of :class:`ApiKeyError`, with the Hub's own message for each.
-API_KEY_CODES: dict[str, str] = {
-    "api_key_required": "Session or API key required",
-    "api_key_not_found": "API key not found or is invalid",
-    "api_sig_required": "API key signature required",
-    "api_sig_bad": "Bad API key signature",
-}
-
-
-class ApiKeyError(ChallengeError):
-    """An API key or its signature is missing or refused."""
-
-    code = "api_key_not_found"
-    http_status = 401
-
-    def __init__(self, code: str, reason: str = "") -> None:
-        # The client sees only the Hub's fixed message; ``reason`` is for our log.
-        super().__init__(API_KEY_CODES[code], code=code)
-        self.reason = reason or API_KEY_CODES[code]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +70,7 @@ class ApiSignature:
 
 def new_api_key(*, rand: Callable[[int], bytes] = secrets.token_bytes) -> ApiKey:
     """A new key and secret in the Hub's format."""
-    return ApiKey(key=_b32(rand(KEY_BYTES)), secret=_b32(rand(SECRET_BYTES)))
+    return ApiKey(key=multibase_b32(rand(KEY_BYTES)), secret=multibase_b32(rand(SECRET_BYTES)))
 
 
 def decode_secret(secret: str) -> bytes:
@@ -110,7 +92,7 @@ def decode_secret(secret: str) -> bytes:
 
 def sign_message(*, secret: str, msg: str) -> str:
     """``x-textile-api-sig`` for ``msg``: multibase base32 of HMAC-SHA256."""
-    return _b32(hmac.new(decode_secret(secret), msg.encode("utf-8"), hashlib.sha256).digest())
+    return multibase_b32(hmac.new(decode_secret(secret), msg.encode("utf-8"), hashlib.sha256).digest())
 
 
 def make_signature(
@@ -137,19 +119,19 @@ def verify_signature(
     does not match (compared in constant time).
     """
     if not msg or not sig:
-        raise ApiKeyError("api_sig_required")
+        raise ApiKeyError(Code.API_SIG_REQUIRED)
     moment = now or datetime.now(UTC)
     try:
         date = parse_date(msg)
     except ValueError:
-        raise ApiKeyError("api_sig_bad", "the signature message is not an RFC 3339 date") from None
+        raise ApiKeyError(Code.API_SIG_BAD, "the signature message is not an RFC 3339 date") from None
     if date <= moment:
-        raise ApiKeyError("api_sig_bad", "the signature message is dated in the past")
+        raise ApiKeyError(Code.API_SIG_BAD, "the signature message is dated in the past")
     if date > moment + max_ahead:
-        raise ApiKeyError("api_sig_bad", "the signature message is dated too far ahead")
+        raise ApiKeyError(Code.API_SIG_BAD, "the signature message is dated too far ahead")
     expected = sign_message(secret=secret, msg=msg)
     if not hmac.compare_digest(expected.encode("ascii"), sig.encode("utf-8", "replace")):
-        raise ApiKeyError("api_sig_bad", "the signature does not match")
+        raise ApiKeyError(Code.API_SIG_BAD, "the signature does not match")
 
 
 def check_api_key(
@@ -166,13 +148,13 @@ def check_api_key(
     secret needs no signature.
     """
     if not key:
-        raise ApiKeyError("api_key_required")
+        raise ApiKeyError(Code.API_KEY_REQUIRED)
     secret = None
     for known, known_secret in keys.items():
         if hmac.compare_digest(known.encode("utf-8"), key.encode("utf-8", "replace")):
             secret = known_secret
     if secret is None:
-        raise ApiKeyError("api_key_not_found")
+        raise ApiKeyError(Code.API_KEY_NOT_FOUND)
     if secret:
         verify_signature(secret=secret, msg=msg, sig=sig, now=now)
     return key
@@ -216,7 +198,3 @@ def parse_date(text: str) -> datetime:
     micro = (fraction or "").ljust(6, "0")[:6]
     offset = "+00:00" if zone in ("Z", "z") else zone
     return datetime.fromisoformat(f"{head}.{micro}{offset}").astimezone(UTC)
-
-
-def _b32(data: bytes) -> str:
-    return "b" + base64.b32encode(data).decode("ascii").lower().rstrip("=")

@@ -8,7 +8,8 @@ from django.conf import settings
 from django.core.checks import Error, register
 
 from .apikeys import decode_secret, parse_api_keys
-from .identity import IdentityError, parse_private_key
+from .errors import IdentityError
+from .identity import parse_private_key
 
 
 @register()

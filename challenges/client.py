@@ -17,19 +17,11 @@ from urllib.parse import urlsplit
 
 import websockets
 
-from .authority import ChallengeTextError, check_challenge_text
-from .errors import ChallengeError
+from .authority import check_challenge_text
+from .errors import ChallengeError, ChallengeTextError, Code, TokenClientError
 from .identity import PrivateKey, decode_bytes, encode_buffer, parse_private_key
 
-
-class TokenClientError(Exception):
-    """The flow failed; ``code`` is the server's error code or a client-side one
-    (``timeout``, ``connection_closed``, ``challenge_refused``, ``protocol_error``)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+__all__ = ["TokenClientError", "get_token", "get_token_async"]
 
 
 def origin_of(url: str) -> str:
@@ -54,9 +46,9 @@ async def get_token_async(
         async with asyncio.timeout(timeout):
             return await _flow(url, key, audience or origin_of(url), accept_raw, origin)
     except TimeoutError:
-        raise TokenClientError("timeout", f"no token within {timeout:g} s") from None
+        raise TokenClientError(Code.TIMEOUT, f"no token within {timeout:g} s") from None
     except (OSError, websockets.exceptions.WebSocketException) as exc:
-        raise TokenClientError("connection_closed", f"{type(exc).__name__}: {exc}") from exc
+        raise TokenClientError(Code.CONNECTION_CLOSED, f"{type(exc).__name__}: {exc}") from exc
 
 
 def get_token(url: str, private_key: PrivateKey | str, **options: Any) -> str:
@@ -70,28 +62,28 @@ async def _flow(url: str, key: PrivateKey, audience: str, accept_raw: bool, orig
         await socket.send(json.dumps({"type": "token", "pub": str(key.public)}))
         frame = await _receive(socket)
         if frame["type"] != "challenge":
-            raise TokenClientError("protocol_error", f"expected a challenge, got {frame['type']!r}")
+            raise TokenClientError(Code.PROTOCOL_ERROR, f"expected a challenge, got {frame['type']!r}")
         try:
             value = decode_bytes(frame.get("value"), what="the challenge")
         except ChallengeError as exc:
-            raise TokenClientError("protocol_error", exc.message) from exc
+            raise TokenClientError(Code.PROTOCOL_ERROR, exc.message) from exc
         if frame.get("raw"):
             if not accept_raw:
                 raise TokenClientError(
-                    "challenge_refused", "the server sent a raw challenge; pass accept_raw=True to sign it"
+                    Code.CHALLENGE_REFUSED, "the server sent a raw challenge; pass accept_raw=True to sign it"
                 )
         else:
             try:
                 check_challenge_text(value, audience=audience, key=key.public)
             except ChallengeTextError as exc:
-                raise TokenClientError("challenge_refused", exc.message) from exc
+                raise TokenClientError(Code.CHALLENGE_REFUSED, exc.message) from exc
         answer: dict[str, Any] = {"type": "challenge", "sig": encode_buffer(key.sign(value))}
         if frame.get("id"):
             answer["id"] = frame["id"]
         await socket.send(json.dumps(answer))
         frame = await _receive(socket)
         if frame["type"] != "token" or not isinstance(frame.get("value"), str):
-            raise TokenClientError("protocol_error", f"expected a token, got {frame['type']!r}")
+            raise TokenClientError(Code.PROTOCOL_ERROR, f"expected a token, got {frame['type']!r}")
         return str(frame["value"])
 
 
@@ -99,9 +91,9 @@ async def _receive(socket: Any) -> dict[str, Any]:
     try:
         frame = json.loads(await socket.recv())
     except ValueError as exc:
-        raise TokenClientError("protocol_error", "the server sent a frame that is not JSON") from exc
+        raise TokenClientError(Code.PROTOCOL_ERROR, "the server sent a frame that is not JSON") from exc
     if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
-        raise TokenClientError("protocol_error", "the server sent a frame without a type")
+        raise TokenClientError(Code.PROTOCOL_ERROR, "the server sent a frame without a type")
     if frame["type"] == "error":
         raise TokenClientError(str(frame.get("code") or "error"), str(frame.get("value", "")))
     return frame

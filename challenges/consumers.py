@@ -1,4 +1,11 @@
-"""The WebSocket endpoint ``/ws/token``: a thin translation to :class:`TokenSession`."""
+"""The WebSocket endpoint ``/ws/token``: frames to the step pipeline, outcomes to frames.
+
+The consumer admits the connection (Host, Origin, the per-address cap), keeps
+one :class:`~challenges.pipeline.Conversation` and a count of bad frames,
+and closes on policy. It hears how its challenge ends elsewhere (expired,
+answered on another connection, the server shutting down) through the
+conversation's watcher.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,10 @@ from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from . import flows, protocol, session
-from .errors import ChallengeError
-from .origins import client_info
+from . import protocol, runtime
+from .errors import ChallengeError, Code, LimitError
+from .pipeline import Conversation
+from .tokens import MintedToken
 
 #: Close codes in the application range (daphne/autobahn refuse 1008 and 1009 from an app):
 #: 4008 mirrors 1008 "policy violation", 4009 mirrors 1009 "message too big".
@@ -18,34 +26,43 @@ CLOSE_TOO_LARGE = 4009
 
 
 class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
-    #: No channel per connection: routing goes through the process inbox (challenges.inbox).
+    #: No channel per connection: routing goes through the process inbox (challenges.routing).
     channel_layer_alias = "__no_layer_per_connection__"
-    session: session.TokenSession | None = None
+    conv: Conversation | None = None
+    runtime: runtime.Runtime
 
     async def connect(self) -> None:
         await self.accept()
-        service = flows.get_service()
+        self.runtime = rt = await runtime.get()
+        client = rt.config.clients.describe(self.scope, transport="ws")
+        conv = Conversation(client=client, watcher=self._event)
         try:
-            client = client_info(self.scope)
-            service.connection_opened(client.ip)
+            rt.config.clients.admit(client)
+            rt.service.connection_opened(client.ip)
         except ChallengeError as error:
-            refused = client_info(self.scope, validate=False)
-            await service.record_error(error, client=refused)
-            await self.send(text_data=json.dumps(protocol.error_frame(error)))
+            outcome = await rt.pipeline.refuse(conv, error)
+            await self._send_frame(outcome.frame)
             await self.close(code=CLOSE_POLICY)
             return
-        self.session = session.TokenSession(
-            service=service,
-            client=client,
-            send=self._send_json,
-            max_errors=_settings().MAX_ERRORS_PER_CONNECTION,
-        )
+        self.conv = conv
+        self.errors = 0
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.session is None:
+        conv = self.conv
+        if conv is None:
             return
-        if not await self.session.receive(text=text_data, data=bytes_data):
-            await self.close(code=CLOSE_TOO_LARGE if _too_large(text_data) else CLOSE_POLICY)
+        outcome = await self.runtime.pipeline.frame(conv, text=text_data, data=bytes_data)
+        await self._send_frame(outcome.frame)
+        if outcome.error is None:
+            return
+        if outcome.error.code == Code.FRAME_TOO_LARGE:
+            await self.close(code=CLOSE_TOO_LARGE)
+            return
+        self.errors += 1
+        if self.errors >= self.runtime.config.max_errors_per_connection:
+            too_many = LimitError("too many bad frames; closing", code=Code.TOO_MANY_ERRORS)
+            await self._send_frame((await self.runtime.pipeline.refuse(conv, too_many)).frame)
+            await self.close(code=CLOSE_POLICY)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         # daphne cancels an application still busy 10 s after its client left, and then
@@ -59,24 +76,25 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self._release()
 
     def _release(self) -> None:
-        if self.session is not None:
-            self.session.close(resume_grace=_settings().RELAY_RESUME_GRACE)
-            self.session.service.connection_closed(self.session.client.ip)
-            self.session = None
+        conv, self.conv = self.conv, None
+        if conv is not None:
+            service = self.runtime.service
+            if conv.watcher is not None:
+                service.unwatch(conv.flow_id, conv.watcher)
+            service.abandoned(conv.flow_id, grace=self.runtime.config.relay_resume_grace)
+            service.connection_closed(conv.client.ip)
 
-    async def _send_json(self, frame: dict[str, Any]) -> None:
+    async def _event(self, flow_id: str, event: MintedToken | ChallengeError) -> None:
+        """A challenge of ours ended elsewhere: it expired, another connection answered it,
+        or the server is shutting down. The news may come after this connection asked for
+        a newer one: keep that one."""
+        conv = self.conv
+        if conv is not None and flow_id == conv.flow_id:
+            conv.flow_id = None
+        if isinstance(event, ChallengeError):
+            await self._send_frame(protocol.error_frame(event))
+        else:
+            await self._send_frame(protocol.token_frame(event.token))
+
+    async def _send_frame(self, frame: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(frame))
-
-
-def _too_large(text: str | None) -> bool:
-    try:
-        protocol.check_size(text=text)
-    except ChallengeError:
-        return True
-    return False
-
-
-def _settings() -> Any:
-    from django.conf import settings
-
-    return settings

@@ -1,135 +1,217 @@
-"""The project's one exception root and its stable error codes.
+"""The project's one exception root, every exception class, and every error code.
 
-Every failure a client can see is a :class:`ChallengeError` subclass with a
-stable ``code``. Each transport maps it in exactly one place: an error frame
-for WebSocket (``consumers``), a status and JSON body for HTTP (``views``), a
-status code for gRPC (``rpc``).
+Every failure a client can see is a :class:`ChallengeError` subclass whose
+``code`` is a member of :class:`Code`. The class decides its code (a default
+per class, or one of its family passed at the raise site); the transports
+map codes in one place each: an error frame for WebSocket
+(``protocol.error_frame``), an HTTP status in the HTTP edge (``http``), a
+gRPC status in the gRPC edge (``rpc.status``).
 
 ::
 
     ChallengeError
     ├── FrameError            the frame itself is unusable (json, type, size)
-    ├── PubKeyError             the public key is missing or malformed
+    ├── PubKeyError           the public key is missing or malformed
+    │   └── IdentityError     a key string is not a canonical Ed25519 identity
     ├── SignatureError        the signature is missing, malformed or wrong
     ├── StateError            the frame does not fit the flow's state
-    ├── LimitError            a cap was hit (pending, connections, rate)
+    ├── LimitError            a cap was hit (pending, connections, errors)
+    ├── RefusedError          Host or Origin refused, or the server is shutting down
     ├── UpstreamError         the upstream authority failed or refused
+    │   └── RoutingUnavailable  the worker owning a challenge cannot be reached
+    ├── TokenError            a token failed verification
+    ├── ChallengeTextError    a client refuses to sign a challenge text
+    ├── ApiKeyError           a Hub API key or its signature is refused
     └── InternalError         our fault; details stay in the server log
+
+    TokenClientError          the Python client's failure (server or client code)
 
 Pure module: no Django, Channels or grpc import.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
+
+
+class Code(StrEnum):
+    """Every stable code, with its one-line meaning (``Code.X.meaning``).
+
+    The audit's ``outcome`` is one of these or ``success``; the README's
+    table of codes is checked against this enumeration by the tests.
+    """
+
+    meaning: str
+
+    def __new__(cls, value: str, meaning: str) -> Code:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.meaning = meaning
+        return member
+
+    @classmethod
+    def lookup(cls, value: object) -> Code | None:
+        """The member whose value is ``value``, if any (a code read off the wire)."""
+        member = cls._value2member_map_.get(value) if isinstance(value, str) else None
+        return member if isinstance(member, Code) else None
+
+    # -- frames ------------------------------------------------------------
+    INVALID_JSON = "invalid_json", "the text frame is not JSON"
+    INVALID_FRAME = "invalid_frame", "the JSON is not an object, or a field has the wrong type"
+    MISSING_TYPE = "missing_type", "the frame has no 'type'"
+    UNKNOWN_TYPE = "unknown_type", "the frame's 'type' is not 'token' or 'challenge'"
+    BINARY_FRAME = "binary_frame", "binary frames are not accepted; send JSON text"
+    FRAME_TOO_LARGE = "frame_too_large", "the frame is larger than the limit (64 KiB)"
+    # -- keys and signatures ------------------------------------------------
+    MISSING_PUB = "missing_pub", "a 'token' frame needs 'pub', the public key string"
+    INVALID_PUB = "invalid_pub", "'pub' is not an Ed25519 public key string"
+    MISSING_SIG = "missing_sig", "a 'challenge' frame needs 'sig', the signature"
+    INVALID_SIG_ENCODING = "invalid_sig_encoding", "'sig' is not Buffer JSON, an int array or base64"
+    INVALID_SIG_LENGTH = "invalid_sig_length", "'sig' is not 64 bytes"
+    BAD_SIGNATURE = "bad_signature", "the signature does not verify for this key and challenge"
+    # -- the flow's state -----------------------------------------------------
+    ALREADY_PENDING = "already_pending", "a challenge is already pending on this connection"
+    NO_CHALLENGE = "no_challenge", "no challenge is pending for this signature"
+    UNKNOWN_CHALLENGE = "unknown_challenge", "the challenge id is unknown, expired or already used"
+    CHALLENGE_TIMEOUT = "challenge_timeout", "the challenge was not answered in time"
+    # -- limits and policy ------------------------------------------------------
+    TOO_MANY_PENDING = "too_many_pending", "too many challenges are pending; answer or wait"
+    TOO_MANY_CONNECTIONS = "too_many_connections", "too many connections from this address"
+    TOO_MANY_ERRORS = "too_many_errors", "too many bad frames on this connection"
+    ORIGIN_NOT_ALLOWED = "origin_not_allowed", "the page's Origin is not allowed to get tokens here"
+    INVALID_HOST = "invalid_host", "the Host header is not one of ALLOWED_HOSTS"
+    SERVER_SHUTDOWN = "server_shutdown", "the server is shutting down; retry (another worker will answer)"
+    # -- the upstream authority and the routing between workers -------------------
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable", "the token authority cannot be reached"
+    UPSTREAM_DEADLINE = "upstream_deadline", "the token authority did not answer in time"
+    UPSTREAM_REJECTED_KEY = "upstream_rejected_key", "the token authority rejected the public key"
+    UPSTREAM_API_KEY = "upstream_api_key", "the token authority rejected the API key"
+    UPSTREAM_BAD_SIGNATURE = "upstream_bad_signature", "the token authority rejected the signature"
+    UPSTREAM_ERROR = "upstream_error", "the token authority failed"
+    ROUTING_UNAVAILABLE = (
+        "routing_unavailable",
+        "the challenge lives on another worker that cannot be reached now",
+    )
+    # -- tokens (POST /api/token/verify) -------------------------------------------
+    INVALID_REQUEST = "invalid_request", "the request body is not what the endpoint takes"
+    INVALID_TOKEN = "invalid_token", "the token is malformed, not signed by this authority, or not ours"
+    TOKEN_EXPIRED = "token_expired", "the token has expired"
+    WRONG_AUDIENCE = "wrong_audience", "the token was issued for another audience"
+    # -- runauthority refusing a gRPC caller's API key (the caller sees the Hub's status) --
+    API_KEY_REQUIRED = "api_key_required", "runauthority: the call carries no API key"
+    API_KEY_NOT_FOUND = "api_key_not_found", "runauthority: the API key is unknown"
+    API_SIG_REQUIRED = "api_sig_required", "runauthority: the API key needs a signature"
+    API_SIG_BAD = "api_sig_bad", "runauthority: the API key signature is wrong or expired"
+    # -- our fault --------------------------------------------------------------------
+    INTERNAL_ERROR = "internal_error", "the server failed; the request can be retried"
+    # -- the clients' own codes (never sent by the server) ----------------------------
+    CHALLENGE_REFUSED = "challenge_refused", "client: the challenge does not name this service or key"
+    TIMEOUT = "timeout", "client: no token within the client's timeout"
+    CONNECTION_CLOSED = "connection_closed", "client: the connection failed or closed early"
+    PROTOCOL_ERROR = "protocol_error", "client: the server sent a frame the client cannot use"
+
+
+#: Codes only the clients produce: not audit outcomes, never on the wire from the server.
+CLIENT_CODES = frozenset({Code.CHALLENGE_REFUSED, Code.TIMEOUT, Code.CONNECTION_CLOSED, Code.PROTOCOL_ERROR})
+
 
 class ChallengeError(Exception):
     """Root of every error the token flow reports to a client."""
 
-    code = "error"
-    #: HTTP status used by the HTTP transport.
-    http_status = 400
-    #: Set once the flow service has written the audit row for this error.
-    audited = False
+    code: Code = Code.INTERNAL_ERROR
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: Code | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
-        self.http_status = _HTTP_STATUS.get(self.code, 400)
 
 
 class FrameError(ChallengeError):
-    code = "invalid_frame"
+    code = Code.INVALID_FRAME
 
 
 class PubKeyError(ChallengeError):
-    code = "invalid_pub"
+    code = Code.INVALID_PUB
+
+
+class IdentityError(PubKeyError):
+    """A key string is not a canonical Ed25519 Textile identity."""
 
 
 class SignatureError(ChallengeError):
-    code = "invalid_sig_encoding"
+    code = Code.INVALID_SIG_ENCODING
 
 
 class StateError(ChallengeError):
-    code = "no_challenge"
+    code = Code.NO_CHALLENGE
 
 
 class LimitError(ChallengeError):
-    code = "too_many_pending"
+    code = Code.TOO_MANY_PENDING
+
+
+class RefusedError(ChallengeError):
+    """Refused before any flow: a Host or Origin, or a server that is shutting down."""
+
+    code = Code.ORIGIN_NOT_ALLOWED
 
 
 class UpstreamError(ChallengeError):
-    code = "upstream_unavailable"
-    #: The upstream's last status (a gRPC status name), for the audit.
-    upstream_status = ""
+    code = Code.UPSTREAM_UNAVAILABLE
+
+    def __init__(self, message: str, *, code: Code | None = None, status: str = "") -> None:
+        super().__init__(message, code=code)
+        #: The upstream's last status (a gRPC status name), for the audit.
+        self.upstream_status = status
+
+
+class RoutingUnavailable(UpstreamError):
+    code = Code.ROUTING_UNAVAILABLE
+
+
+class TokenError(ChallengeError):
+    """A token failed verification."""
+
+    code = Code.INVALID_TOKEN
+
+
+class ChallengeTextError(ChallengeError):
+    """A challenge text is malformed or does not name what the client expects."""
+
+    code = Code.CHALLENGE_REFUSED
+
+
+#: The Hub's own message for each API-key refusal (the caller sees only these).
+API_KEY_MESSAGES: dict[Code, str] = {
+    Code.API_KEY_REQUIRED: "Session or API key required",
+    Code.API_KEY_NOT_FOUND: "API key not found or is invalid",
+    Code.API_SIG_REQUIRED: "API key signature required",
+    Code.API_SIG_BAD: "Bad API key signature",
+}
+
+
+class ApiKeyError(ChallengeError):
+    """An API key or its signature is missing or refused."""
+
+    code = Code.API_KEY_NOT_FOUND
+
+    def __init__(self, code: Code, reason: str = "") -> None:
+        # The client sees only the Hub's fixed message; ``reason`` is for our log.
+        super().__init__(API_KEY_MESSAGES[code], code=code)
+        self.reason = reason or API_KEY_MESSAGES[code]
 
 
 class InternalError(ChallengeError):
-    code = "internal_error"
+    code = Code.INTERNAL_ERROR
 
 
-#: Every code a client can receive, with a one-line meaning. The audit's
-#: outcome choices and the README's table are built from this mapping.
-ERROR_CODES: dict[str, str] = {
-    "invalid_json": "the text frame is not JSON",
-    "invalid_frame": "the JSON is not an object, or a field has the wrong type",
-    "missing_type": "the frame has no 'type'",
-    "unknown_type": "the frame's 'type' is not 'token' or 'challenge'",
-    "binary_frame": "binary frames are not accepted; send JSON text",
-    "frame_too_large": "the frame is larger than the limit (64 KiB)",
-    "missing_pub": "a 'token' frame needs 'pub', the public key string",
-    "invalid_pub": "'pub' is not an Ed25519 public key string",
-    "already_pending": "a challenge is already pending on this connection",
-    "no_challenge": "no challenge is pending for this signature",
-    "unknown_challenge": "the challenge id is unknown, expired or already used",
-    "missing_sig": "a 'challenge' frame needs 'sig', the signature",
-    "invalid_sig_encoding": "'sig' is not Buffer JSON, an int array or base64",
-    "invalid_sig_length": "'sig' is not 64 bytes",
-    "bad_signature": "the signature does not verify for this key and challenge",
-    "challenge_timeout": "the challenge was not answered in time",
-    "too_many_pending": "too many challenges are pending; answer or wait",
-    "too_many_connections": "too many connections from this address",
-    "too_many_errors": "too many bad frames on this connection",
-    "origin_not_allowed": "the page's Origin is not allowed to get tokens here",
-    "invalid_host": "the Host header is not one of ALLOWED_HOSTS",
-    "upstream_unavailable": "the token authority cannot be reached",
-    "upstream_deadline": "the token authority did not answer in time",
-    "upstream_rejected_key": "the token authority rejected the public key",
-    "upstream_api_key": "the token authority rejected the API key",
-    "upstream_bad_signature": "the token authority rejected the signature",
-    "upstream_error": "the token authority failed",
-    "routing_unavailable": "the challenge lives on another worker that cannot be reached now",
-    # Refusals of runauthority's API-key check (gRPC callers only).
-    "api_key_required": "runauthority: the call carries no API key",
-    "api_key_not_found": "runauthority: the API key is unknown",
-    "api_sig_required": "runauthority: the API key needs a signature",
-    "api_sig_bad": "runauthority: the API key signature is wrong or expired",
-    "internal_error": "the server failed; the request can be retried",
-}
+class TokenClientError(Exception):
+    """The Python client's failure: ``code`` is the server's error code or one of
+    the client's own (:data:`CLIENT_CODES`); a code the server invents later is
+    kept as its string."""
 
-
-#: HTTP status per code (the HTTP transport); codes not listed are 400.
-_HTTP_STATUS: dict[str, int] = {
-    "bad_signature": 401,
-    "upstream_bad_signature": 401,
-    "invalid_token": 401,
-    "token_expired": 401,
-    "wrong_audience": 401,
-    "origin_not_allowed": 403,
-    "invalid_host": 403,
-    "unknown_challenge": 404,
-    "no_challenge": 409,
-    "already_pending": 409,
-    "challenge_timeout": 410,
-    "frame_too_large": 413,
-    "too_many_pending": 429,
-    "too_many_connections": 429,
-    "too_many_errors": 429,
-    "internal_error": 500,
-    "upstream_api_key": 502,
-    "upstream_error": 502,
-    "upstream_unavailable": 503,
-    "routing_unavailable": 503,
-    "upstream_deadline": 504,
-}
+    def __init__(self, code: Code | str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message

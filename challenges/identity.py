@@ -1,6 +1,6 @@
 """Textile / libp2p Ed25519 identities: key strings, byte encodings, signatures.
 
-Follows ``shared/PROTOCOL.md`` §1 and §2:
+Follows ``docs/PROTOCOL.md`` (identities, and byte arrays in frames):
 
 * a public key string is multibase base32 (``b`` + RFC 4648 base32, lower
   case, no padding) of the libp2p ``PublicKey`` protobuf
@@ -12,7 +12,8 @@ Follows ``shared/PROTOCOL.md`` §1 and §2:
 Only the canonical form is accepted: any other multibase prefix, key type,
 length, upper case, padding or trailing bits raises :class:`IdentityError`
 (a :class:`~challenges.errors.PubKeyError`). PyNaCl errors are re-raised as the
-project's own.
+project's own. :func:`multibase_b32` is the one base32 writer of the project
+(key strings, API keys and their signatures).
 
 Pure module: no Django, Channels or grpc import.
 """
@@ -28,7 +29,7 @@ from typing import Any
 import nacl.exceptions
 import nacl.signing
 
-from .errors import PubKeyError, SignatureError
+from .errors import Code, IdentityError, SignatureError
 
 PUBLIC_PREFIX = b"\x08\x01\x12\x20"
 PRIVATE_PREFIX = b"\x08\x01\x12\x40"
@@ -37,10 +38,6 @@ PRIVATE_KEY_LENGTH = 110
 SIGNATURE_LENGTH = 64
 _BASE32_LOWER = re.compile(r"[a-z2-7]*")
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")
-
-
-class IdentityError(PubKeyError):
-    """A key string is not a canonical Ed25519 Textile identity."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +78,8 @@ class PrivateKey:
         return cls(bytes(nacl.signing.SigningKey.generate()))
 
 
-def _b32encode(data: bytes) -> str:
+def multibase_b32(data: bytes) -> str:
+    """Multibase base32: ``b`` + RFC 4648 base32, lower case, unpadded."""
     return "b" + base64.b32encode(data).decode("ascii").lower().rstrip("=")
 
 
@@ -97,7 +95,7 @@ def _b32decode(text: str, *, what: str) -> bytes:
         data = base64.b32decode(padded)
     except (binascii.Error, ValueError) as exc:
         raise IdentityError(f"{what} is not valid base32") from exc
-    if _b32encode(data) != text:  # non-zero trailing bits or bad length
+    if multibase_b32(data) != text:  # non-zero trailing bits or bad length
         raise IdentityError(f"{what} is not canonical base32")
     return data
 
@@ -106,7 +104,7 @@ def format_public_key(raw: bytes) -> str:
     """The 59-character public key string of a 32-byte Ed25519 key."""
     if len(raw) != 32:
         raise IdentityError("an Ed25519 public key is 32 bytes")
-    return _b32encode(PUBLIC_PREFIX + raw)
+    return multibase_b32(PUBLIC_PREFIX + raw)
 
 
 def format_private_key(seed: bytes) -> str:
@@ -114,7 +112,7 @@ def format_private_key(seed: bytes) -> str:
     if len(seed) != 32:
         raise IdentityError("an Ed25519 seed is 32 bytes")
     pub = bytes(nacl.signing.SigningKey(seed).verify_key)
-    return _b32encode(PRIVATE_PREFIX + seed + pub)
+    return multibase_b32(PRIVATE_PREFIX + seed + pub)
 
 
 def parse_public_key(text: object) -> PublicKey:
@@ -150,7 +148,7 @@ def decode_bytes(value: Any, *, allow_base64: bool = False, what: str = "value")
     """Decode Node's Buffer JSON, a plain int array, or (if allowed) base64.
 
     Raises :class:`SignatureError` with code ``invalid_sig_encoding`` for
-    anything else (PROTOCOL.md §2).
+    anything else (docs/PROTOCOL.md).
     """
     if isinstance(value, dict):
         if value.get("type") != "Buffer" or set(value) != {"type", "data"}:
@@ -180,7 +178,7 @@ def encode_buffer(data: bytes) -> dict[str, Any]:
 
 
 def _encoding_error(what: str, why: str) -> SignatureError:
-    return SignatureError(f"{what} is badly encoded: {why}", code="invalid_sig_encoding")
+    return SignatureError(f"{what} is badly encoded: {why}", code=Code.INVALID_SIG_ENCODING)
 
 
 def verify_signature(*, public_key: bytes, message: bytes, signature: bytes) -> None:
@@ -188,9 +186,9 @@ def verify_signature(*, public_key: bytes, message: bytes, signature: bytes) -> 
     if len(signature) != SIGNATURE_LENGTH:
         raise SignatureError(
             f"an Ed25519 signature is {SIGNATURE_LENGTH} bytes, not {len(signature)}",
-            code="invalid_sig_length",
+            code=Code.INVALID_SIG_LENGTH,
         )
     try:
         nacl.signing.VerifyKey(public_key).verify(message, signature)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError) as exc:
-        raise SignatureError("the signature does not verify", code="bad_signature") from exc
+        raise SignatureError("the signature does not verify", code=Code.BAD_SIGNATURE) from exc

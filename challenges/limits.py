@@ -1,5 +1,5 @@
 """The caps of one process: connections per address, and pending challenges per key,
-per address and in all (DESIGN.md: no unbounded growth).
+per address and in all: nothing a client sends can grow without a bound.
 
 Pure module: no Django, Channels or grpc import.
 """
@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .errors import LimitError
+from .errors import Code, LimitError
 
 T = TypeVar("T")
 
@@ -36,7 +36,7 @@ class Limits:
         if self._connections[ip or "?"] >= self.caps.connections_per_ip:
             raise LimitError(
                 f"at most {self.caps.connections_per_ip} connections per address",
-                code="too_many_connections",
+                code=Code.TOO_MANY_CONNECTIONS,
             )
         self._connections[ip or "?"] += 1
 
@@ -46,16 +46,16 @@ class Limits:
     def reserve(self, *, key: bytes, ip: str | None) -> None:
         """Hold a pending slot for ``key`` from ``ip``; raises ``too_many_pending``."""
         if self._pending["all", None] >= self.caps.pending_total:
-            raise LimitError("the server has too many pending challenges", code="too_many_pending")
+            raise LimitError("the server has too many pending challenges", code=Code.TOO_MANY_PENDING)
         if self._pending["key", key] >= self.caps.pending_per_key:
             raise LimitError(
                 f"at most {self.caps.pending_per_key} challenges may be pending for one key",
-                code="too_many_pending",
+                code=Code.TOO_MANY_PENDING,
             )
         if self._pending["ip", ip] >= self.caps.pending_per_ip:
             raise LimitError(
                 f"at most {self.caps.pending_per_ip} challenges may be pending for one address",
-                code="too_many_pending",
+                code=Code.TOO_MANY_PENDING,
             )
         for slot in (("all", None), ("key", key), ("ip", ip)):
             self._pending[slot] += 1

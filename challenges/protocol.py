@@ -1,7 +1,7 @@
 """Client frames of the WebSocket protocol, parsed into typed messages.
 
-The frames are those of ``shared/PROTOCOL.md`` §2, the contract of the
-Textile tutorial's client:
+The frames are those of ``docs/PROTOCOL.md`` ("The WebSocket protocol"),
+the contract of the Textile tutorial's client:
 
 * ``{"type": "token", "pub": "<public key string>"}``
 * ``{"type": "challenge", "sig": <Buffer JSON | int array | base64>,
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .errors import ChallengeError, FrameError, PubKeyError, SignatureError, StateError
+from .errors import ChallengeError, Code, FrameError, PubKeyError, SignatureError, StateError
 from .identity import PublicKey, decode_bytes, encode_buffer, parse_public_key
 
 #: Frames larger than this are refused before parsing.
@@ -64,10 +64,14 @@ class FrameContext:
 def check_size(*, text: str | None = None, data: bytes | None = None) -> None:
     """Refuse binary frames and oversized frames before any parsing."""
     if data is not None:
-        raise FrameError("binary frames are not accepted; send JSON text", code="binary_frame")
+        raise FrameError("binary frames are not accepted; send JSON text", code=Code.BINARY_FRAME)
     # Each character is at least one UTF-8 byte, so a cheap length test first.
     if text is not None and (len(text) > MAX_FRAME_BYTES or len(text.encode("utf-8")) > MAX_FRAME_BYTES):
-        raise FrameError(f"frames are limited to {MAX_FRAME_BYTES} bytes", code="frame_too_large")
+        raise too_large()
+
+
+def too_large() -> FrameError:
+    return FrameError(f"frames are limited to {MAX_FRAME_BYTES} bytes", code=Code.FRAME_TOO_LARGE)
 
 
 def peek(obj: Any) -> FrameContext:
@@ -88,9 +92,9 @@ def decode(text: str) -> dict[str, Any]:
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise FrameError("the frame is not valid JSON", code="invalid_json") from exc
+        raise FrameError("the frame is not valid JSON", code=Code.INVALID_JSON) from exc
     if not isinstance(obj, dict):
-        raise FrameError("the frame must be a JSON object", code="invalid_frame")
+        raise FrameError("the frame must be a JSON object", code=Code.INVALID_FRAME)
     return obj
 
 
@@ -98,12 +102,12 @@ def parse_message(obj: dict[str, Any]) -> Message:
     """A decoded frame to a typed message; raises a coded error."""
     kind = obj.get("type")
     if kind is None:
-        raise FrameError("the frame has no 'type'", code="missing_type")
+        raise FrameError("the frame has no 'type'", code=Code.MISSING_TYPE)
     if kind == "token":
         return TokenRequest(pub=_pub(obj.get("pub"), required=True))  # type: ignore[arg-type]
     if kind == "challenge":
         return _challenge(obj)
-    raise FrameError("'type' must be 'token' or 'challenge'", code="unknown_type")
+    raise FrameError("'type' must be 'token' or 'challenge'", code=Code.UNKNOWN_TYPE)
 
 
 def parse_frame(text: str) -> Message:
@@ -115,7 +119,7 @@ def parse_frame(text: str) -> Message:
 def _pub(value: Any, *, required: bool) -> PublicKey | None:
     if value is None or value == "":
         if required:
-            raise PubKeyError("a 'token' frame needs 'pub', the public key string", code="missing_pub")
+            raise PubKeyError("a 'token' frame needs 'pub', the public key string", code=Code.MISSING_PUB)
         return None
     return parse_public_key(value)
 
@@ -123,13 +127,13 @@ def _pub(value: Any, *, required: bool) -> PublicKey | None:
 def _challenge(obj: dict[str, Any]) -> ChallengeResponse:
     raw_sig = obj.get("sig")
     if raw_sig is None:
-        raise SignatureError("a 'challenge' frame needs 'sig', the signature", code="missing_sig")
+        raise SignatureError("a 'challenge' frame needs 'sig', the signature", code=Code.MISSING_SIG)
     sig = decode_bytes(raw_sig, allow_base64=True, what="'sig'")
     if len(sig) != 64:
-        raise SignatureError(f"'sig' must be 64 bytes, not {len(sig)}", code="invalid_sig_length")
+        raise SignatureError(f"'sig' must be 64 bytes, not {len(sig)}", code=Code.INVALID_SIG_LENGTH)
     cid = obj.get("id")
     if cid is not None and not (isinstance(cid, str) and _CHALLENGE_ID.fullmatch(cid)):
-        raise StateError("the challenge id is unknown, expired or already used", code="unknown_challenge")
+        raise StateError("the challenge id is unknown, expired or already used", code=Code.UNKNOWN_CHALLENGE)
     return ChallengeResponse(sig=sig, challenge_id=cid, pub=_pub(obj.get("pub"), required=False))
 
 
@@ -151,7 +155,7 @@ def token_frame(token: str) -> dict[str, Any]:
 
 
 def error_frame(error: ChallengeError) -> dict[str, Any]:
-    return {"type": "error", "value": error.message, "code": error.code}
+    return {"type": "error", "value": error.message, "code": str(error.code)}
 
 
 def isoformat(moment: datetime) -> str:

@@ -16,9 +16,9 @@ from datetime import datetime
 from channels.db import database_sync_to_async
 from django.db import transaction
 
-from .authority import IssuedToken as Minted
-from .errors import InternalError
+from .errors import ChallengeError, InternalError
 from .models import ChallengeAttempt, IssuedToken
+from .tokens import MintedToken
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class AuditRecord:
     upstream: str = ""
     upstream_status: str = ""
     latency_ms: float | None = None
-    token: Minted | None = field(default=None, repr=False)
+    token: MintedToken | None = field(default=None, repr=False)
 
 
 #: Control characters (NUL above all: PostgreSQL refuses it in text) from client input.
@@ -108,8 +108,6 @@ class AuditWriter:
         self._queue: asyncio.Queue[tuple[AuditRecord, asyncio.Future[None]]] = asyncio.Queue(max_queue)
         self._max_batch = max_batch
         self._task: asyncio.Task[None] | None = None
-        self.batches = 0
-        self.rows = 0
 
     async def record(self, record: AuditRecord) -> None:
         """Queue ``record`` and wait until its batch is committed."""
@@ -122,6 +120,27 @@ class AuditWriter:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="audit-writer")
         await asyncio.shield(future)
+
+    async def record_quietly(self, record: AuditRecord) -> None:
+        """:meth:`record` for outcomes that are already decided: a failure to write
+        the row is logged, not raised (nothing waits on it)."""
+        try:
+            await self.record(record)
+        except ChallengeError:
+            log.warning("could not audit a %s outcome", record.outcome)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued (for at most ``timeout`` seconds), then stop the writer."""
+        if self._task is None:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._queue.join()
+        except TimeoutError:
+            log.error("audit: %d rows were not written before shutdown", self._queue.qsize())
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
 
     async def _run(self) -> None:
         while True:
@@ -149,10 +168,8 @@ class AuditWriter:
     def _settle(self, items: list[tuple[AuditRecord, asyncio.Future[None]]], *, failed: bool) -> None:
         if failed:
             log.exception("audit row (%s) could not be written", items[0][0].outcome)
-        else:
-            self.batches += 1
-            self.rows += len(items)
         for _, fut in items:
+            self._queue.task_done()
             if fut.done():
                 continue
             if failed:

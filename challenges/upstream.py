@@ -2,33 +2,34 @@
 
 An :class:`Upstream` starts a challenge for a public key; the returned
 :class:`PendingChallenge` finishes it with the client's signature (once) or is
-cancelled. ``local`` is the embedded authority (``authority.py``); ``grpc`` is a
-relay to a Hub-compatible gRPC service (``rpc/client.py``) behind the same two
-methods.
+cancelled. :class:`LocalUpstream` is the embedded authority
+(:mod:`challenges.authority`); ``rpc.client.GrpcUpstream`` relays to a
+Hub-compatible gRPC service behind the same two methods. The composition
+root (:mod:`challenges.runtime`) picks one from ``TOKEN_UPSTREAM``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from functools import cache
 from typing import Protocol
 
-from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
-
-from . import authority
-from .authority import Challenge, IssuedToken
-from .errors import ChallengeError
-from .identity import PrivateKey, PublicKey, parse_private_key
+from . import authority, tokens
+from .authority import Challenge
+from .clock import Clock
+from .errors import ChallengeError, Code
+from .identity import PrivateKey, PublicKey
+from .tokens import MintedToken
 
 
 class PendingChallenge(Protocol):
     challenge: Challenge
     #: What the upstream said last, for the audit ("OK", a gRPC status name ...).
     status: str
+    #: It holds a resource upstream (an open stream) that a client who went away
+    #: should not keep for the challenge's whole life.
+    holds_stream: bool
 
-    async def finish(self, signature: bytes) -> IssuedToken: ...
+    async def finish(self, signature: bytes) -> MintedToken: ...
 
     async def cancel(self) -> None: ...
 
@@ -45,23 +46,27 @@ class Upstream(Protocol):
 class LocalPending:
     challenge: Challenge
     key: PublicKey
-    signer: PrivateKey
-    ttl: float
-    token_audience: str
+    upstream: LocalUpstream
     status: str = field(default="pending")
+    holds_stream: bool = False
 
-    async def finish(self, signature: bytes) -> IssuedToken:
-        if datetime.now(UTC) > self.challenge.expires_at:
+    async def finish(self, signature: bytes) -> MintedToken:
+        now = self.upstream.clock.now()
+        if now > self.challenge.expires_at:
             self.status = "expired"
-            raise ChallengeError("the challenge was not answered in time", code="challenge_timeout")
+            raise ChallengeError("the challenge was not answered in time", code=Code.CHALLENGE_TIMEOUT)
         try:
             self.key.verify(self.challenge.value, signature)
         except ChallengeError:
             self.status = "bad_signature"
             raise
         self.status = "OK"
-        return authority.mint_token(
-            signer=self.signer, subject=self.key, ttl=self.ttl, audience=self.token_audience
+        return tokens.mint_token(
+            signer=self.upstream.signer,
+            subject=self.key,
+            ttl=self.upstream.ttl,
+            audience=self.upstream.token_audience,
+            now=now,
         )
 
     async def cancel(self) -> None:
@@ -75,72 +80,15 @@ class LocalUpstream:
 
     signer: PrivateKey
     ttl: float
+    clock: Clock
     token_audience: str = ""
     name: str = "local"
 
     async def begin(self, *, key: PublicKey, audience: str, timeout: float) -> LocalPending:
-        challenge = authority.make_challenge(audience=audience, key=key, timeout=timeout)
-        return LocalPending(
-            challenge=challenge,
-            key=key,
-            signer=self.signer,
-            ttl=self.ttl,
-            token_audience=self.token_audience,
+        challenge = authority.make_challenge(
+            audience=audience, key=key, timeout=timeout, now=self.clock.now()
         )
+        return LocalPending(challenge=challenge, key=key, upstream=self)
 
     async def close(self) -> None:
         return None
-
-
-@cache
-def authority_key() -> PrivateKey:
-    """The authority's signing key: ``AUTHORITY_PRIVATE_KEY``, or in DEBUG a
-    development key generated once into ``var/dev-authority.key`` (mode 0600)."""
-    if settings.AUTHORITY_PRIVATE_KEY:
-        return parse_private_key(settings.AUTHORITY_PRIVATE_KEY)
-    if not settings.DEBUG:
-        raise ImproperlyConfigured("AUTHORITY_PRIVATE_KEY is not set")
-    path = settings.AUTHORITY_KEY_FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = PrivateKey.generate()
-        try:
-            with open(path, "x", encoding="ascii", opener=_private_opener) as fh:
-                fh.write(str(key) + "\n")
-        except FileExistsError:
-            pass  # another process won the race; read theirs
-    return parse_private_key(path.read_text(encoding="ascii").strip())
-
-
-def _private_opener(path: str, flags: int) -> int:
-    import os
-
-    return os.open(path, flags, 0o600)
-
-
-def from_settings() -> Upstream:
-    """The upstream that ``TOKEN_UPSTREAM`` names: ``local``, or a relay to
-    ``grpc://host:port`` / ``grpcs://host:port`` (``challenges.rpc.client``).
-
-    Called once per event loop by ``flows.get_service()``, so a relay keeps one
-    gRPC channel per process, reused across flows.
-    """
-    spec = settings.TOKEN_UPSTREAM
-    if spec == "local":
-        return LocalUpstream(
-            signer=authority_key(), ttl=settings.TOKEN_TTL, token_audience=settings.TOKEN_AUDIENCE
-        )
-    if spec.startswith(("grpc://", "grpcs://")):
-        from .rpc.client import GrpcUpstream, parse_target  # grpc only when relaying
-
-        try:
-            target, secure = parse_target(spec)
-        except ValueError as exc:
-            raise ImproperlyConfigured(str(exc)) from exc
-        return GrpcUpstream(
-            target=target,
-            secure=secure,
-            api_key=settings.USER_API_KEY,
-            api_secret=settings.USER_API_SECRET,
-        )
-    raise ImproperlyConfigured(f"unsupported TOKEN_UPSTREAM {spec!r}")

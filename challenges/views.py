@@ -1,4 +1,10 @@
-"""HTTP endpoints: health, and the two-step token flow for clients without a WebSocket."""
+"""HTTP endpoints: health, the two-step token flow, token verification, the demo page.
+
+The two-step flow runs the same step pipeline as the WebSocket
+(:mod:`challenges.pipeline`): same validation, codes, audit rows and
+upstreams; errors are the error frame as a JSON body with the status
+:mod:`challenges.http` gives its code.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from channels.layers import get_channel_layer
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import render
@@ -18,9 +22,10 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 from django.views.static import serve as static_serve
 
-from . import authority, flows, protocol, selectors, upstream
-from .errors import ChallengeError, FrameError, StateError
-from .origins import client_ip, origin_allowed
+from . import protocol, runtime, selectors, tokens
+from .errors import ChallengeError, Code
+from .http import bounded_body, error_response
+from .pipeline import Conversation, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +33,9 @@ log = logging.getLogger(__name__)
 @require_GET
 async def health(request: HttpRequest) -> JsonResponse:
     """``GET /api/health``: the database and the channel layer, each ``ok`` or an error."""
+    rt = await runtime.get()
     database = await _check(selectors.database_ping)
-    layer = await _check(_layer_roundtrip)
+    layer = await _check(lambda: _layer_roundtrip(rt.layer))
     ok = database == "ok" and layer == "ok"
     return JsonResponse(
         {"status": "ok" if ok else "degraded", "database": database, "channel_layer": layer},
@@ -59,55 +65,30 @@ async def token(request: HttpRequest) -> JsonResponse:
 
 
 async def _step(request: HttpRequest, kind: str) -> JsonResponse:
-    service = flows.get_service()
-    client = _client(request)
-    context = protocol.FrameContext(type=kind)
+    rt = await runtime.get()
+    client = rt.config.clients.describe(_scope(request), transport="http")
+    conv = Conversation(client=client, requires_id=True)
     try:
-        origin = request.headers.get("origin")
-        if origin and not origin_allowed(origin, own=f"{request.scheme}://{request.get_host()}"):
-            raise ChallengeError("this Origin is not allowed to get tokens here", code="origin_not_allowed")
-        body = _bounded_body(request, protocol.MAX_FRAME_BYTES)
-        if body is None:
-            raise FrameError(
-                f"bodies are limited to {protocol.MAX_FRAME_BYTES} bytes", code="frame_too_large"
-            )
-        obj: dict[str, Any] = protocol.decode(body.decode("utf-8", errors="replace"))
-        obj["type"] = kind
-        context = protocol.peek(obj)
-        message = protocol.parse_message(obj)
-        if isinstance(message, protocol.TokenRequest):
-            flow = await service.begin(key=message.pub, client=client)
-            return JsonResponse(flow.frame())
-        if message.challenge_id is None:
-            raise StateError("the body needs the challenge 'id'", code="unknown_challenge")
-        value = await service.finish(flow_id=message.challenge_id, signature=message.sig, client=client)
-        return JsonResponse(protocol.token_frame(value))
+        rt.config.clients.admit(client)
     except ChallengeError as error:
-        await service.reject(error, client=client, context=context)
-        return JsonResponse(protocol.error_frame(error), status=error.http_status)
+        return _answer(await rt.pipeline.refuse(conv, error))
+    body = bounded_body(request, protocol.MAX_FRAME_BYTES)
+    return _answer(await rt.pipeline.body(conv, body, kind=kind))
 
 
-def _bounded_body(request: HttpRequest, limit: int) -> bytes | None:
-    """The request body, or None when it is (or says it is) over ``limit`` bytes.
-    The Content-Length is checked before anything is read."""
-    try:
-        if int(request.META.get("CONTENT_LENGTH") or 0) > limit:
-            return None
-        body = request.body  # also covers a body sent without a Content-Length
-    except (ValueError, RequestDataTooBig):
-        return None
-    return body if len(body) <= limit else None
+def _answer(outcome: Outcome) -> JsonResponse:
+    if outcome.error is not None:
+        return error_response(outcome.error)
+    return JsonResponse(outcome.frame)
 
 
-def _client(request: HttpRequest) -> flows.ClientInfo:
-    headers = {k.lower(): v for k, v in request.headers.items()}
-    return flows.ClientInfo(
-        ip=client_ip({"client": (request.META.get("REMOTE_ADDR"), 0)}, headers),
-        origin=headers.get("origin", "")[:200],
-        user_agent=headers.get("user-agent", "")[:200],
-        audience=settings.TOKEN_AUDIENCE or f"{request.scheme}://{request.get_host()}",
-        transport="http",
-    )
+def _scope(request: HttpRequest) -> dict[str, Any]:
+    """The ASGI scope behind a request (a WSGI request gets one built from its META)."""
+    scope = getattr(request, "scope", None)
+    if scope is not None:
+        return dict(scope)
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in request.headers.items()]
+    return {"headers": headers, "client": (request.META.get("REMOTE_ADDR"), 0), "scheme": request.scheme}
 
 
 async def _check(probe) -> str:  # type: ignore[no-untyped-def]
@@ -121,8 +102,7 @@ async def _check(probe) -> str:  # type: ignore[no-untyped-def]
     return "ok"
 
 
-async def _layer_roundtrip() -> None:
-    layer = get_channel_layer()
+async def _layer_roundtrip(layer: Any) -> None:
     if layer is None:
         raise RuntimeError("no channel layer configured")
     channel = await layer.new_channel("health.")
@@ -132,7 +112,7 @@ async def _layer_roundtrip() -> None:
         raise RuntimeError("the channel layer returned another message")
 
 
-# -- the browser client's demo page and its token check (issue 3) ---------------
+# -- the browser client's demo page and its token check -------------------------
 
 #: Bigger than any token verify_token accepts (8 KiB), small enough to read at once.
 MAX_VERIFY_BODY = 16 * 1024
@@ -180,7 +160,7 @@ def client_asset(request: HttpRequest, path: str) -> HttpResponseBase:
 
 @csrf_exempt
 @require_POST
-def token_verify(request: HttpRequest) -> JsonResponse:
+async def token_verify(request: HttpRequest) -> JsonResponse:
     """``POST /api/token/verify`` with ``{"token": "..."}``: is this token one of ours?
 
     Answers ``{"active": true, "claims": {...}}`` or ``{"active": false,
@@ -188,26 +168,25 @@ def token_verify(request: HttpRequest) -> JsonResponse:
     does); 400 or 413 with ``code: invalid_request`` for a body that is not
     such JSON. It only reads, so it needs no CSRF token. Checks the signature,
     issuer, expiry and (when ``TOKEN_AUDIENCE`` is set) audience with
-    :func:`authority.verify_token`; it does not consult revocation.
+    :func:`tokens.verify_token`; it does not consult revocation.
     """
-    raw = _bounded_body(request, MAX_VERIFY_BODY)
+    rt = await runtime.get()
+    raw = bounded_body(request, MAX_VERIFY_BODY)
     if raw is None:
-        return _not_verified("invalid_request", f"the body is limited to {MAX_VERIFY_BODY} bytes", 413)
+        return _not_verified(Code.INVALID_REQUEST, f"the body is limited to {MAX_VERIFY_BODY} bytes", 413)
     try:
         body = json.loads(raw)
-    except ValueError:
-        return _not_verified("invalid_request", "the body must be JSON", 400)
+    except (ValueError, RecursionError):
+        return _not_verified(Code.INVALID_REQUEST, "the body must be JSON", 400)
     token = body.get("token") if isinstance(body, dict) else None
     if not isinstance(token, str):
-        return _not_verified("invalid_request", 'the body must be {"token": "<token>"}', 400)
+        return _not_verified(Code.INVALID_REQUEST, 'the body must be {"token": "<token>"}', 400)
     try:
-        claims = authority.verify_token(
-            token, issuer=upstream.authority_key().public, audience=settings.TOKEN_AUDIENCE
-        )
+        claims = tokens.verify_token(token, issuer=rt.authority_key.public, audience=rt.config.token_audience)
     except ChallengeError as error:
         return _not_verified(error.code, error.message, 200)
     return JsonResponse({"active": True, "claims": claims})
 
 
-def _not_verified(code: str, message: str, status: int) -> JsonResponse:
-    return JsonResponse({"active": False, "code": code, "error": message}, status=status)
+def _not_verified(code: Code, message: str, status: int) -> JsonResponse:
+    return JsonResponse({"active": False, "code": str(code), "error": message}, status=status)

@@ -39,7 +39,7 @@ ARGS = [
 ]
 #: The audience the client is told to expect when it talks to the scripted provider.
 APP_AUDIENCE = "http://app.test"
-#: PROTOCOL.md §5: the raw challenge, and its signature by the vector key.
+#: docs/PROTOCOL.md "Vectors": the raw challenge, and its signature by the vector key.
 VECTOR_CHALLENGE = bytes(range(32))
 VECTOR_SIGNATURE = bytes.fromhex(
     "00c1db988bb12fd7351a6054ae3fac90fab7e4fc56b1651c7181f5f55f896f66"
@@ -169,8 +169,8 @@ def scripted_provider() -> Iterator[ScriptedProvider]:
 
 
 #: Runs getToken in the page with instrumented timers and sockets; returns what
-#: happened. ``signer``: "webcrypto" (a generated identity), "vector" (the §5
-#: key), "vector-sync" (returns the §5 signature synchronously), "vector-buffer"
+#: happened. ``signer``: "webcrypto" (a generated identity), "vector" (the vectors'
+#: key), "vector-sync" (returns the vectors' signature synchronously), "vector-buffer"
 #: (a Node-Buffer-like Uint8Array subclass), "never" (never resolves), "junk-pub".
 RUN_GET_TOKEN = """
 async ({clientUrl, options, signer, vector, abortAfterMs}) => {

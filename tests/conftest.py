@@ -1,14 +1,16 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import inspect
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from challenges import runtime
 from challenges.identity import PrivateKey, parse_private_key
 from tests import servers
 
-#: PROTOCOL.md §5 (RFC 8032 test key 1).
+#: docs/PROTOCOL.md "Vectors" (RFC 8032 test key 1).
 VECTOR_PRIVATE = (
     "bbaareqe5mgyz3375ljqlvbck6sjoylgeire4k2l3gjurs4b3vqbrzlt7m"  # split for line length
     "dlvvgabqkyqvn6vjp7nhslea45a5yls6pnkmizfv4bbu2hxa5iru"
@@ -34,15 +36,27 @@ def daphne_server(tmp_path: Path) -> Iterator[servers.Server]:
 
 
 @pytest.fixture(autouse=True)
-def authority_signer(settings: pytest.FixtureRequest) -> Iterator[PrivateKey]:
-    """Each test gets a fresh authority key (never the developer's var/ key)."""
-    from challenges import upstream
-
+def authority_signer(settings: pytest.FixtureRequest) -> PrivateKey:
+    """Each test gets a fresh authority key (never the developer's var/ key); the
+    runtime a test starts reads it from the settings."""
     key = PrivateKey.generate()
     settings.AUTHORITY_PRIVATE_KEY = str(key)  # type: ignore[attr-defined]
-    upstream.authority_key.cache_clear()
-    yield key
-    upstream.authority_key.cache_clear()
+    return key
+
+
+@pytest.fixture
+async def _runtime_stopped() -> AsyncIterator[None]:
+    """A runtime an in-process test started (its first request did) is stopped with the
+    test, on the test's own event loop: no task or timer outlives it."""
+    yield
+    await runtime.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Async tests only: a sync test may run its own loop (Playwright's), or none.
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.function):
+            item.fixturenames.append("_runtime_stopped")  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session", autouse=True)

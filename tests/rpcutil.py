@@ -4,7 +4,7 @@
 its own SQLite audit and reads the bound port from its ``listening on`` line.
 
 The hand-made client does not use the generated stubs: it frames requests per
-PROTOCOL.md §5 (``0a <len> key``, ``12 40 signature``) over grpc's generic
+docs/PROTOCOL.md "Vectors" (``0a <len> key``, ``12 40 signature``) over grpc's generic
 ``stream_stream`` with no serializers, and parses replies byte by byte.
 """
 
@@ -31,7 +31,7 @@ from tests import servers
 
 METHOD = "/threads.pb.API/GetToken"
 TWIN = "/threads.net.pb.API/GetToken"
-#: A fixed Hub-format API key and the §5 secret (bytes 00..17).
+#: A fixed Hub-format API key and the vectors' secret (bytes 00..17).
 API_KEY = "bqgtbbn4yk5lmpqlgxcfbhq7gdq"
 API_SECRET = "baaaqeayeaudaocajbifqydiob4ibceqtcqkrmfy"
 OPEN_KEY = "bopenkeyneedsnosignature"

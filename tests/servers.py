@@ -167,7 +167,7 @@ def start(
             sys.executable, "-m", "uvicorn", "tokensite.asgi:application",
             "--host", "127.0.0.1", "--port", str(port), "--ws", "websockets-sansio",
             "--ws-max-size", str(128 * 1024), "--ws-per-message-deflate", "false",
-            "--no-access-log", "--lifespan", "off",
+            "--no-access-log", "--lifespan", "on",
         ]  # fmt: skip
     else:
         raise ValueError(kind)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.urls import reverse
 
-from challenges import authority
+from challenges import tokens
 from challenges.identity import PrivateKey
 from challenges.models import ChallengeAttempt, IssuedToken
 
@@ -24,7 +24,7 @@ def audit(authority_signer):
     new = ChallengeAttempt.objects.create(
         created_at=now, finished_at=now, outcome="success", public_key=str(user.public), challenge_id="c" * 24
     )
-    minted = authority.mint_token(signer=authority_signer, subject=user.public, ttl=60)
+    minted = tokens.mint_token(signer=authority_signer, subject=user.public, ttl=60)
     IssuedToken.objects.create(
         attempt=new, jti=minted.jti, token_sha256=minted.sha256, public_key=minted.subject,
         issuer=minted.issuer, issued_at=minted.issued_at, expires_at=minted.expires_at,

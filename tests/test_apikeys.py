@@ -1,4 +1,4 @@
-"""API keys and signatures against the vectors of PROTOCOL.md §5 (pure, no Django)."""
+"""API keys and signatures against the vectors of docs/PROTOCOL.md (pure, no Django)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from challenges import apikeys
-from challenges.apikeys import ApiKeyError
+from challenges.errors import API_KEY_MESSAGES, ApiKeyError
 
 SECRET = "baaaqeayeaudaocajbifqydiob4ibceqtcqkrmfy"
 MSG = "2020-10-10T12:00:00.000Z"
@@ -59,7 +59,7 @@ def test_verify_refuses(msg, sig, now, code):
     with pytest.raises(ApiKeyError) as info:
         apikeys.verify_signature(secret=SECRET, msg=msg, sig=sig, now=now)
     assert info.value.code == code
-    assert info.value.message == apikeys.API_KEY_CODES[code]
+    assert info.value.message == API_KEY_MESSAGES[code]
     assert SECRET not in str(info.value)
     assert SIG not in str(info.value)
 

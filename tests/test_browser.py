@@ -22,7 +22,7 @@ import nacl.signing
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from challenges import authority
+from challenges import authority, tokens
 from challenges.identity import PrivateKey, parse_private_key
 from tests import browser as helpers
 from tests import servers
@@ -156,7 +156,7 @@ def test_demo_page_gets_a_token_that_the_server_verifies(
     expect(page.locator("#signature")).to_contain_text("(64 bytes)")
 
     token = page.get_by_test_id("token").inner_text()
-    claims = authority.verify_token(token, issuer=issuer.public)
+    claims = tokens.verify_token(token, issuer=issuer.public)
     assert claims["sub"] == pub
     assert json.loads(page.get_by_test_id("jwt-header").inner_text()) == {"alg": "Ed25519", "typ": "JWT"}
     assert json.loads(page.get_by_test_id("jwt-claims").inner_text()) == claims
@@ -464,7 +464,7 @@ def test_the_module_gets_a_token_from_the_real_server_with_its_defaults(
     module_page: Page, server: servers.Server, issuer: PrivateKey
 ) -> None:
     result = get_token_in(module_page)  # url and audience from the page's origin
-    claims = authority.verify_token(result["token"], issuer=issuer.public)
+    claims = tokens.verify_token(result["token"], issuer=issuer.public)
     assert claims["sub"] == result["pub"]
     [signed] = result["signCalls"]
     text = authority.parse_challenge_text(bytes(signed))
@@ -486,13 +486,13 @@ def test_the_module_passes_on_the_servers_codes(module_page: Page, server: serve
 
 
 def test_the_verify_endpoint(server: servers.Server, issuer: PrivateKey) -> None:
-    good = authority.mint_token(signer=issuer, subject=PrivateKey.generate().public, ttl=60).token
+    good = tokens.mint_token(signer=issuer, subject=PrivateKey.generate().public, ttl=60).token
     status_code, body = post_verify(server, json.dumps({"token": good}).encode())
     assert status_code == 200
     assert body["active"] is True
     assert body["claims"]["iss"] == str(issuer.public)
 
-    stranger = authority.mint_token(signer=PrivateKey.generate(), subject=issuer.public, ttl=60).token
+    stranger = tokens.mint_token(signer=PrivateKey.generate(), subject=issuer.public, ttl=60).token
     assert post_verify(server, json.dumps({"token": stranger}).encode())[1] == {
         "active": False,
         "code": "invalid_token",

@@ -11,9 +11,10 @@ import json
 import pytest
 from channels.testing import WebsocketCommunicator
 
-from challenges import authority, flows
+from challenges import authority, runtime
 from challenges.identity import PrivateKey, encode_buffer
 from challenges.models import SUCCESS
+from challenges.tokens import token_sha256, verify_token
 from tests.wsutil import AUDIENCE, attempts, challenge, connect, receive, send, sign_frame, tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -45,7 +46,7 @@ async def test_full_flow_issues_a_verifiable_token_and_audits_it(user_key, autho
     assert text.expires > text.issued
     reply = await send(comm, sign_frame(user_key, frame))
     assert reply["type"] == "token"
-    claims = authority.verify_token(reply["value"], issuer=authority_signer.public)
+    claims = verify_token(reply["value"], issuer=authority_signer.public)
     assert claims["sub"] == str(user_key.public)
     [row] = await attempts()
     assert row.outcome == SUCCESS
@@ -60,7 +61,7 @@ async def test_full_flow_issues_a_verifiable_token_and_audits_it(user_key, autho
     [token] = await tokens()
     assert token.attempt_id == row.id
     assert token.jti == claims["jti"]
-    assert token.token_sha256 == authority.token_sha256(reply["value"])
+    assert token.token_sha256 == token_sha256(reply["value"])
     assert reply["value"] not in json.dumps([vars(row), vars(token)], default=str)
     await comm.disconnect()
 
@@ -260,7 +261,7 @@ async def test_configured_origins_and_audience(user_key, settings, authority_sig
     text = authority.parse_challenge_text(bytes(frame["value"]["data"]))
     assert text.audience == "https://app.example"
     reply = await send(comm, sign_frame(user_key, frame))
-    claims = authority.verify_token(
+    claims = verify_token(
         reply["value"],
         issuer=authority_signer.public,
         audience="https://app.example",
@@ -317,18 +318,18 @@ async def test_disconnect_leaves_the_challenge_resumable_until_expiry(user_key, 
     first = await connect()
     frame = await challenge(first, user_key)
     await first.disconnect()
-    service = flows.get_service()
-    assert service.is_pending(frame["id"])
+    service = (await runtime.get()).service
+    assert service.pending(frame["id"])
     second = await connect()
     reply = await send(second, sign_frame(user_key, frame, id=frame["id"]))
     assert reply["type"] == "token"
-    assert not service.is_pending(frame["id"])
+    assert not service.pending(frame["id"])
     # Expired challenges leave the registry (no unbounded growth).
     third = await connect()
     frame = await challenge(third, user_key)
     await third.disconnect()
     await asyncio.sleep(0.8)
-    assert not service.is_pending(frame["id"])
+    assert not service.pending(frame["id"])
     assert service.pending_count == 0
     await second.disconnect()
 

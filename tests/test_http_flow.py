@@ -10,6 +10,7 @@ from django.test import AsyncClient
 
 from challenges import authority
 from challenges.identity import PrivateKey, encode_buffer
+from challenges.tokens import verify_token
 from tests.wsutil import attempts, challenge, connect, receive, tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -46,7 +47,7 @@ async def test_two_steps_give_a_verifiable_token_and_one_audit_row(client, user_
     status, body = await post(client, "/api/token", {"id": ch["id"], "sig": sig})
     assert status == 200
     assert body["type"] == "token"
-    claims = authority.verify_token(body["value"], issuer=authority_signer.public)
+    claims = verify_token(body["value"], issuer=authority_signer.public)
     assert claims["sub"] == str(user_key.public)
     [row] = await attempts()
     assert (row.outcome, row.transport, row.challenge_id, row.user_agent) == (

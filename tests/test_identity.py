@@ -1,4 +1,4 @@
-"""Key strings, byte encodings and signatures against PROTOCOL.md §1, §2 and §5."""
+"""Key strings, byte encodings and signatures against docs/PROTOCOL.md (identities, byte arrays, vectors)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import base64
 
 import pytest
 
-from challenges.errors import PubKeyError, SignatureError
+from challenges.errors import IdentityError, PubKeyError, SignatureError
 from challenges.identity import (
-    IdentityError,
     PrivateKey,
     decode_bytes,
     encode_buffer,

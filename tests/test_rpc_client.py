@@ -17,11 +17,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from django.core.exceptions import ImproperlyConfigured
 
-from challenges import apikeys, authority, upstream
-from challenges.rpc.client import GrpcUpstream, describe_token, parse_target, upstream_error
+from challenges import apikeys, tokens
+from challenges.rpc.client import GrpcUpstream, parse_target
 from challenges.rpc.server import AuthorityConfig, AuthorityServicer
+from challenges.rpc.status import upstream_error
 from challenges.rpc.threads_pb2_grpc import add_APIServicer_to_server
+from challenges.runtime import Runtime, RuntimeConfig
 from challenges.services import AuditWriter
+from challenges.tokens import describe_token
 from tests.rpcutil import API_KEY, API_SECRET
 
 S = grpc.StatusCode
@@ -76,7 +79,7 @@ def test_parse_target_refuses(spec):
 def test_from_settings_builds_the_relay(settings):
     settings.TOKEN_UPSTREAM = "grpcs://hub.example.com"
     settings.USER_API_KEY, settings.USER_API_SECRET = API_KEY, API_SECRET
-    relay = upstream.from_settings()
+    relay = Runtime(RuntimeConfig.from_settings(), layer=None).upstream
     assert isinstance(relay, GrpcUpstream)
     assert (relay.name, relay.target, relay.secure) == (
         "grpcs://hub.example.com:443",
@@ -86,7 +89,7 @@ def test_from_settings_builds_the_relay(settings):
     assert API_SECRET not in repr(relay)
     settings.TOKEN_UPSTREAM = "grpc://x:nope"
     with pytest.raises(ImproperlyConfigured):
-        upstream.from_settings()
+        Runtime(RuntimeConfig.from_settings(), layer=None)
 
 
 def test_metadata_signs_each_call_and_never_sends_the_secret():
@@ -115,7 +118,7 @@ def _jwt(claims: dict) -> str:
 
 
 def test_describe_token_of_this_authority(authority_signer, user_key):
-    minted = authority.mint_token(signer=authority_signer, subject=user_key.public, ttl=60, audience="a")
+    minted = tokens.mint_token(signer=authority_signer, subject=user_key.public, ttl=60, audience="a")
     described = describe_token(minted.token, subject=user_key.public)
     assert (described.jti, described.sha256, described.issuer, described.audience) == (
         minted.jti,
@@ -130,11 +133,11 @@ def test_describe_token_of_this_authority(authority_signer, user_key):
 def test_describe_a_go_threads_token_without_jti_or_exp(user_key):
     token = _jwt({"iat": 1600000000, "iss": "bbaareiissuer", "sub": str(user_key.public)})
     described = describe_token(token, subject=user_key.public)
-    assert described.jti == authority.token_sha256(token)[:32]
+    assert described.jti == tokens.token_sha256(token)[:32]
     assert described.expires_at is None
     assert described.issued_at == dt.datetime.fromtimestamp(1600000000, dt.UTC)
     opaque = describe_token("not-a-jwt", subject=user_key.public)
-    assert opaque.jti == authority.token_sha256("not-a-jwt")[:32]
+    assert opaque.jti == tokens.token_sha256("not-a-jwt")[:32]
 
 
 def _self_signed(tmp: Path) -> tuple[bytes, bytes, Path]:
@@ -168,9 +171,11 @@ def _self_signed(tmp: Path) -> tuple[bytes, bytes, Path]:
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_grpcs_verifies_the_server_against_the_system_roots(tmp_path, monkeypatch, user_key):
+async def test_grpcs_verifies_the_server_against_the_system_roots(
+    tmp_path, monkeypatch, user_key, authority_signer
+):
     key_pem, cert_pem, bundle = _self_signed(tmp_path)
-    signer = upstream.authority_key()
+    signer = authority_signer
     servicer = AuthorityServicer(config=AuthorityConfig(signer=signer, ttl=60), audit=AuditWriter())
     server = grpc.aio.server()
     add_APIServicer_to_server(servicer, server)
@@ -188,7 +193,7 @@ async def test_grpcs_verifies_the_server_against_the_system_roots(tmp_path, monk
         relay = GrpcUpstream(target=f"127.0.0.1:{port}", secure=True)
         pending = await relay.begin(key=user_key.public, audience="", timeout=5)
         token = await pending.finish(user_key.sign(pending.challenge.value))
-        assert authority.verify_token(token.token, issuer=signer.public)["sub"] == str(user_key.public)
+        assert tokens.verify_token(token.token, issuer=signer.public)["sub"] == str(user_key.public)
         assert relay.open_calls == 0
         await relay.close()
     finally:

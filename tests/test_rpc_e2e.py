@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from challenges import authority
+from challenges import tokens
 from challenges.client import TokenClientError, get_token_async
 from challenges.identity import PrivateKey
 from tests import servers
@@ -81,7 +81,7 @@ async def expect_code(setup: Setup, key: PrivateKey, code: str) -> str:
 
 async def test_a_relayed_token_verifies_against_the_authority(setup, user_key):
     token = await flow(setup, user_key)
-    claims = authority.verify_token(token, issuer=SIGNER.public)
+    claims = tokens.verify_token(token, issuer=SIGNER.public)
     assert claims["sub"] == str(user_key.public)
     rows = setup.provider.rows(
         "SELECT transport, upstream, outcome, upstream_status FROM challenges_challengeattempt"
@@ -94,7 +94,7 @@ async def test_a_relayed_token_verifies_against_the_authority(setup, user_key):
     ]
     # One database, one token row: the authority's.
     assert setup.provider.rows(
-        "SELECT count(*) FROM challenges_issuedtoken WHERE token_sha256 = ?", (authority.token_sha256(token),)
+        "SELECT count(*) FROM challenges_issuedtoken WHERE token_sha256 = ?", (tokens.token_sha256(token),)
     ) == [(1,)]
 
 
@@ -139,4 +139,4 @@ async def test_authority_down_then_back(setup, user_key):
             codes.append(exc.code)
             await asyncio.sleep(0.25)
     assert set(codes) <= {"upstream_unavailable"}
-    authority.verify_token(token, issuer=SIGNER.public)
+    tokens.verify_token(token, issuer=SIGNER.public)

@@ -17,10 +17,11 @@ import grpc
 import grpc.aio
 import pytest
 
-from challenges import authority, flows
+from challenges import runtime
 from challenges.identity import PrivateKey
 from challenges.models import SUCCESS
 from challenges.rpc.client import GrpcUpstream
+from challenges.tokens import token_sha256, verify_token
 from tests import servers
 from tests.rpcutil import API_KEY, API_SECRET, METHOD, Authority, parse_reply, start_authority
 from tests.wsutil import attempts, challenge, connect, receive, send, sign_frame, tokens
@@ -59,16 +60,14 @@ def relay(settings: Any) -> Any:
 
 
 async def no_leaks() -> None:
-    """No open stream, and once the channel is closed, no task but the audit writer."""
-    service = flows.get_service()
-    assert isinstance(service.upstream, GrpcUpstream)
-    assert service.upstream.open_calls == 0
-    assert service.pending_count == 0
-    await service.close()
+    """No open stream, and once the runtime is stopped, no task left at all."""
+    rt = await runtime.get()
+    assert isinstance(rt.upstream, GrpcUpstream)
+    assert rt.upstream.open_calls == 0
+    assert rt.service.pending_count == 0
+    await rt.stop()
     await asyncio.sleep(0.05)
-    left = [
-        t for t in asyncio.all_tasks() if t is not asyncio.current_task() and t.get_name() != "audit-writer"
-    ]
+    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert left == []
 
 
@@ -93,21 +92,21 @@ async def test_relay_gets_a_token_that_verifies_against_the_authority(hub, relay
     frame = await challenge(comm, user_key)
     assert frame["raw"] is True
     assert len(frame["value"]["data"]) == 32
-    assert flows.get_service().upstream.open_calls == 1
+    assert (await runtime.get()).upstream.open_calls == 1
     reply = await send(comm, sign_frame(user_key, frame))
     assert reply["type"] == "token", reply
-    claims = authority.verify_token(reply["value"], issuer=SIGNER.public)
+    claims = verify_token(reply["value"], issuer=SIGNER.public)
     assert claims["sub"] == str(user_key.public)
     row = await last_row()
     assert (row.outcome, row.upstream, row.upstream_status) == (SUCCESS, f"grpc://{hub.target}", "OK")
     [token] = await tokens()
     assert token.jti == claims["jti"]
-    assert token.token_sha256 == authority.token_sha256(reply["value"])
+    assert token.token_sha256 == token_sha256(reply["value"])
     # The same channel serves the next flow.
-    channel = flows.get_service().upstream._channel
+    channel = (await runtime.get()).upstream._channel
     frame = await challenge(comm, user_key)
     assert (await send(comm, sign_frame(user_key, frame)))["type"] == "token"
-    assert flows.get_service().upstream._channel is channel
+    assert (await runtime.get()).upstream._channel is channel
     await comm.disconnect()
     await no_leaks()
 
@@ -262,10 +261,10 @@ async def test_client_disconnect_cancels_the_stream_after_the_resume_grace(
     relay(target, timeout=30)
     comm = await connect()
     await challenge(comm, user_key)
-    assert flows.get_service().upstream.open_calls == 1
+    assert (await runtime.get()).upstream.open_calls == 1
     await comm.disconnect()
     await asyncio.sleep(0.1)
-    assert flows.get_service().upstream.open_calls == 1  # a reconnect could still resume it
+    assert (await runtime.get()).upstream.open_calls == 1  # a reconnect could still resume it
     await asyncio.sleep(0.4)
     row = await last_row()
     assert (row.outcome, row.upstream_status) == ("challenge_timeout", "CANCELLED")

@@ -1,6 +1,6 @@
 """``manage.py runauthority`` as a real process, driven by a hand-made client.
 
-The client frames PROTOCOL.md §5 bytes itself (``tests.rpcutil``), so these
+The client frames docs/PROTOCOL.md "Vectors" bytes itself (``tests.rpcutil``), so these
 tests check the wire, not the generated stubs. Each failure has the Hub's
 status code and message, and each flow outcome leaves an audit row.
 """
@@ -18,7 +18,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from challenges import authority
+from challenges import tokens
 from challenges.identity import PrivateKey
 from tests import servers
 from tests.conftest import VECTOR_PUBLIC
@@ -94,7 +94,7 @@ async def test_a_signed_challenge_gets_a_token(server, channel, vector_key, meth
     assert kind == "token"
     assert await call.reply() is None
     await expect_status(call, grpc.StatusCode.OK, "")
-    claims = authority.verify_token(token.decode(), issuer=SIGNER.public)
+    claims = tokens.verify_token(token.decode(), issuer=SIGNER.public)
     assert claims["sub"] == VECTOR_PUBLIC
     rows = server.rows(
         "SELECT a.outcome, a.transport, a.upstream, a.upstream_status, t.jti, t.token_sha256"
@@ -103,7 +103,7 @@ async def test_a_signed_challenge_gets_a_token(server, channel, vector_key, meth
         (claims["jti"],),
     )
     assert rows == [
-        ("success", "grpc", "authority", "OK", claims["jti"], authority.token_sha256(token.decode()))
+        ("success", "grpc", "authority", "OK", claims["jti"], tokens.token_sha256(token.decode()))
     ]
 
 

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 import websockets
 
-from challenges import authority
+from challenges import tokens
 from challenges.client import TokenClientError, get_token_async
 from challenges.identity import PrivateKey, encode_buffer
 from tests import servers
@@ -46,7 +46,7 @@ async def recv(sock, timeout=5.0) -> dict:
 async def test_python_client_gets_a_token_that_verifies_and_is_audited(server):
     user = PrivateKey.generate()
     token = await get_token_async(server.ws, user, timeout=10)
-    claims = authority.verify_token(token, issuer=AUTHORITY.public)
+    claims = tokens.verify_token(token, issuer=AUTHORITY.public)
     assert claims["sub"] == str(user.public)
     rows = server.rows(
         "SELECT a.outcome, a.public_key, a.client_ip, t.jti, t.token_sha256"
@@ -54,7 +54,7 @@ async def test_python_client_gets_a_token_that_verifies_and_is_audited(server):
         " WHERE t.jti = ?",
         (claims["jti"],),
     )
-    assert rows == [("success", str(user.public), "127.0.0.1", claims["jti"], authority.token_sha256(token))]
+    assert rows == [("success", str(user.public), "127.0.0.1", claims["jti"], tokens.token_sha256(token))]
     assert token not in repr(server.rows("SELECT * FROM challenges_challengeattempt"))
     assert token not in repr(server.rows("SELECT * FROM challenges_issuedtoken"))
 
@@ -73,7 +73,7 @@ async def test_raw_frames_of_the_tutorial_client(server):
         await sock.send(json.dumps({"type": "challenge", "sig": encode_buffer(signed), "pub": public_key}))
         data = await recv(sock)
         assert data["type"] == "token"
-        assert authority.verify_token(data["value"], issuer=AUTHORITY.public)["sub"] == public_key
+        assert tokens.verify_token(data["value"], issuer=AUTHORITY.public)["sub"] == public_key
 
 
 async def test_unanswered_challenge_gets_an_error_not_a_crash(server):
@@ -179,5 +179,5 @@ def test_gettoken_command(server, tmp_path):
         cwd=servers.ROOT, env=server.env, capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     token = out.stdout.strip()
-    assert authority.verify_token(token, issuer=AUTHORITY.public)["sub"] == str(key.public)
+    assert tokens.verify_token(token, issuer=AUTHORITY.public)["sub"] == str(key.public)
     assert str(key) not in out.stdout + out.stderr

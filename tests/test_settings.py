@@ -9,8 +9,11 @@ import sys
 import pytest
 from django.core.checks import run_checks
 
-from challenges import upstream
+from challenges.clients import ClientPolicy
+from challenges.errors import Code
 from challenges.identity import parse_private_key
+from challenges.keys import AuthorityKeyMissing
+from challenges.runtime import RuntimeConfig
 from tests import servers
 
 
@@ -49,22 +52,17 @@ def test_development_key_is_generated_once_and_private(settings, tmp_path):
     settings.DEBUG = True
     settings.AUTHORITY_PRIVATE_KEY = ""
     settings.AUTHORITY_KEY_FILE = tmp_path / "var" / "dev-authority.key"
-    upstream.authority_key.cache_clear()
-    first = upstream.authority_key()
-    upstream.authority_key.cache_clear()
-    assert upstream.authority_key() == first
+    first = RuntimeConfig.from_settings().load_authority_key()
+    assert RuntimeConfig.from_settings().load_authority_key() == first
     assert oct(settings.AUTHORITY_KEY_FILE.stat().st_mode & 0o777) == "0o600"
     assert parse_private_key(settings.AUTHORITY_KEY_FILE.read_text().strip()) == first
 
 
 def test_production_without_key_refuses_to_mint(settings):
-    from django.core.exceptions import ImproperlyConfigured
-
     settings.DEBUG = False
     settings.AUTHORITY_PRIVATE_KEY = ""
-    upstream.authority_key.cache_clear()
-    with pytest.raises(ImproperlyConfigured):
-        upstream.authority_key()
+    with pytest.raises(AuthorityKeyMissing):
+        RuntimeConfig.from_settings().load_authority_key()
 
 
 def test_manage_check_fails_in_production_without_secrets(tmp_path):
@@ -111,10 +109,8 @@ def test_env_example_lists_every_setting():
 
 
 def test_readme_documents_every_error_code_and_variable():
-    from challenges.errors import ERROR_CODES
-
     readme = (servers.ROOT / "README.md").read_text()
-    assert [c for c in ERROR_CODES if f"`{c}`" not in readme] == []
+    assert [str(c) for c in Code if f"`{c}`" not in readme] == []
     assert "make run" in readme
     assert "make test" in readme
 
@@ -138,9 +134,6 @@ def test_challenge_timeout_must_be_shorter_than_the_layer_expiry(settings):
     ],
 )
 def test_client_ip_counts_forwarded_entries_from_the_right(settings, header, proxies, expected):
-    from challenges.origins import client_ip
-
-    settings.CLIENT_IP_HEADER = "X-Forwarded-For"
-    settings.TRUSTED_PROXIES = proxies
+    policy = ClientPolicy(ip_header="X-Forwarded-For", trusted_proxies=proxies)
     scope = {"client": ("127.0.0.5", 1)}
-    assert client_ip(scope, {"x-forwarded-for": header}) == expected
+    assert policy.client_ip(scope, {"x-forwarded-for": header}) == expected

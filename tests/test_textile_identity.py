@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from challenges import authority
+from challenges import tokens
 from challenges.identity import PrivateKey
 from tests import servers
 from tests.conftest import VECTOR_PRIVATE, VECTOR_PUBLIC
@@ -49,7 +49,7 @@ def run_node(server, tmp_path: Path, *key: str) -> dict:
 def test_a_textile_crypto_identity_gets_a_token(server, tmp_path):
     result = run_node(server, tmp_path)
     assert "token" in result, result
-    claims = authority.verify_token(result["token"], issuer=AUTHORITY.public)
+    claims = tokens.verify_token(result["token"], issuer=AUTHORITY.public)
     assert claims["sub"] == result["pub"]
     assert result["pub"].startswith("bbaarei")
 
@@ -57,4 +57,4 @@ def test_a_textile_crypto_identity_gets_a_token(server, tmp_path):
 def test_textile_crypto_reads_the_protocol_vector_key_the_same_way(server, tmp_path):
     result = run_node(server, tmp_path, VECTOR_PRIVATE)
     assert result["pub"] == VECTOR_PUBLIC
-    assert authority.verify_token(result["token"], issuer=AUTHORITY.public)["sub"] == VECTOR_PUBLIC
+    assert tokens.verify_token(result["token"], issuer=AUTHORITY.public)["sub"] == VECTOR_PUBLIC

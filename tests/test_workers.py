@@ -22,6 +22,7 @@ import websockets
 from challenges import authority
 from challenges.client import get_token_async
 from challenges.identity import PrivateKey, encode_buffer
+from challenges.tokens import verify_token
 from tests import servers
 
 pytestmark = pytest.mark.server
@@ -77,7 +78,7 @@ async def answer(url: str, key: PrivateKey, frame: dict) -> dict:
 
 
 def subject_of(token: str) -> str:
-    return str(authority.verify_token(token, issuer=AUTHORITY.public)["sub"])
+    return str(verify_token(token, issuer=AUTHORITY.public)["sub"])
 
 
 def post(server, path, body) -> tuple[int, dict]:
@@ -110,7 +111,7 @@ async def test_challenge_from_a_signature_to_b(cluster):
     frame = await ask(a.ws, user)
     reply = await answer(b.ws, user, frame)
     assert reply["type"] == "token", reply
-    claims = authority.verify_token(reply["value"], issuer=AUTHORITY.public)
+    claims = verify_token(reply["value"], issuer=AUTHORITY.public)
     assert claims["sub"] == str(user.public)
     attempts, tokens = audit(a, frame["id"])
     assert attempts == [("success", "A")]
@@ -137,7 +138,7 @@ async def test_http_two_step_across_workers(cluster):
     sig = list(user.sign(bytes(ch["value"]["data"])))
     status, body = post(b, "/api/token", {"id": ch["id"], "sig": sig})
     assert status == 200, body
-    assert authority.verify_token(body["value"], issuer=AUTHORITY.public)["sub"] == str(user.public)
+    assert verify_token(body["value"], issuer=AUTHORITY.public)["sub"] == str(user.public)
     attempts, tokens = audit(a, ch["id"])
     assert attempts == [("success", "A")]
     assert len(tokens) == 1
@@ -203,7 +204,7 @@ async def test_redis_down_when_a_flow_starts(cluster):
     user = PrivateKey.generate()
     # A flow that stays on one worker needs no Redis.
     token = await get_token_async(a.ws, user, timeout=10)
-    assert authority.verify_token(token, issuer=AUTHORITY.public)
+    assert verify_token(token, issuer=AUTHORITY.public)
     # One that crosses workers is told promptly.
     frame = await ask(a.ws, user)
     started = time.monotonic()
@@ -213,8 +214,10 @@ async def test_redis_down_when_a_flow_starts(cluster):
     redis.start()
     assert servers.wait_for(lambda: servers.health(a)[0] == 200 and servers.health(b)[0] == 200, timeout=10)
     other = PrivateKey.generate()
-    assert (await answer(b.ws, other, await ask(a.ws, other)))["type"] == "token"
-    assert (await answer(a.ws, other, await ask(b.ws, other)))["type"] == "token"
+    reply = await answer(b.ws, other, await ask(a.ws, other))
+    assert reply["type"] == "token", reply
+    reply = await answer(a.ws, other, await ask(b.ws, other))
+    assert reply["type"] == "token", reply
 
 
 async def test_owning_worker_killed_between_challenge_and_signature(cluster):
@@ -237,7 +240,7 @@ async def test_owning_worker_killed_between_challenge_and_signature(cluster):
 
 async def test_idle_sockets_survive_with_the_redis_layer(cluster):
     """redis-py 8's 5 s socket timeout once closed idle sockets with 1011 every few seconds
-    (FIELD-NOTES trap 1). Hold sockets idle for three of those periods, then use them."""
+    (django/channels_redis#422). Hold sockets idle for three of those periods, then use them."""
     _, a, b = cluster
     user = PrivateKey.generate()
     socks = [await websockets.connect(srv.ws) for srv in (a, b) for _ in range(3)]
@@ -332,9 +335,7 @@ async def test_grpc_upstream_across_workers(tmp_path):
                     assert len(frame["value"]["data"]) == 32  # the Hub's raw challenge
                     reply = await answer(b.ws, user, frame)
                 assert reply["type"] == "token", reply
-                assert authority.verify_token(reply["value"], issuer=AUTHORITY.public)["sub"] == str(
-                    user.public
-                )
+                assert verify_token(reply["value"], issuer=AUTHORITY.public)["sub"] == str(user.public)
                 attempts, tokens = audit(a, frame["id"])
                 assert attempts == [("success", "A")]
                 assert len(tokens) == 1
@@ -344,9 +345,7 @@ async def test_grpc_upstream_across_workers(tmp_path):
                 sig = list(user.sign(bytes(ch["value"]["data"])))
                 status, body = post(b, "/api/token", {"id": ch["id"], "sig": sig})
                 assert status == 200, body
-                assert authority.verify_token(body["value"], issuer=AUTHORITY.public)["sub"] == str(
-                    user.public
-                )
+                assert verify_token(body["value"], issuer=AUTHORITY.public)["sub"] == str(user.public)
                 assert audit(a, ch["id"])[0] == [("success", "A")]
             finally:
                 a.stop()

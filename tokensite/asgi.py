@@ -1,4 +1,5 @@
-"""ASGI entry point: Django's HTTP app first, then the WebSocket routes."""
+"""ASGI entry point: Django's HTTP app first, then the WebSocket route, inside the
+lifecycle that starts and stops the token flow with the server (challenges.lifecycle)."""
 
 import os
 
@@ -11,10 +12,14 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from challenges.consumers import TokenConsumer  # noqa: E402
+from challenges.lifecycle import LifecycleApp, install_reactor_hooks  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": URLRouter([path("ws/token", TokenConsumer.as_asgi())]),
-    }
+install_reactor_hooks()
+application = LifecycleApp(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": URLRouter([path("ws/token", TokenConsumer.as_asgi())]),
+        }
+    )
 )

@@ -87,8 +87,9 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                # socket_timeout above the layer's 5 s blocking read: redis-py 8's
-                # default of 5 s closes idle sockets (FIELD-NOTES trap 1).
+                # socket_timeout above the layer's 5 s blocking read: with redis-py 8's
+                # default of 5 s, each idle read timed out and the layer closed an idle
+                # WebSocket with 1011 every ~5 s (django/channels_redis#422).
                 "hosts": [
                     {
                         "address": REDIS_URL,
@@ -103,8 +104,6 @@ if REDIS_URL:
                 # A routed message older than this is dropped; it must outlive a challenge
                 # (CHALLENGE_TIMEOUT, checked by challenges.E008), not much more.
                 "expiry": env.int("CHANNEL_EXPIRY", default=90),
-                # This project adds no groups; kept for any that are added later.
-                "group_expiry": env.int("CHANNEL_GROUP_EXPIRY", default=3600),
             },
         }
     }
@@ -151,12 +150,12 @@ AUTHORITY_KEY_FILE = VAR_DIR / "dev-authority.key"
 TOKEN_AUDIENCE = env.str("TOKEN_AUDIENCE", default="")
 TOKEN_TTL = env.int("TOKEN_TTL", default=24 * 3600)
 CHALLENGE_TIMEOUT = env.float("CHALLENGE_TIMEOUT", default=60.0)
-#: Empty: Origin must match ALLOWED_HOSTS (Channels' AllowedHostsOriginValidator).
+#: Empty: a browser's Origin must be this service's own origin (scheme, host and port).
 ALLOWED_ORIGINS = env.list("ALLOWED_ORIGINS", default=[])
 
-#: Seconds a worker waits for the owner of a challenge to answer a routed signature before
-#: it checks the owner's heartbeat.
-ROUTE_ACK_TIMEOUT = env.float("ROUTE_ACK_TIMEOUT", default=2.0)
+#: While a worker waits for the owner of a challenge to answer a routed signature, it asks
+#: every this many seconds whether the owner is still alive (its heartbeat, with Redis).
+ROUTE_LIVENESS_CHECK = env.float("ROUTE_LIVENESS_CHECK", default=1.0)
 #: Seconds a relayed (gRPC) challenge outlives its socket, for a reconnect to resume it,
 #: before its upstream stream is cancelled. Local challenges wait for their expiry.
 RELAY_RESUME_GRACE = env.float("RELAY_RESUME_GRACE", default=5.0)

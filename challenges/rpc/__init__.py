@@ -6,5 +6,5 @@ they are stale. Never name a folder ``grpc/`` anywhere on the import path: it
 would shadow grpcio.
 """
 
-#: Full method names the server answers (PROTOCOL.md §3, and the net API twin).
+#: Full method names the server answers (the Hub's API, and its net API twin).
 GET_TOKEN_METHODS = ("/threads.pb.API/GetToken", "/threads.net.pb.API/GetToken")

@@ -1,15 +1,15 @@
 """The ``grpc`` upstream: relay each flow to a Hub-compatible ``GetToken`` stream.
 
 For each flow :meth:`GrpcUpstream.begin` opens ``/threads.pb.API/GetToken``
-with the API-key metadata of ``shared/PROTOCOL.md`` §3, sends the user's key
-and waits for the Hub's raw challenge; :meth:`GrpcPending.finish` sends the
-signature, half-closes and returns the Hub's token. One channel per upstream,
-and one upstream per event loop (``flows.get_service()``), so one channel per
-process, reused across flows.
+with the API-key metadata (``docs/PROTOCOL.md``, "API keys"), sends the
+user's key and waits for the Hub's raw challenge; :meth:`GrpcPending.finish`
+sends the signature, half-closes and returns the Hub's token. One channel per
+upstream, and one upstream per process (built by :mod:`challenges.runtime`),
+reused across flows.
 
 gRPC failures become :class:`~challenges.errors.UpstreamError` with their own
-codes (:func:`upstream_error`); each carries the gRPC status name for the
-audit. Every wait is bounded by the challenge's own time, the call has a gRPC
+codes (:func:`~challenges.rpc.status.upstream_error`); each carries the gRPC
+status name for the audit. Every wait is bounded by the challenge's own time, the call has a gRPC
 deadline a few seconds beyond it, and :meth:`GrpcPending.cancel` cancels the
 call, so no stream outlives its flow. ``open_calls`` counts live streams.
 """
@@ -17,9 +17,7 @@ call, so no stream outlives its flow. ``open_calls`` counts live streams.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import ssl
 import time
@@ -33,10 +31,12 @@ import grpc
 import grpc.aio
 
 from .. import apikeys
-from ..authority import Challenge, IssuedToken, new_challenge_id, token_sha256
-from ..errors import UpstreamError
+from ..authority import Challenge, new_challenge_id
+from ..errors import Code, UpstreamError
 from ..identity import PublicKey
+from ..tokens import MintedToken, describe_token
 from . import GET_TOKEN_METHODS
+from .status import upstream_error
 from .threads_pb2 import GetTokenReply, GetTokenRequest
 
 log = logging.getLogger(__name__)
@@ -53,15 +53,6 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.max_receive_message_length", 64 * 1024),
 ]
-
-_MESSAGES = {
-    "upstream_unavailable": "the token authority cannot be reached",
-    "upstream_deadline": "the token authority did not answer in time",
-    "upstream_rejected_key": "the token authority rejected the public key",
-    "upstream_api_key": "the token authority rejected this provider's API key",
-    "upstream_bad_signature": "the token authority rejected the signature",
-    "upstream_error": "the token authority failed",
-}
 
 
 def parse_target(spec: str) -> tuple[str, bool]:
@@ -83,86 +74,21 @@ def parse_target(spec: str) -> tuple[str, bool]:
     return f"{host}:{port}", parts.scheme == "grpcs"
 
 
-def upstream_error(code: grpc.StatusCode | None, *, phase: str) -> UpstreamError:
-    """Map a gRPC status of the ``key`` or ``signature`` phase to a coded error."""
-    name = code.name if code is not None else "UNKNOWN"
-    if code == grpc.StatusCode.UNAVAILABLE:
-        kind = "upstream_unavailable"
-    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        kind = "upstream_deadline"
-    elif code == grpc.StatusCode.UNKNOWN and phase == "signature":
-        kind = "upstream_bad_signature"
-    elif code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNKNOWN) and phase == "key":
-        kind = "upstream_rejected_key"
-    elif code in (
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.PERMISSION_DENIED,
-    ):
-        kind = "upstream_api_key"
-    else:
-        kind = "upstream_error"
-    error = UpstreamError(f"{_MESSAGES[kind]} ({name})", code=kind)
-    error.upstream_status = name
-    return error
+#: The status the audit records when grpc.aio lost the upstream's refusal (grpc/grpc#36066).
+LOST = "INTERNAL_LOST"
 
 
 def _classify(exc: grpc.aio.AioRpcError, *, phase: str) -> UpstreamError:
     details = exc.details() or ""
-    if exc.code() == grpc.StatusCode.UNKNOWN and "bad signature" in details.lower():
-        phase = "signature"
     # The Hub's details are the peer's words, never our secret: fine for our log.
     log.warning("upstream %s in the %s phase: %s", exc.code().name, phase, details[:200])
-    return upstream_error(exc.code(), phase=phase)
-
-
-class _StatusLost(Exception):
-    """The upstream refused the call while our first write was in flight, and
-    grpc.aio reported INTERNAL instead of the refusal (grpc/grpc#36066)."""
+    return upstream_error(exc.code(), phase=phase, details=details)
 
 
 def _lost_status(exc: grpc.aio.AioRpcError) -> bool:
     return exc.code() == grpc.StatusCode.INTERNAL and (exc.details() or "").startswith(
         "Internal error from Core"
     )
-
-
-def describe_token(token: str, *, subject: PublicKey) -> IssuedToken:
-    """What the audit keeps of a relayed token, read (unverified) from its claims.
-
-    Hub tokens have no ``jti`` or ``exp``: the ``jti`` then falls back to the
-    token's hash, so the audit row is still unique.
-    """
-    claims: dict[str, Any] = {}
-    try:
-        segment = token.split(".")[1]
-        decoded = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-        if isinstance(decoded, dict):
-            claims = decoded
-    except (IndexError, ValueError):
-        pass
-    digest = token_sha256(token)
-    jti, iat, exp = claims.get("jti"), claims.get("iat"), claims.get("exp")
-    aud = claims.get("aud")
-    return IssuedToken(
-        token=token,
-        jti=jti if isinstance(jti, str) and 0 < len(jti) <= 64 else digest[:32],
-        sha256=digest,
-        subject=str(subject),
-        issuer=str(claims.get("iss", ""))[:128],
-        audience=aud if isinstance(aud, str) else "",
-        issued_at=_moment(iat) or datetime.now(UTC),
-        expires_at=_moment(exp),
-    )
-
-
-def _moment(value: Any) -> datetime | None:
-    if type(value) is not int:
-        return None
-    try:
-        return datetime.fromtimestamp(value, UTC)
-    except (OverflowError, OSError, ValueError):
-        return None
 
 
 def _system_roots() -> bytes | None:
@@ -178,8 +104,8 @@ class GrpcPending:
     """One open ``GetToken`` stream, waiting for the client's signature."""
 
     #: A relayed challenge holds a stream on the Hub: a client that goes away
-    #: cancels it at once instead of at expiry.
-    cancel_on_disconnect = True
+    #: cancels it soon instead of at expiry.
+    holds_stream = True
 
     def __init__(self, *, upstream: GrpcUpstream, call: Any, key: PublicKey, timeout: float) -> None:
         self.upstream = upstream
@@ -208,9 +134,9 @@ class GrpcPending:
             id=self.challenge.id, value=reply.challenge, expires_at=self.challenge.expires_at, raw=True
         )
 
-    async def finish(self, signature: bytes) -> IssuedToken:
+    async def finish(self, signature: bytes) -> MintedToken:
         if not self._open:
-            raise UpstreamError("the upstream stream is already closed", code="upstream_error")
+            raise UpstreamError("the upstream stream is already closed", code=Code.UPSTREAM_ERROR)
         # Within the challenge's own time (at least half a second for a late signature).
         budget = max((self.challenge.expires_at - datetime.now(UTC)).total_seconds(), 0.5)
         async with self._phase("signature", budget):
@@ -242,7 +168,7 @@ class GrpcPending:
         except grpc.aio.AioRpcError as exc:
             self._close(exc.code().name)
             if phase == "key" and _lost_status(exc):
-                raise _StatusLost from None
+                raise upstream_error(grpc.StatusCode.INTERNAL, phase="key", status=LOST) from None
             raise _classify(exc, phase=phase) from None
         except TimeoutError:
             self._close("DEADLINE_EXCEEDED")
@@ -257,9 +183,7 @@ class GrpcPending:
 
     def _invalid_reply(self) -> UpstreamError:
         self._close("INVALID_REPLY")
-        error = upstream_error(None, phase="reply")
-        error.upstream_status = "INVALID_REPLY"
-        return error
+        return upstream_error(None, phase="reply", status="INVALID_REPLY")
 
     async def _status_error(self) -> grpc.aio.AioRpcError:
         # The stream ended without the reply: its status says why.
@@ -312,10 +236,10 @@ class GrpcUpstream:
             pending = GrpcPending(upstream=self, call=call, key=key, timeout=timeout)
             try:
                 await pending.receive_challenge(max(deadline - time.monotonic(), 0.01))
-            except _StatusLost:
+            except UpstreamError as error:
                 # Nothing was consumed yet: one more call learns the real status.
-                if attempt:
-                    raise upstream_error(grpc.StatusCode.INTERNAL, phase="key") from None
+                if attempt or error.upstream_status != LOST:
+                    raise
                 continue
             return pending
         raise AssertionError("unreachable")

@@ -1,63 +1,42 @@
 """The embedded authority served as a Hub-compatible gRPC API (``manage.py runauthority``).
 
 :class:`AuthorityServicer` answers ``/threads.pb.API/GetToken`` (and its twin
-``/threads.net.pb.API/GetToken``) byte-compatibly with ``shared/PROTOCOL.md``
-§3: key, 32-byte challenge, signature within the deadline, token. It mints
-exactly the tokens of the ``local`` upstream and audits each attempt through
-the same group-committed :class:`~challenges.services.AuditWriter`, releasing
-a token only after its row is committed.
-
-:class:`ApiKeyInterceptor` is the Hub's API-key check (``challenges.apikeys``),
-done before the servicer sees the call. Each failure maps to the Hub's status
-code and message in exactly one place (:data:`STATUS`).
+``/threads.net.pb.API/GetToken``) byte-compatibly with the Hub
+(``docs/PROTOCOL.md``, "GetToken"): key, 32-byte challenge, signature within
+the deadline, token. It mints exactly the tokens of the ``local`` upstream
+and audits each attempt through the same group-committed
+:class:`~challenges.services.AuditWriter`, releasing a token only after its
+row is committed. The Hub's API-key check runs before it, in
+:mod:`challenges.rpc.interceptor`; every failure maps to the Hub's status in
+:mod:`challenges.rpc.status`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from ..apikeys import API_KEY_HEADER, API_SIG_HEADER, API_SIG_MSG_HEADER, ApiKeyError, check_api_key
-from ..authority import mint_token
-from ..errors import ChallengeError
-from ..identity import IdentityError, PrivateKey, PublicKey, parse_public_key
-from ..services import AuditRecord, AuditWriter
-from . import GET_TOKEN_METHODS
+from ..errors import ChallengeError, Code, IdentityError
+from ..identity import PrivateKey, PublicKey, parse_public_key
+from ..services import AuditWriter
+from ..tasks import TaskSet
+from ..tokens import mint_token
+from .audit import Attempt
+from .interceptor import ApiKeyInterceptor
+from .status import status_of
 from .threads_pb2 import GetTokenReply, GetTokenRequest
 from .threads_pb2_grpc import APIServicer, add_APIServicer_to_server
 
 log = logging.getLogger(__name__)
 
 CHALLENGE_BYTES = 32
-#: Error code -> the Hub's status (PROTOCOL.md §3). ``None`` keeps the error's message.
-STATUS: dict[str, tuple[grpc.StatusCode, str | None]] = {
-    "missing_pub": (grpc.StatusCode.INVALID_ARGUMENT, "Key is required"),
-    "invalid_pub": (grpc.StatusCode.UNKNOWN, None),
-    "missing_sig": (grpc.StatusCode.INVALID_ARGUMENT, "Signature is required"),
-    "challenge_timeout": (grpc.StatusCode.DEADLINE_EXCEEDED, "Challenge deadline exceeded"),
-    "bad_signature": (grpc.StatusCode.UNKNOWN, "bad signature"),
-    "invalid_sig_length": (grpc.StatusCode.UNKNOWN, "bad signature"),
-    "api_key_required": (grpc.StatusCode.UNAUTHENTICATED, None),
-    "api_key_not_found": (grpc.StatusCode.NOT_FOUND, None),
-    "api_sig_required": (grpc.StatusCode.UNAUTHENTICATED, None),
-    "api_sig_bad": (grpc.StatusCode.UNAUTHENTICATED, None),
-    "internal_error": (grpc.StatusCode.INTERNAL, None),
-}
-
-
-def status_of(error: ChallengeError) -> tuple[grpc.StatusCode, str]:
-    code, message = STATUS.get(error.code, (grpc.StatusCode.INTERNAL, None))
-    return code, message or error.message
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +58,7 @@ class AuthorityServicer(APIServicer):
         self.audit = audit
         #: Streams in progress (what a graceful shutdown waits for).
         self.active = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
 
     async def GetToken(
         self, request_iterator: AsyncIterator[GetTokenRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -94,10 +73,10 @@ class AuthorityServicer(APIServicer):
     async def _get_token(
         self, requests: AsyncIterator[GetTokenRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[GetTokenReply]:
-        attempt = _Attempt(context, self.config.worker)
+        attempt = Attempt(context, self.config.worker)
         first = await anext(requests, None)
         if first is None or first.WhichOneof("payload") != "key":
-            missing_key = ChallengeError("Key is required", code="missing_pub")
+            missing_key = ChallengeError("Key is required", code=Code.MISSING_PUB)
             await self._refuse(context, attempt, missing_key, ended=first is None)
             return
         attempt.key = first.key[:128]
@@ -113,11 +92,11 @@ class AuthorityServicer(APIServicer):
             async with asyncio.timeout(self.config.challenge_deadline):
                 second = await anext(requests, None)
         except TimeoutError:
-            late = ChallengeError("Challenge deadline exceeded", code="challenge_timeout")
+            late = ChallengeError("Challenge deadline exceeded", code=Code.CHALLENGE_TIMEOUT)
             await self._refuse(context, attempt, late)
             return
         if second is None or second.WhichOneof("payload") != "signature":
-            missing = ChallengeError("Signature is required", code="missing_sig")
+            missing = ChallengeError("Signature is required", code=Code.MISSING_SIG)
             await self._refuse(context, attempt, missing, ended=second is None)
             return
         try:
@@ -128,7 +107,7 @@ class AuthorityServicer(APIServicer):
         yield await self._issue(context, attempt, key)
 
     async def _issue(
-        self, context: grpc.aio.ServicerContext[Any, Any], attempt: _Attempt, key: PublicKey
+        self, context: grpc.aio.ServicerContext[Any, Any], attempt: Attempt, key: PublicKey
     ) -> GetTokenReply:
         token = mint_token(
             signer=self.config.signer, subject=key, ttl=self.config.ttl, audience=self.config.audience
@@ -143,7 +122,7 @@ class AuthorityServicer(APIServicer):
     async def _refuse(
         self,
         context: grpc.aio.ServicerContext[Any, Any],
-        attempt: _Attempt,
+        attempt: Attempt,
         error: ChallengeError,
         *,
         ended: bool = False,
@@ -156,130 +135,10 @@ class AuthorityServicer(APIServicer):
             await asyncio.sleep(0.1 if ended else 0)
         except asyncio.CancelledError:
             record = attempt.record(error.code, status="CANCELLED", detail="the caller cancelled the call")
-            task = asyncio.create_task(self._audit_quietly(record))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self.audit.record_quietly(record))
             raise
-        await self._audit_quietly(attempt.record(error.code, status=code.name, detail=error.message))
+        await self.audit.record_quietly(attempt.record(error.code, status=code.name, detail=error.message))
         await context.abort(code, message)
-
-    async def _audit_quietly(self, record: AuditRecord) -> None:
-        try:
-            await self.audit.record(record)
-        except ChallengeError:
-            log.warning("could not audit a %s outcome", record.outcome)
-
-
-class _Attempt:
-    """What the audit records of one call."""
-
-    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], worker: str) -> None:
-        self.created = datetime.now(UTC)
-        self.started: float | None = None
-        self.key = ""
-        self.worker = worker
-        metadata = dict(context.invocation_metadata() or ())
-        self.user_agent = str(metadata.get("user-agent", ""))[:200]
-        self.ip = _peer_ip(context.peer())
-
-    def challenged(self) -> None:
-        self.started = time.monotonic()
-
-    def record(self, outcome: str, *, status: str, detail: str = "", token: Any = None) -> AuditRecord:
-        return AuditRecord(
-            outcome=outcome,
-            created_at=self.created,
-            finished_at=datetime.now(UTC),
-            public_key=self.key,
-            detail=detail,
-            client_ip=self.ip,
-            user_agent=self.user_agent,
-            transport="grpc",
-            worker=self.worker,
-            upstream="authority",
-            upstream_status=status,
-            latency_ms=None if self.started is None else (time.monotonic() - self.started) * 1000,
-            token=token,
-        )
-
-
-def _peer_ip(peer: str) -> str | None:
-    # "ipv4:127.0.0.1:5000" / "ipv6:[::1]:5000"
-    kind, _, rest = (peer or "").partition(":")
-    if kind == "ipv4":
-        return rest.rpartition(":")[0] or None
-    if kind == "ipv6":
-        return rest.rpartition(":")[0].strip("[]") or None
-    return None
-
-
-class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """The Hub's API-key check on ``GetToken`` (PROTOCOL.md §3).
-
-    ``keys`` maps each accepted key to its secret ("" for keys that need no
-    signature). The refusal's reason is logged with the key's first characters;
-    the secret, the signature and its message never are.
-    """
-
-    def __init__(self, keys: Mapping[str, str], *, servicer: AuthorityServicer | None = None) -> None:
-        self.keys = dict(keys)
-        #: Refusals are audited through the servicer's writer, like every other outcome.
-        self.servicer = servicer
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        if handler_call_details.method not in GET_TOKEN_METHODS:
-            return await continuation(handler_call_details)
-        metadata: dict[str, Any] = {}
-        for name, value in handler_call_details.invocation_metadata or ():
-            metadata.setdefault(name, value)
-        key = _text(metadata.get(API_KEY_HEADER))
-        try:
-            check_api_key(
-                self.keys,
-                key=key,
-                msg=_text(metadata.get(API_SIG_MSG_HEADER)),
-                sig=_text(metadata.get(API_SIG_HEADER)),
-            )
-        except ApiKeyError as error:
-            log.warning("GetToken refused: %s (key %s...)", error.reason, (key or "-")[:8])
-            return _refusal(error, self.servicer)
-        return await continuation(handler_call_details)
-
-
-def _key_of(first: Any) -> str:
-    """The public key a refused caller sent first (raw bytes here: no deserializer)."""
-    with contextlib.suppress(Exception):
-        request = GetTokenRequest.FromString(first) if isinstance(first, bytes) else first
-        if isinstance(request, GetTokenRequest) and request.WhichOneof("payload") == "key":
-            return request.key[:128]
-    return ""
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _refusal(error: ChallengeError, servicer: AuthorityServicer | None) -> grpc.RpcMethodHandler:
-    code, message = status_of(error)
-
-    async def refuse(request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        # Take the caller's first message before refusing: a grpc.aio client whose
-        # write races our status reports INTERNAL instead of it (grpc/grpc#36066).
-        first = None
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(1.0):
-                first = await anext(aiter(request_iterator), None)
-        if servicer is not None:
-            attempt = _Attempt(context, servicer.config.worker)
-            attempt.key = _key_of(first)
-            await servicer._audit_quietly(attempt.record(error.code, status=code.name, detail=message))
-        await context.abort(code, message)
-
-    return grpc.stream_stream_rpc_method_handler(refuse)
 
 
 def create_server(
@@ -294,7 +153,9 @@ def create_server(
     Returns the server (not started) and the bound port. Raises
     :class:`RuntimeError` when the address cannot be bound.
     """
-    interceptors = [ApiKeyInterceptor(api_keys, servicer=servicer)] if api_keys else []
+    interceptors = (
+        [ApiKeyInterceptor(api_keys, audit=servicer.audit, worker=servicer.config.worker)] if api_keys else []
+    )
     server = grpc.aio.server(
         interceptors=interceptors,
         # No SO_REUSEPORT: a second authority on the same port must fail, not share it.

@@ -6,7 +6,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from challenges.client import TokenClientError, get_token
-from challenges.identity import IdentityError, PrivateKey, parse_private_key
+from challenges.errors import IdentityError
+from challenges.identity import PrivateKey, parse_private_key
 
 
 class Command(BaseCommand):

@@ -10,8 +10,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from challenges.apikeys import parse_api_keys
+from challenges.runtime import RuntimeConfig
 from challenges.services import AuditWriter
-from challenges.upstream import authority_key
 
 log = logging.getLogger("challenges.rpc.server")
 
@@ -52,7 +52,7 @@ class Command(BaseCommand):
             log.warning("no API keys are configured: every caller is accepted (DEBUG only)")
         deadline = options["challenge_deadline"] or settings.AUTHORITY_CHALLENGE_DEADLINE
         config = AuthorityConfig(
-            signer=authority_key(),
+            signer=RuntimeConfig.from_settings().load_authority_key(),
             ttl=settings.TOKEN_TTL,
             audience=settings.TOKEN_AUDIENCE,
             challenge_deadline=deadline,

@@ -1,7 +1,7 @@
 // token-client.js: get an API token from the token provider over WebSocket.
 //
 // An ES module with no build step and no dependency. It speaks the protocol of
-// shared/PROTOCOL.md §2 (the Textile "getTokenChallenge" tutorial) and checks,
+// docs/PROTOCOL.md (the Textile "getTokenChallenge" tutorial) and checks,
 // before signing, that the challenge text names this app and this key, so a
 // signature made here is useless anywhere else.
 //
@@ -341,7 +341,7 @@ export function base32Decode(text) {
   return Uint8Array.from(out);
 }
 
-// -- identities (shared/PROTOCOL.md §1) -----------------------------------------
+// -- identities (docs/PROTOCOL.md, "Identities") -----------------------------------------
 
 const PUBLIC_PREFIX = [0x08, 0x01, 0x12, 0x20];
 const PRIVATE_PREFIX = [0x08, 0x01, 0x12, 0x40];

@@ -1,0 +1,255 @@
+"""The router: a signature goes to the process that owns its challenge, the answer comes back.
+
+A challenge lives in the process that issued it (its local state, or its open
+gRPC stream); its id starts with that process's *tag*, and every process
+reads one channel of the channel layer, its inbox ``tokenflow.<tag>``. The
+walk of a signature that arrives on worker B for a challenge of worker A goes
+one way::
+
+    edge on B ─▶ Router.finish (B) ─▶ _exchange: liveness.alive(A)? ─▶ layer.send(tokenflow.A)
+        ─▶ Router._read (A) ─▶ Router._serve (A) ─▶ FlowService.finish (A): verify, audit, token
+        ─▶ layer.send(tokenflow.B) ─▶ Router._read (B) ─▶ the waiting _exchange ─▶ edge on B
+
+Two channel-layer messages per routed signature, and no channel-layer group
+or channel per connection. Before sending, the owner's liveness
+(:mod:`challenges.liveness`) is asked: a tag that belongs to no live worker
+is ``unknown_challenge`` at once, with nothing sent. While waiting, it is
+asked again every ``check_every`` seconds: a busy owner is waited for while
+it lives, a dead one is dropped within its heartbeat's TTL. A layer that
+cannot be reached is ``routing_unavailable``. Routing errors are audited
+here; an error the owner answered was audited by the owner. Waiting
+requests and running handlers are capped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+from typing import Any
+
+from .clients import ClientInfo
+from .clock import Clock
+from .errors import ChallengeError, Code, LimitError, RoutingUnavailable, StateError, UpstreamError
+from .flows import FlowService, Watcher
+from .liveness import Liveness
+from .tasks import TaskSet
+
+log = logging.getLogger(__name__)
+
+TAG_LENGTH = 8
+PREFIX = "tokenflow."
+
+
+def new_tag() -> str:
+    return secrets.token_hex(TAG_LENGTH // 2)
+
+
+def tag_of(challenge_id: str) -> str:
+    return challenge_id[:TAG_LENGTH]
+
+
+class Router:
+    def __init__(
+        self,
+        *,
+        service: FlowService,
+        layer: Any,
+        liveness: Liveness,
+        clock: Clock,
+        timeout: float,
+        send_timeout: float = 2.0,
+        check_every: float = 1.0,
+        max_waiting: int = 10_000,
+        max_handlers: int = 2_000,
+    ) -> None:
+        self.service = service
+        self.layer = layer
+        self.liveness = liveness
+        self.clock = clock
+        self.timeout = timeout
+        self.send_timeout = send_timeout
+        self.check_every = check_every
+        self.max_waiting = max_waiting
+        self.tag = service.tag
+        self.inbox = PREFIX + self.tag
+        self.healthy = True
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._handlers = TaskSet(limit=max_handlers)
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.liveness.start()
+        self._reader = asyncio.create_task(self._read(), name=f"inbox-{self.tag}")
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+            self._reader = None
+        await self._handlers.cancel()
+        await self.liveness.stop()
+
+    async def finish(
+        self, *, flow_id: str, signature: bytes, client: ClientInfo, finisher: Watcher | None = None
+    ) -> str:
+        """The token for ``signature``, wherever its challenge lives; raises a coded error (audited)."""
+        if tag_of(flow_id) == self.tag:
+            token = await self.service.finish(
+                flow_id=flow_id, signature=signature, client=client, finisher=finisher
+            )
+            return token.token
+        try:
+            reply = await self._exchange(flow_id, signature, client)
+        except ChallengeError as error:
+            await self.service.refuse(error, client=client, challenge_id=flow_id)
+            raise
+        if reply.get("ok") and isinstance(reply.get("token"), str):
+            return str(reply["token"])
+        # The owner's refusal, audited by the owner.
+        code = Code.lookup(reply.get("code")) or Code.INTERNAL_ERROR
+        raise ChallengeError(str(reply.get("message") or code.meaning)[:200], code=code)
+
+    async def _exchange(self, flow_id: str, signature: bytes, client: ClientInfo) -> dict[str, Any]:
+        owner = tag_of(flow_id)
+        if len(self._waiting) >= self.max_waiting:
+            raise LimitError(
+                "too many signatures are being routed; retry shortly", code=Code.TOO_MANY_PENDING
+            )
+        if not await self.liveness.alive(owner):
+            raise _owner_gone()
+        request_id = secrets.token_hex(8)
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = reply
+        try:
+            message = {
+                "type": "flow.request",
+                "request": request_id,
+                "reply_to": self.inbox,
+                "id": flow_id,
+                "sig": signature,
+                "client": {"ip": client.ip, "transport": client.transport, "origin": client.origin},
+            }
+            try:
+                await self._send(PREFIX + owner, message)
+            except Exception as exc:
+                log.warning("cannot route to worker %s: %s", owner, type(exc).__name__)
+                raise RoutingUnavailable(
+                    "the challenge belongs to another worker and the channel layer is unreachable;"
+                    " retry shortly"
+                ) from exc
+            deadline = self.clock.monotonic() + self.timeout
+            while not reply.done():
+                left = deadline - self.clock.monotonic()
+                if left <= 0:
+                    raise UpstreamError(
+                        "the worker holding the challenge did not answer in time", code=Code.UPSTREAM_DEADLINE
+                    )
+                await _first(reply, self.clock.sleep(min(self.check_every, left)))
+                if not reply.done() and not await self.liveness.alive(owner):
+                    raise _owner_gone()
+            return reply.result()
+        finally:
+            self._waiting.pop(request_id, None)
+
+    async def _send(self, channel: str, message: dict[str, Any]) -> None:
+        """Send once more if the first try fails at once: after a Redis restart, the
+        layer's pool hands out a dead connection first."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await asyncio.wait_for(self.layer.send(channel, message), self.send_timeout)
+            return
+        except TimeoutError:
+            raise
+        except Exception as exc:
+            log.debug("routing send failed (%s); once more", type(exc).__name__)
+        left = self.send_timeout - (loop.time() - started)
+        await asyncio.wait_for(self.layer.send(channel, message), max(left, 0.1))
+
+    # -- the inbox -------------------------------------------------------------
+
+    async def _read(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                message = await self.layer.receive(self.inbox)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.healthy:
+                    log.warning("inbox %s cannot read the channel layer: %s", self.inbox, type(exc).__name__)
+                self.healthy = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if not self.healthy:
+                log.info("inbox %s reads the channel layer again", self.inbox)
+            self.healthy, backoff = True, 0.05
+            self._dispatch(message)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "flow.request":
+            if self._handlers.full():
+                log.warning("inbox %s overloaded; dropping a request", self.inbox)
+                return  # its sender times out, or hears the owner is gone
+            self._handlers.spawn(self._serve(message))
+        elif kind == "flow.reply":
+            waiting = self._waiting.get(str(message.get("request", "")))
+            if waiting is not None and not waiting.done():
+                waiting.set_result(message)
+
+    async def _serve(self, message: dict[str, Any]) -> None:
+        reply_to, request_id = message.get("reply_to"), message.get("request")
+        if not isinstance(reply_to, str) or not reply_to.startswith(PREFIX) or not request_id:
+            log.warning("inbox %s got a request it cannot answer", self.inbox)
+            return
+        flow_id, signature = message.get("id"), message.get("sig")
+        try:
+            if (
+                not isinstance(flow_id, str)
+                or tag_of(flow_id) != self.tag
+                or not isinstance(signature, bytes)
+            ):
+                raise StateError("malformed routed request", code=Code.UNKNOWN_CHALLENGE)
+            token = await self.service.finish(flow_id=flow_id, signature=signature, client=_client(message))
+            answer: dict[str, Any] = {"ok": True, "token": token.token}
+        except ChallengeError as error:
+            answer = {"ok": False, "code": str(error.code), "message": error.message}
+        try:
+            await self._send(reply_to, {**answer, "type": "flow.reply", "request": request_id})
+        except Exception as exc:
+            log.warning("inbox %s could not answer a routed request: %s", self.inbox, type(exc).__name__)
+
+
+async def _first(future: asyncio.Future[Any], sleep: Any) -> None:
+    sleeper = asyncio.ensure_future(sleep)
+    try:
+        await asyncio.wait({future, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+
+
+def _owner_gone() -> StateError:
+    return StateError(
+        "the challenge id is unknown, expired or already used (its worker is gone)",
+        code=Code.UNKNOWN_CHALLENGE,
+    )
+
+
+def _client(message: dict[str, Any]) -> ClientInfo:
+    """The client who answered on the other worker, for the audit of an unknown challenge."""
+    raw = message.get("client")
+    fields = raw if isinstance(raw, dict) else {}
+    ip, transport, origin = fields.get("ip"), fields.get("transport"), fields.get("origin")
+    try:
+        address = str(ipaddress.ip_address(ip)) if isinstance(ip, str) else None
+    except ValueError:
+        address = None
+    return ClientInfo(
+        ip=address,
+        transport=transport[:8] if isinstance(transport, str) else "routed",
+        origin=origin[:200] if isinstance(origin, str) else "",
+    )
