@@ -1,50 +1,24 @@
-"""What the audit records of one ``GetToken`` call, whether the servicer or the API-key check ends it."""
+"""Who calls ``GetToken`` over native gRPC, as the audit records it."""
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc.aio
 
-from ..services import AuditRecord
-from ..tokens import MintedToken
+from ..apikeys import API_KEY_HEADER
+from ..gettoken import Caller
 
 
-class Attempt:
-    """What the audit records of one call."""
-
-    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], worker: str) -> None:
-        self.created = datetime.now(UTC)
-        self.started: float | None = None
-        self.key = ""
-        self.worker = worker
-        metadata = dict(context.invocation_metadata() or ())
-        self.user_agent = str(metadata.get("user-agent", ""))[:200]
-        self.ip = _peer_ip(context.peer())
-
-    def challenged(self) -> None:
-        self.started = time.monotonic()
-
-    def record(
-        self, outcome: str, *, status: str, detail: str = "", token: MintedToken | None = None
-    ) -> AuditRecord:
-        return AuditRecord(
-            outcome=outcome,
-            created_at=self.created,
-            finished_at=datetime.now(UTC),
-            public_key=self.key,
-            detail=detail,
-            client_ip=self.ip,
-            user_agent=self.user_agent,
-            transport="grpc",
-            worker=self.worker,
-            upstream="authority",
-            upstream_status=status,
-            latency_ms=None if self.started is None else (time.monotonic() - self.started) * 1000,
-            token=token,
-        )
+def caller_of(context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+    metadata = dict(context.invocation_metadata() or ())
+    api_key = metadata.get(API_KEY_HEADER)
+    return Caller(
+        ip=_peer_ip(context.peer()),
+        user_agent=str(metadata.get("user-agent", ""))[:200],
+        transport="grpc",
+        api_key=api_key[:64] if isinstance(api_key, str) else "",
+    )
 
 
 def _peer_ip(peer: str) -> str | None:

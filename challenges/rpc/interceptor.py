@@ -19,7 +19,7 @@ from ..apikeys import API_KEY_HEADER, API_SIG_HEADER, API_SIG_MSG_HEADER, check_
 from ..errors import ApiKeyError, ChallengeError
 from ..services import AuditWriter
 from . import GET_TOKEN_METHODS
-from .audit import Attempt
+from .audit import caller_of
 from .status import status_of
 from .threads_pb2 import GetTokenRequest
 
@@ -73,9 +73,10 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
                     first = await anext(aiter(request_iterator), None)
-            attempt = Attempt(context, self.worker)
-            attempt.key = _key_of(first)
-            await self.audit.record_quietly(attempt.record(error.code, status=code.name, detail=message))
+            caller = caller_of(context)
+            caller.key = _key_of(first)
+            record = caller.record(error.code, status=code.name, worker=self.worker, detail=message)
+            await self.audit.record_quietly(record)
             await context.abort(code, message)
 
         return grpc.stream_stream_rpc_method_handler(refuse)

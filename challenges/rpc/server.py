@@ -13,22 +13,17 @@ row is committed. The Hub's API-key check runs before it, in
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import secrets
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from ..errors import ChallengeError, Code, IdentityError
-from ..identity import PrivateKey, PublicKey, parse_public_key
+from ..gettoken import AuthorityConfig, GetTokenCall, Reply, Request
 from ..services import AuditWriter
 from ..tasks import TaskSet
-from ..tokens import mint_token
-from .audit import Attempt
+from .audit import caller_of
 from .interceptor import ApiKeyInterceptor
 from .status import status_of
 from .threads_pb2 import GetTokenReply, GetTokenRequest
@@ -36,22 +31,12 @@ from .threads_pb2_grpc import APIServicer, add_APIServicer_to_server
 
 log = logging.getLogger(__name__)
 
-CHALLENGE_BYTES = 32
-
-
-@dataclass(frozen=True, slots=True)
-class AuthorityConfig:
-    """What the authority mints and how long it waits (from settings)."""
-
-    signer: PrivateKey
-    ttl: float | None
-    audience: str = ""
-    challenge_deadline: float = 60.0
-    worker: str = ""
+__all__ = ["AuthorityConfig", "AuthorityServicer", "create_server"]
 
 
 class AuthorityServicer(APIServicer):
-    """``GetToken`` of the embedded authority."""
+    """``GetToken`` of the embedded authority: protobuf in and out of a :class:`GetTokenCall`
+    (:mod:`challenges.gettoken`, shared with the gRPC-Web endpoint)."""
 
     def __init__(self, *, config: AuthorityConfig, audit: AuditWriter) -> None:
         self.config = config
@@ -60,85 +45,38 @@ class AuthorityServicer(APIServicer):
         self.active = 0
         self._tasks = TaskSet()
 
-    async def GetToken(
+    async def GetToken(  # type: ignore[override]
         self, request_iterator: AsyncIterator[GetTokenRequest], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[GetTokenReply]:
+    ) -> None:
+        # The reader/writer form of a streaming handler: read() and write() on the context.
+        async def receive() -> Request | None:
+            message = await context.read()
+            if message is grpc.aio.EOF:
+                return None
+            kind = message.WhichOneof("payload")
+            return (
+                kind,
+                message.key if kind == "key" else message.signature if kind == "signature" else None,
+            )
+
+        async def send(reply: Reply) -> None:
+            await context.write(
+                GetTokenReply(challenge=reply.challenge)
+                if reply.challenge
+                else GetTokenReply(token=reply.token)
+            )
+
+        call = GetTokenCall(
+            config=self.config, audit=self.audit, caller=caller_of(context), tasks=self._tasks
+        )
         self.active += 1
         try:
-            async for reply in self._get_token(aiter(request_iterator), context):
-                yield reply
+            error = await call.run(receive, send, status_name=lambda error: status_of(error)[0].name)
         finally:
             self.active -= 1
-
-    async def _get_token(
-        self, requests: AsyncIterator[GetTokenRequest], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[GetTokenReply]:
-        attempt = Attempt(context, self.config.worker)
-        first = await anext(requests, None)
-        if first is None or first.WhichOneof("payload") != "key":
-            missing_key = ChallengeError("Key is required", code=Code.MISSING_PUB)
-            await self._refuse(context, attempt, missing_key, ended=first is None)
-            return
-        attempt.key = first.key[:128]
-        try:
-            key = parse_public_key(first.key)
-        except IdentityError as bad_key:
-            await self._refuse(context, attempt, bad_key)
-            return
-        challenge = secrets.token_bytes(CHALLENGE_BYTES)
-        attempt.challenged()
-        yield GetTokenReply(challenge=challenge)
-        try:
-            async with asyncio.timeout(self.config.challenge_deadline):
-                second = await anext(requests, None)
-        except TimeoutError:
-            late = ChallengeError("Challenge deadline exceeded", code=Code.CHALLENGE_TIMEOUT)
-            await self._refuse(context, attempt, late)
-            return
-        if second is None or second.WhichOneof("payload") != "signature":
-            missing = ChallengeError("Signature is required", code=Code.MISSING_SIG)
-            await self._refuse(context, attempt, missing, ended=second is None)
-            return
-        try:
-            key.verify(challenge, second.signature)
-        except ChallengeError as bad_sig:
-            await self._refuse(context, attempt, bad_sig)
-            return
-        yield await self._issue(context, attempt, key)
-
-    async def _issue(
-        self, context: grpc.aio.ServicerContext[Any, Any], attempt: Attempt, key: PublicKey
-    ) -> GetTokenReply:
-        token = mint_token(
-            signer=self.config.signer, subject=key, ttl=self.config.ttl, audience=self.config.audience
-        )
-        try:
-            await self.audit.record(attempt.record("success", status="OK", token=token))
-        except ChallengeError as error:  # no row, no token
+        if error is not None:
             code, message = status_of(error)
             await context.abort(code, message)
-        return GetTokenReply(token=token.token)
-
-    async def _refuse(
-        self,
-        context: grpc.aio.ServicerContext[Any, Any],
-        attempt: Attempt,
-        error: ChallengeError,
-        *,
-        ended: bool = False,
-    ) -> None:
-        code, message = status_of(error)
-        try:
-            # A caller that cancels ends our request stream first and our task a few
-            # turns of the loop later: when the stream ended, let that land, so the
-            # audit tells a cancelled call from a half-closed one.
-            await asyncio.sleep(0.1 if ended else 0)
-        except asyncio.CancelledError:
-            record = attempt.record(error.code, status="CANCELLED", detail="the caller cancelled the call")
-            self._tasks.spawn(self.audit.record_quietly(record))
-            raise
-        await self.audit.record_quietly(attempt.record(error.code, status=code.name, detail=error.message))
-        await context.abort(code, message)
 
 
 def create_server(

@@ -43,7 +43,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from challenges.rpc.server import AuthorityConfig  # grpc only for this command
+        from challenges.gettoken import AuthorityConfig
 
         keys = self._api_keys()
         if not keys:

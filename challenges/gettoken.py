@@ -1,0 +1,181 @@
+"""``GetToken`` as the Hub answered it, with no transport: the state machine of one call.
+
+Both the native gRPC servicer (``manage.py runauthority``,
+:mod:`challenges.rpc.server`) and the gRPC-Web endpoint on the ASGI app drive
+:class:`GetTokenCall`: they hand it the caller's messages as they come and
+send what it answers; it decides every outcome, audits it, and returns the
+error the transport ends the call with (``None``: status OK). The Hub's
+sequence (``docs/PROTOCOL.md``, "GetToken"): the caller sends its key, gets
+32 random bytes, sends their signature within the deadline (one minute), and
+gets a token, which is released only after its audit row is committed.
+
+A call the caller cancels (or whose transport goes away) is audited with
+status ``CANCELLED`` and the step it was at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from .errors import ChallengeError, Code, IdentityError
+from .identity import PrivateKey, PublicKey, parse_public_key
+from .services import AuditRecord, AuditWriter
+from .tasks import TaskSet
+from .tokens import MintedToken, mint_token
+
+CHALLENGE_BYTES = 32
+
+#: A caller's message: ("key", str), ("signature", bytes), or (None, None) for any other.
+Request = tuple[str | None, str | bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the call answers: the challenge, then the token."""
+
+    challenge: bytes = b""
+    token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorityConfig:
+    """What the authority mints and how long it waits."""
+
+    signer: PrivateKey
+    ttl: float | None
+    audience: str = ""
+    challenge_deadline: float = 60.0
+    worker: str = ""
+
+
+@dataclass
+class Caller:
+    """Who calls, as the audit records it."""
+
+    ip: str | None = None
+    user_agent: str = ""
+    transport: str = "grpc"
+    api_key: str = ""
+    key: str = ""
+    created: datetime = field(default_factory=lambda: datetime.now(UTC))
+    challenged: float | None = None
+    recorded: bool = False
+
+    def record(
+        self, outcome: str, *, status: str, worker: str, detail: str = "", token: MintedToken | None = None
+    ) -> AuditRecord:
+        self.recorded = True
+        return AuditRecord(
+            outcome=outcome,
+            created_at=self.created,
+            finished_at=datetime.now(UTC),
+            public_key=self.key,
+            detail=detail,
+            client_ip=self.ip,
+            user_agent=self.user_agent,
+            transport=self.transport,
+            worker=worker,
+            upstream="authority",
+            upstream_status=status,
+            latency_ms=None if self.challenged is None else (time.monotonic() - self.challenged) * 1000,
+            token=token,
+        )
+
+
+class GetTokenCall:
+    """One ``GetToken`` call. :meth:`run` returns the error to end it with, or None (OK)."""
+
+    def __init__(
+        self, *, config: AuthorityConfig, audit: AuditWriter, caller: Caller, tasks: TaskSet
+    ) -> None:
+        self.config = config
+        self.audit = audit
+        self.caller = caller
+        self._tasks = tasks
+
+    async def run(
+        self,
+        receive: Callable[[], Awaitable[Request | None]],
+        send: Callable[[Reply], Awaitable[None]],
+        *,
+        status_name: Callable[[ChallengeError], str],
+    ) -> ChallengeError | None:
+        """Drive the call: ``receive()`` gives the next message (None: the caller half-closed),
+        ``send`` answers; ``status_name`` names the status an error ends the call with, for
+        the audit."""
+        try:
+            return await self._run(receive, send, status_name)
+        except asyncio.CancelledError:
+            if not self.caller.recorded:
+                code = Code.MISSING_SIG if self.caller.challenged is not None else Code.MISSING_PUB
+                record = self._record(code, status="CANCELLED", detail="the caller cancelled the call")
+                self._tasks.spawn(self.audit.record_quietly(record))
+            raise
+
+    async def _run(
+        self,
+        receive: Callable[[], Awaitable[Request | None]],
+        send: Callable[[Reply], Awaitable[None]],
+        status_name: Callable[[ChallengeError], str],
+    ) -> ChallengeError | None:
+        first = await receive()
+        if first is None or first[0] != "key":
+            missing_key = ChallengeError("Key is required", code=Code.MISSING_PUB)
+            return await self._refuse(missing_key, status_name, ended=first is None)
+        self.caller.key = str(first[1])[:128]
+        try:
+            key = parse_public_key(first[1])
+        except IdentityError as bad_key:
+            return await self._refuse(bad_key, status_name)
+        challenge = secrets.token_bytes(CHALLENGE_BYTES)
+        self.caller.challenged = time.monotonic()
+        await send(Reply(challenge=challenge))
+        try:
+            async with asyncio.timeout(self.config.challenge_deadline):
+                second = await receive()
+        except TimeoutError:
+            late = ChallengeError("Challenge deadline exceeded", code=Code.CHALLENGE_TIMEOUT)
+            return await self._refuse(late, status_name)
+        if second is None or second[0] != "signature" or not isinstance(second[1], bytes):
+            missing = ChallengeError("Signature is required", code=Code.MISSING_SIG)
+            return await self._refuse(missing, status_name, ended=second is None)
+        try:
+            key.verify(challenge, second[1])
+        except ChallengeError as bad_sig:
+            return await self._refuse(bad_sig, status_name)
+        return await self._issue(key, send)
+
+    async def _issue(self, key: PublicKey, send: Callable[[Reply], Awaitable[None]]) -> ChallengeError | None:
+        config = self.config
+        token = mint_token(signer=config.signer, subject=key, ttl=config.ttl, audience=config.audience)
+        try:
+            await self.audit.record(self._record("success", status="OK", token=token))
+        except ChallengeError as error:  # no row, no token
+            return error
+        await send(Reply(token=token.token))
+        return None
+
+    async def _refuse(
+        self, error: ChallengeError, status_name: Callable[[ChallengeError], str], *, ended: bool = False
+    ) -> ChallengeError:
+        if ended:
+            # A caller that cancels ends our request stream first and our task a few turns
+            # of the loop later: let that land, so the audit tells a cancelled call from a
+            # half-closed one.
+            await asyncio.sleep(0.1)
+        await self.audit.record_quietly(
+            self._record(error.code, status=status_name(error), detail=error.message)
+        )
+        return error
+
+    def _record(
+        self, outcome: str, *, status: str, detail: str = "", token: MintedToken | None = None
+    ) -> AuditRecord:
+        return self.caller.record(
+            outcome, status=status, worker=self.config.worker, detail=detail, token=token
+        )
