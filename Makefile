@@ -1,14 +1,15 @@
-# Two commands: `make run` serves the provider, `make test` checks everything.
+# `make run` serves the provider on a laptop, `make serve` in production, `make test` checks everything.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
+WORKERS ?= 1
 CHROMIUM ?= /usr/bin/chromium
 # The suite runs twice: on SQLite, then on this PostgreSQL (database `test`, trust auth).
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 
-.PHONY: run test lint typecheck pytest pytest-postgres postgres bench soak install install-dev chromium migrate clean proto
+.PHONY: run serve test lint typecheck pytest pytest-postgres postgres bench soak install install-dev chromium migrate clean proto
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +29,11 @@ migrate: install
 
 run: migrate
 	$(PY) manage.py runserver $(HOST):$(PORT)
+
+# Production: uvicorn, WORKERS processes on one port (more than one needs REDIS_URL), DEBUG off,
+# migrations first; refuses to start without SECRET_KEY, AUTHORITY_PRIVATE_KEY or ALLOWED_HOSTS.
+serve: install
+	DEBUG=false $(PY) manage.py serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 # The browser tests need Debian's Chromium (Playwright's own download cannot work here).
 chromium:

@@ -18,11 +18,10 @@ from pathlib import Path
 from websockets.asyncio.client import ClientConnection
 
 from challenges.identity import PrivateKey
-from tests import servers
-from tests.servers import Server
 
-from . import procs
+from . import procs, servers
 from .loadgen import classify, open_socket
+from .servers import Server
 
 OPEN_AT_ONCE = 50
 SETTLE_SECONDS = 2.0

@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 
 from challenges.identity import PrivateKey
-from tests import servers
-from tests.servers import Server
+
+from . import servers
+from .servers import Server
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

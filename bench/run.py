@@ -20,11 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from challenges.identity import PrivateKey
-from tests import servers
-from tests.servers import ROOT, Server
 
-from . import memory, procs, report
+from . import memory, procs, report, servers
 from .loadgen import Result, Spec
+from .servers import ROOT, Server
 
 CONFIGS = {
     "floor": "plain `websockets` server (the floor)",

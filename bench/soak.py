@@ -24,11 +24,10 @@ from websockets.asyncio.client import ClientConnection
 from websockets.protocol import State
 
 from challenges.identity import PrivateKey
-from tests import servers
-from tests.servers import Server
 
-from . import procs, report
+from . import procs, report, servers
 from .loadgen import FlowFailed, Identity, ask, classify, flow_on, open_socket, receive
+from .servers import Server
 
 CROSS_FLOWS = 10  # per direction
 

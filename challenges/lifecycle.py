@@ -81,8 +81,12 @@ class _DrainFirst:
         self.draining = False
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
-        if self.draining:  # a second signal: the server's own handling, at once
-            self.previous(signum, frame)
+        if self.draining:
+            # A second Ctrl-C forces the server's own handling at once; a second SIGTERM
+            # (systemd signals every process of the unit, and uvicorn's parent its
+            # workers again) waits for the drain under way.
+            if signum == signal.SIGINT:
+                self.previous(signum, frame)
             return
         self.draining = True
         self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._drain(signum, frame)))

@@ -91,8 +91,10 @@ async def test_sigterm_cancels_a_relayed_challenges_upstream_stream(tmp_path: Pa
         assert (frame["type"], frame["code"]) == ("error", "server_shutdown")
         # The authority saw its stream cancelled (and audited it so), not left open.
         assert servers.wait_for(
-            lambda: ("grpc", "missing_sig", "CANCELLED")
-            in hub.rows("SELECT transport, outcome, upstream_status FROM challenges_challengeattempt"),
+            lambda: (
+                ("grpc", "missing_sig", "CANCELLED")
+                in hub.rows("SELECT transport, outcome, upstream_status FROM challenges_challengeattempt")
+            ),
             timeout=5,
         )
     finally:

@@ -1,0 +1,87 @@
+"""``manage.py serve``: the production server (``make serve``).
+
+uvicorn with its sans-I/O WebSocket protocol, ``WORKERS`` processes on one
+port, the ASGI lifespan on (the runtime starts and drains with each worker),
+migrations applied first. It refuses to start, with one line per missing
+setting, without ``SECRET_KEY``, ``AUTHORITY_PRIVATE_KEY`` or
+``ALLOWED_HOSTS``, with ``DEBUG`` on, or with several workers and no
+``REDIS_URL`` (their challenges could not reach each other).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from challenges.protocol import MAX_FRAME_BYTES
+
+#: uvicorn refuses WebSocket messages past this (the app refuses frames past 64 KiB
+#: with an error frame; larger ones are dropped by the server itself).
+WS_MAX_SIZE = 2 * MAX_FRAME_BYTES
+
+
+class Command(BaseCommand):
+    help = "Serve the token provider for production: uvicorn, WORKERS processes, DEBUG off."
+    requires_system_checks: list[str] = []  # our refusals first, one line each; then the checks
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "1")))
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        workers = options["workers"]
+        refusals = _refusals(workers)
+        if refusals:
+            for line in refusals:
+                self.stderr.write(f"serve: {line}")
+            sys.exit(2)
+        self.check(display_num_errors=False)
+        call_command("migrate", interactive=False, verbosity=0)
+        self.stdout.write(f"serving on http://{options['host']}:{options['port']} with {workers} worker(s)")
+        self.stdout.flush()
+
+        import uvicorn
+
+        uvicorn.run(
+            "tokensite.asgi:application",
+            host=options["host"],
+            port=options["port"],
+            workers=workers,
+            ws="websockets-sansio",
+            ws_max_size=WS_MAX_SIZE,
+            ws_per_message_deflate=False,
+            lifespan="on",
+            # The client address comes from CLIENT_IP_HEADER / TRUSTED_PROXIES (challenges.clients):
+            # uvicorn's own rewrite takes X-Forwarded-For's leftmost entry, which a client writes.
+            proxy_headers=False,
+            access_log=False,
+            timeout_graceful_shutdown=8,
+            log_level=str(settings.LOGGING["root"]["level"]).lower(),  # type: ignore[index]
+        )
+
+
+def _refusals(workers: int) -> list[str]:
+    lines = []
+    if settings.DEBUG:
+        lines.append(
+            "DEBUG is on: serve is for production (make serve sets DEBUG=false; make run is for a laptop)"
+        )
+    if settings.SECRET_KEY.startswith("insecure-"):  # the development placeholder
+        lines.append("SECRET_KEY is not set: set a long random string in the environment or .env")
+    if not settings.AUTHORITY_PRIVATE_KEY:
+        lines.append("AUTHORITY_PRIVATE_KEY is not set: 'python manage.py keygen' prints one")
+    if not settings.ALLOWED_HOSTS:
+        lines.append("ALLOWED_HOSTS is not set: the host names clients use, comma-separated")
+    if workers < 1:
+        lines.append("WORKERS must be at least 1")
+    elif workers > 1 and not settings.REDIS_URL:
+        lines.append(
+            f"WORKERS={workers} needs REDIS_URL: workers reach each other's challenges through Redis"
+        )
+    return lines

@@ -1,0 +1,148 @@
+"""``make serve``: refuses to start without each production setting, one clear line each,
+and serves token flows with two worker processes on one port and a Redis of the test's own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from challenges.identity import PrivateKey, encode_buffer
+from challenges.tokens import verify_token
+from tests import servers
+
+pytestmark = pytest.mark.server
+AUTHORITY = PrivateKey.generate()
+
+
+def production_env(tmp: Path, **overrides: str) -> dict[str, str]:
+    env = servers.base_env(
+        tmp,
+        SECRET_KEY="a-long-random-test-secret-" + "x" * 30,
+        AUTHORITY_PRIVATE_KEY=str(AUTHORITY),
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        REDIS_URL="",
+    )
+    env.pop("DEBUG")  # make serve sets it
+    env.update(overrides)
+    return env
+
+
+def make_serve(env: dict[str, str], port: int, workers: int = 1) -> tuple[subprocess.Popen[bytes], Path]:
+    return servers.launch(
+        ["make", "--no-print-directory", "serve", f"PORT={port}", f"WORKERS={workers}"],
+        env=env,
+        log_path=Path(env["VAR_DIR"]).parent / f"serve-{port}.log",
+        new_session=True,  # so the whole group (make, manage.py, workers) gets the signal
+    )
+
+
+@pytest.mark.parametrize(
+    ("unset", "says"),
+    [
+        ({"SECRET_KEY": ""}, "serve: SECRET_KEY is not set"),
+        ({"AUTHORITY_PRIVATE_KEY": ""}, "serve: AUTHORITY_PRIVATE_KEY is not set"),
+        ({"ALLOWED_HOSTS": ""}, "serve: ALLOWED_HOSTS is not set"),
+    ],
+)
+def test_serve_refuses_without_each_production_setting(tmp_path, unset, says):
+    env = production_env(tmp_path, **unset)
+    out = subprocess.run(
+        ["make", "--no-print-directory", "serve", f"PORT={servers.free_port()}"],
+        cwd=servers.ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    refusals = [line for line in out.stderr.splitlines() if line.startswith("serve: ")]
+    assert refusals == [next(line for line in refusals if line.startswith(says))], out.stderr
+    assert AUTHORITY.seed.hex() not in out.stdout + out.stderr
+
+
+def test_serve_refuses_several_workers_without_redis(tmp_path):
+    out = subprocess.run(
+        ["make", "--no-print-directory", "serve", f"PORT={servers.free_port()}", "WORKERS=2"],
+        cwd=servers.ROOT,
+        env=production_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "serve: WORKERS=2 needs REDIS_URL" in out.stderr
+
+
+def post(port: int, path: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # a new connection each time
+        return json.load(response)
+
+
+def test_make_serve_runs_two_workers_on_one_port(tmp_path):
+    with servers.redis_server(tmp_path / "redis") as redis:
+        env = production_env(tmp_path, REDIS_URL=redis.url)
+        port = servers.free_port()
+        process, log_path = make_serve(env, port, workers=2)
+        try:
+            servers.wait_ready(
+                process,
+                log_path,
+                lambda: 200 if _health(port) == 200 else None,
+                timeout=60,
+                what="make serve",
+            )
+            owners = set()
+            for _ in range(30):  # each step on a new connection: half the answers cross workers
+                user = PrivateKey.generate()
+                challenge = post(port, "/api/token/challenge", {"pub": str(user.public)})
+                owners.add(challenge["id"][:8])
+                signature = encode_buffer(user.sign(bytes(challenge["value"]["data"])))
+                token = post(port, "/api/token", {"id": challenge["id"], "sig": signature})
+                assert token["type"] == "token", token
+                assert verify_token(token["value"], issuer=AUTHORITY.public)["sub"] == str(user.public)
+            assert len(owners) == 2, "both workers should have issued challenges"
+            rows = servers.query(
+                env["DATABASE_URL"],
+                "SELECT DISTINCT worker FROM challenges_challengeattempt WHERE outcome = 'success'",
+            )
+            assert len(rows) == 2
+        finally:
+            started = time.monotonic()
+            os.killpg(process.pid, signal.SIGTERM)  # as systemd does: every process of the group
+            process.wait(15)
+            assert servers.wait_for(lambda: not _group_alive(process.pid), timeout=12), (
+                "workers outlived 12 s"
+            )
+            assert time.monotonic() - started < 12
+    log = log_path.read_text()
+    assert "Traceback" not in log
+    assert "WARNING" not in log
+    assert "serving on http://127.0.0.1" in log
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _health(port: int) -> int | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
+            return response.status
+    except OSError:
+        return None

@@ -1,0 +1,76 @@
+"""The HTTP endpoints other than the two-step (tests/test_http_flow.py): token
+verification, the demo page and the client module's asset, through Django's ASGI client."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.test import AsyncClient
+
+from challenges.identity import PrivateKey
+from challenges.tokens import mint_token
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def client() -> AsyncClient:
+    return AsyncClient()
+
+
+async def verify(client: AsyncClient, body: bytes | str) -> tuple[int, dict]:
+    response = await client.post("/api/token/verify", data=body, content_type="application/json")
+    return response.status_code, json.loads(response.content)
+
+
+async def test_verify_says_active_with_the_claims_of_our_token(client, authority_signer, user_key):
+    token = mint_token(signer=authority_signer, subject=user_key.public, ttl=60).token
+    status, body = await verify(client, json.dumps({"token": token}))
+    assert (status, body["active"], body["claims"]["sub"]) == (200, True, str(user_key.public))
+
+
+@pytest.mark.parametrize(
+    ("make", "code"),
+    [
+        (
+            lambda signer, user: mint_token(signer=PrivateKey.generate(), subject=user, ttl=60).token,
+            "invalid_token",
+        ),
+        (lambda signer, user: mint_token(signer=signer, subject=user, ttl=-120).token, "token_expired"),
+        (lambda signer, user: "not.a.token", "invalid_token"),
+    ],
+)
+async def test_verify_says_inactive_with_the_reason(client, authority_signer, user_key, make, code):
+    status, body = await verify(client, json.dumps({"token": make(authority_signer, user_key.public)}))
+    assert (status, body["active"], body["code"]) == (200, False, code)
+    assert "claims" not in body
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [("nope", 400), ("[]", 400), ('{"token": 5}', 400), ("x" * 20_000, 413)],
+)
+async def test_verify_refuses_a_body_it_cannot_use(client, body, status):
+    got_status, got = await verify(client, body)
+    assert (got_status, got["active"], got["code"]) == (status, False, "invalid_request")
+
+
+async def test_the_demo_page_is_served_with_a_strict_policy(client):
+    response = await client.get("/")
+    assert response.status_code == 200
+    assert "default-src 'self'" in response["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in response["Content-Security-Policy"]
+    assert b"token-client.js" in response.content or b"demo.js" in response.content
+
+
+async def test_the_client_module_may_be_imported_from_other_origins(client):
+    module = await client.get("/static/challenges/token-client.js")
+    module.close()  # a file response: its file is closed here
+    assert module.status_code == 200
+    assert module["Access-Control-Allow-Origin"] == "*"
+    css = await client.get("/static/challenges/demo.css")
+    css.close()
+    assert css.status_code == 200
+    assert "Access-Control-Allow-Origin" not in css
+    assert (await client.get("/static/challenges/../settings.py")).status_code == 404
