@@ -53,6 +53,8 @@ class Flow:
     client: ClientInfo
     created_at: datetime
     started: float
+    challenged_at: datetime | None = None
+    answered_at: datetime | None = None
     watchers: list[Watcher] = field(default_factory=list)
     timer: Timer | None = None
     grace: Timer | None = None
@@ -127,6 +129,7 @@ class FlowService:
             client=client,
             created_at=created,
             started=started,
+            challenged_at=self.clock.now(),
         )
         if watcher is not None:
             flow.watchers.append(watcher)
@@ -149,7 +152,8 @@ class FlowService:
             )
             await self.refuse(unknown, client=client, challenge_id=flow_id)
             raise unknown
-        remaining = (flow.challenge.expires_at - self.clock.now()).total_seconds()
+        flow.answered_at = self.clock.now()
+        remaining = (flow.challenge.expires_at - flow.answered_at).total_seconds()
         try:
             token = await asyncio.wait_for(flow.pending.finish(signature), max(remaining, 0.001) + 1)
         except asyncio.CancelledError:

@@ -83,6 +83,7 @@ class Caller:
             upstream="authority",
             upstream_status=status,
             latency_ms=None if self.challenged is None else (time.monotonic() - self.challenged) * 1000,
+            api_key=self.api_key,
             token=token,
         )
 

@@ -1,8 +1,13 @@
-"""Append-only audit of every challenge attempt and every issued token.
+"""Append-only audit of every challenge attempt and every issued token, and revocation.
 
-Rows are written only by ``services`` (in group-committed batches) and read
-through ``selectors`` and the read-only admin. No row ever holds a token: only
-its ``jti`` and SHA-256.
+Audit rows are written only by ``services`` (in group-committed batches) and
+read through ``selectors`` and the read-only admin. No row ever holds a token:
+only its ``jti`` and SHA-256. Refusals that belong to no flow are aggregated:
+one row per address, code and minute, with a ``count``.
+
+Revocation (a token by ``jti``, or every token of a public key) is written by
+``services`` from the admin's actions and ``manage.py tokens``, each action
+recorded with who did it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,13 @@ class ChallengeAttempt(models.Model):
     upstream_status = models.CharField(max_length=40, blank=True)
     #: Challenge issued to outcome, in milliseconds (null when no challenge).
     latency_ms = models.FloatField(null=True, blank=True)
+    #: When the challenge was sent, and when the answer arrived (null when there was none).
+    challenged_at = models.DateTimeField(null=True, blank=True)
+    answered_at = models.DateTimeField(null=True, blank=True)
+    #: The Hub API key of a gRPC or gRPC-Web call (the key, never its secret).
+    api_key = models.CharField(max_length=64, blank=True, db_index=True)
+    #: How many refusals this row stands for (aggregated per address, code and minute).
+    count = models.PositiveIntegerField(default=1)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -58,3 +70,52 @@ class IssuedToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.jti} for {self.public_key[:16]}"
+
+
+class RevokedToken(models.Model):
+    """A token that introspection reports inactive from now on, whatever its expiry."""
+
+    jti = models.CharField(max_length=64, unique=True)
+    revoked_at = models.DateTimeField()
+    actor = models.CharField(max_length=150)
+    reason = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-revoked_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.jti} revoked by {self.actor}"
+
+
+class BlockedKey(models.Model):
+    """A public key whose live tokens are inactive and which may not start a flow."""
+
+    public_key = models.CharField(max_length=128, unique=True)
+    blocked_at = models.DateTimeField()
+    actor = models.CharField(max_length=150)
+    reason = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-blocked_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.public_key[:16]} blocked by {self.actor}"
+
+
+class RevocationEvent(models.Model):
+    """Who revoked, blocked or unblocked what, and when (append-only)."""
+
+    REVOKE, BLOCK, UNBLOCK = "revoke", "block", "unblock"
+    ACTIONS = [(REVOKE, "revoke token"), (BLOCK, "block key"), (UNBLOCK, "unblock key")]
+
+    at = models.DateTimeField(db_index=True)
+    action = models.CharField(max_length=8, choices=ACTIONS)
+    target = models.CharField(max_length=128)
+    actor = models.CharField(max_length=150)
+    reason = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.target[:16]} by {self.actor}"

@@ -76,6 +76,8 @@ class Outcomes:
             upstream=self.upstream,
             upstream_status=flow.pending.status,
             latency_ms=(self.clock.monotonic() - flow.started) * 1000,
+            challenged_at=flow.challenged_at,
+            answered_at=flow.answered_at,
             token=token,
             **self._client_fields(flow.client),
         )

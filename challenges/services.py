@@ -41,6 +41,10 @@ class AuditRecord:
     upstream: str = ""
     upstream_status: str = ""
     latency_ms: float | None = None
+    challenged_at: datetime | None = None
+    answered_at: datetime | None = None
+    api_key: str = ""
+    count: int = 1
     token: MintedToken | None = field(default=None, repr=False)
 
 
@@ -72,6 +76,10 @@ def audit_write_batch(records: list[AuditRecord]) -> None:
                     upstream=_clean(r.upstream, 100),
                     upstream_status=_clean(r.upstream_status, 40),
                     latency_ms=r.latency_ms,
+                    challenged_at=r.challenged_at,
+                    answered_at=r.answered_at,
+                    api_key=_clean(r.api_key, 64),
+                    count=r.count,
                 )
                 for r in records
             ]
