@@ -16,6 +16,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from . import protocol, runtime
 from .errors import ChallengeError, Code, LimitError
+from .limits import address_scope
 from .pipeline import Conversation
 from .tokens import MintedToken
 
@@ -38,6 +39,7 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         conv = Conversation(client=client, watcher=self._event)
         try:
             rt.config.clients.admit(client)
+            await rt.limiter.take(address_scope(client.ip))
             rt.service.connection_opened(client.ip)
         except ChallengeError as error:
             outcome = await rt.pipeline.refuse(conv, error)

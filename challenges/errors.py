@@ -16,7 +16,8 @@ gRPC status in the gRPC edge (``rpc.status``).
     ├── SignatureError        the signature is missing, malformed or wrong
     ├── StateError            the frame does not fit the flow's state
     ├── LimitError            a cap was hit (pending, connections, errors)
-    ├── RefusedError          Host or Origin refused, or the server is shutting down
+    │   └── RateLimited       too many requests from one address (``retry_after``)
+    ├── RefusedError          refused before any flow: Host, Origin, a blocked key, shutdown
     ├── UpstreamError         the upstream authority failed or refused
     │   └── RoutingUnavailable  the worker owning a challenge cannot be reached
     ├── TokenError            a token failed verification
@@ -78,6 +79,9 @@ class Code(StrEnum):
     TOO_MANY_PENDING = "too_many_pending", "too many challenges are pending; answer or wait"
     TOO_MANY_CONNECTIONS = "too_many_connections", "too many connections from this address"
     TOO_MANY_ERRORS = "too_many_errors", "too many bad frames on this connection"
+    RATE_LIMITED = "rate_limited", "too many requests from this address; retry after 'retry_after' seconds"
+    LIMITS_UNAVAILABLE = "limits_unavailable", "the shared rate limits cannot be reached; retry shortly"
+    KEY_BLOCKED = "key_blocked", "an operator blocked this public key"
     ORIGIN_NOT_ALLOWED = "origin_not_allowed", "the page's Origin is not allowed to get tokens here"
     INVALID_HOST = "invalid_host", "the Host header is not one of ALLOWED_HOSTS"
     SERVER_SHUTDOWN = "server_shutdown", "the server is shutting down; retry (another worker will answer)"
@@ -97,6 +101,7 @@ class Code(StrEnum):
     INVALID_TOKEN = "invalid_token", "the token is malformed, not signed by this authority, or not ours"
     TOKEN_EXPIRED = "token_expired", "the token has expired"
     WRONG_AUDIENCE = "wrong_audience", "the token was issued for another audience"
+    TOKEN_REVOKED = "token_revoked", "an operator revoked the token"
     # -- runauthority refusing a gRPC caller's API key (the caller sees the Hub's status) --
     API_KEY_REQUIRED = "api_key_required", "runauthority: the call carries no API key"
     API_KEY_NOT_FOUND = "api_key_not_found", "runauthority: the API key is unknown"
@@ -104,6 +109,7 @@ class Code(StrEnum):
     API_SIG_BAD = "api_sig_bad", "runauthority: the API key signature is wrong or expired"
     # -- our fault --------------------------------------------------------------------
     INTERNAL_ERROR = "internal_error", "the server failed; the request can be retried"
+    NOT_CONFIGURED = "not_configured", "the server lacks a setting this needs (see its system checks)"
     # -- the clients' own codes (never sent by the server) ----------------------------
     CHALLENGE_REFUSED = "challenge_refused", "client: the challenge does not name this service or key"
     TIMEOUT = "timeout", "client: no token within the client's timeout"
@@ -149,6 +155,16 @@ class StateError(ChallengeError):
 
 class LimitError(ChallengeError):
     code = Code.TOO_MANY_PENDING
+
+
+class RateLimited(LimitError):
+    """Too many requests from one address; ``retry_after`` is the whole seconds to wait."""
+
+    code = Code.RATE_LIMITED
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RefusedError(ChallengeError):

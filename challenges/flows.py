@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -32,7 +32,6 @@ from .errors import ChallengeError, Code, InternalError, RefusedError, StateErro
 from .identity import PublicKey
 from .limits import Limits
 from .outcomes import Outcomes
-from .services import AuditWriter
 from .tasks import TaskSet
 from .tokens import MintedToken
 from .upstream import PendingChallenge, Upstream
@@ -71,15 +70,18 @@ class FlowService:
         self,
         *,
         upstream: Upstream,
-        audit: AuditWriter,
+        outcomes: Outcomes,
         limits: Limits,
         clock: Clock,
         timeout: float,
         worker: str,
         tag: str,
+        blocked: Container[str] = frozenset(),
     ) -> None:
         self.upstream = upstream
-        self.outcomes = Outcomes(audit=audit, clock=clock, worker=worker, upstream=upstream.name)
+        self.outcomes = outcomes
+        #: Keys an operator blocked: they may not start a flow.
+        self.blocked = blocked
         self.limits = limits
         self.clock = clock
         self.timeout = timeout
@@ -106,6 +108,8 @@ class FlowService:
         try:
             if not self.accepting:
                 raise RefusedError("the server is shutting down; retry", code=Code.SERVER_SHUTDOWN)
+            if str(key) in self.blocked:
+                raise RefusedError("this public key is blocked", code=Code.KEY_BLOCKED)
             self.limits.reserve(key=key.raw, ip=client.ip)  # before awaiting the upstream
             try:
                 pending = await asyncio.wait_for(

@@ -33,12 +33,16 @@ STATUS: dict[Code, int] = {
     Code.TOO_MANY_PENDING: 429,
     Code.TOO_MANY_CONNECTIONS: 429,
     Code.TOO_MANY_ERRORS: 429,
+    Code.RATE_LIMITED: 429,
+    Code.KEY_BLOCKED: 403,
+    Code.LIMITS_UNAVAILABLE: 503,
     Code.INTERNAL_ERROR: 500,
     Code.UPSTREAM_API_KEY: 502,
     Code.UPSTREAM_ERROR: 502,
     Code.UPSTREAM_UNAVAILABLE: 503,
     Code.ROUTING_UNAVAILABLE: 503,
     Code.SERVER_SHUTDOWN: 503,
+    Code.NOT_CONFIGURED: 503,
     Code.UPSTREAM_DEADLINE: 504,
 }
 
@@ -48,7 +52,11 @@ def status_of(code: Code) -> int:
 
 
 def error_response(error: ChallengeError) -> JsonResponse:
-    return JsonResponse(protocol.error_frame(error), status=status_of(error.code))
+    response = JsonResponse(protocol.error_frame(error), status=status_of(error.code))
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        response["Retry-After"] = str(retry_after)
+    return response
 
 
 def bounded_body(request: HttpRequest, limit: int) -> bytes | None:

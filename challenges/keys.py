@@ -1,4 +1,5 @@
-"""The authority's signing key: the one place it is loaded.
+"""The authority's keys: the one place the signing key is loaded, and the set tokens
+are verified against (current, rotated-out, a relayed authority's).
 
 ``AUTHORITY_PRIVATE_KEY`` (an identity string, ``manage.py keygen``) or, for
 development only, a key generated once into ``VAR_DIR/dev-authority.key``
@@ -9,9 +10,12 @@ development only, a key generated once into ``VAR_DIR/dev-authority.key``
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
-from .identity import PrivateKey, parse_private_key
+from .identity import PrivateKey, PublicKey, parse_private_key, parse_public_key
+from .tokens import jwk
 
 
 class AuthorityKeyMissing(Exception):
@@ -39,3 +43,32 @@ def load_authority_key(*, configured: str, debug: bool, dev_key_file: Path) -> P
 
 def _private(path: str, flags: int) -> int:
     return os.open(path, flags, 0o600)
+
+
+@dataclass(frozen=True)
+class AuthorityKeys:
+    """The keys tokens of ours are verified against, and published as a JWK set.
+
+    ``signer`` is the current key (absent on a relay that does not mint);
+    ``previous`` are rotated-out public keys, kept until their tokens expire;
+    ``upstream`` is the public key of the authority a ``grpc`` relay gets its
+    tokens from, when that authority is not this service's own key.
+    """
+
+    signer: PrivateKey | None
+    verifiers: tuple[PublicKey, ...]
+
+    @classmethod
+    def build(
+        cls, *, signer: PrivateKey | None, previous: Iterable[str] = (), upstream: str = ""
+    ) -> AuthorityKeys:
+        keys: list[PublicKey] = [signer.public] if signer is not None else []
+        for text in (upstream, *previous):
+            if text:
+                key = parse_public_key(text.strip())
+                if key not in keys:
+                    keys.append(key)
+        return cls(signer=signer, verifiers=tuple(keys))
+
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        return {"keys": [jwk(key) for key in self.verifiers]}

@@ -90,7 +90,6 @@ class RedisLiveness:
             await self._redis.delete(self.key(self.tag))
         except Exception:
             log.debug("could not remove the heartbeat", exc_info=True)
-        await self._redis.aclose()
 
     async def alive(self, tag: str) -> bool:
         if tag == self.tag:

@@ -5,6 +5,8 @@ it) and a refusal that belongs to no flow into audit records for the
 group-committed :class:`~challenges.services.AuditWriter`. A token's row is
 awaited (the token leaves only once it is committed); an error's row is
 written quietly (its outcome is decided whether or not the row lands).
+Refusals are aggregated per address, code and minute
+(:mod:`challenges.refusals`); the outcomes of flows are one row each.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from .clients import ClientInfo
 from .clock import Clock
 from .errors import ChallengeError, UpstreamError
 from .models import SUCCESS
+from .refusals import Refusals
 from .services import AuditRecord, AuditWriter
 from .tokens import MintedToken
 
@@ -24,8 +27,11 @@ if TYPE_CHECKING:
 
 
 class Outcomes:
-    def __init__(self, *, audit: AuditWriter, clock: Clock, worker: str, upstream: str) -> None:
+    def __init__(
+        self, *, audit: AuditWriter, refusals: Refusals, clock: Clock, worker: str, upstream: str
+    ) -> None:
         self.audit = audit
+        self.refusals = refusals
         self.clock = clock
         self.worker = worker
         self.upstream = upstream
@@ -49,7 +55,7 @@ class Outcomes:
     ) -> None:
         """A refusal that belongs to no pending challenge."""
         now = self.clock.now()
-        await self.audit.record_quietly(
+        await self.refusals.add(
             AuditRecord(
                 outcome=error.code,
                 created_at=created or now,

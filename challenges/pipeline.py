@@ -23,7 +23,9 @@ from . import protocol
 from .clients import ClientInfo
 from .errors import ChallengeError, Code, StateError
 from .flows import FlowService, Watcher
+from .limits import address_scope
 from .protocol import ChallengeResponse, FrameContext, TokenRequest
+from .ratelimit import RateLimiter
 from .routing import Router
 
 
@@ -38,6 +40,9 @@ class Conversation:
     watcher: Watcher | None = None
     #: HTTP: an answer must name its challenge.
     requires_id: bool = False
+    #: Each 'token' frame takes a token from the address's rate limit (a WebSocket; an
+    #: HTTP request is charged whole by its edge).
+    charge_token_frames: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +52,10 @@ class Outcome:
 
 
 class Pipeline:
-    def __init__(self, *, service: FlowService, router: Router) -> None:
+    def __init__(self, *, service: FlowService, router: Router, limiter: RateLimiter) -> None:
         self.service = service
         self.router = router
+        self.limiter = limiter
 
     async def frame(self, conv: Conversation, *, text: str | None, data: bytes | None) -> Outcome:
         """One WebSocket frame (text, or a refused binary frame)."""
@@ -91,6 +97,8 @@ class Pipeline:
                         "a challenge is already pending on this connection; answer it first",
                         code=Code.ALREADY_PENDING,
                     )
+                if conv.charge_token_frames:
+                    await self.limiter.take(address_scope(conv.client.ip))
             elif (message.challenge_id or conv.flow_id) is None:
                 raise _unnamed(conv)
         except ChallengeError as error:

@@ -155,7 +155,11 @@ def token_frame(token: str) -> dict[str, Any]:
 
 
 def error_frame(error: ChallengeError) -> dict[str, Any]:
-    return {"type": "error", "value": error.message, "code": str(error.code)}
+    frame: dict[str, Any] = {"type": "error", "value": error.message, "code": str(error.code)}
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        frame["retry_after"] = retry_after
+    return frame
 
 
 def isoformat(moment: datetime) -> str:

@@ -1,10 +1,10 @@
-"""The composition root: settings are read here, once, and everything is built from them.
+"""The composition root: everything the token flow runs with, built once per process.
 
-:class:`RuntimeConfig` is every setting the flow needs, read from
-``django.conf.settings`` by :meth:`RuntimeConfig.from_settings`;
-:class:`Runtime` builds the upstream, the audit writer, the limits, the flow
-service, the liveness registry, the router and the step pipeline from it,
-with everything injected, and starts and stops them.
+:class:`Runtime` builds, from one :class:`~challenges.config.RuntimeConfig`
+(the settings, read once), the upstream, the audit writer and its refusal
+counts, the caps and the rate limits, the blocklist, the flow service, the
+liveness registry, the router and the step pipeline, with everything
+injected, and starts and stops them.
 
 One runtime serves a process (one event loop). :mod:`challenges.lifecycle`
 starts it when the server starts (the ASGI lifespan under uvicorn, the
@@ -17,86 +17,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
-from .clients import ClientPolicy
+from . import selectors
 from .clock import Clock, LoopClock
+from .config import RuntimeConfig
 from .flows import FlowService
 from .identity import PrivateKey
-from .keys import load_authority_key
-from .limits import Caps, Limits
+from .keys import AuthorityKeys
+from .limits import Limits
 from .liveness import PROCESS_WORKERS, Liveness, LocalLiveness, RedisLiveness
+from .outcomes import Outcomes
 from .pipeline import Pipeline
+from .ratelimit import LocalBuckets, RateLimiter, RedisBuckets
+from .refusals import Refusals
+from .revocation import Blocklist
 from .routing import Router, new_tag
 from .services import AuditWriter
 from .upstream import LocalUpstream, Upstream
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RuntimeConfig:
-    """What the token flow is configured with (the settings of the README's table)."""
-
-    debug: bool = True
-    worker: str = ""
-    token_upstream: str = "local"
-    authority_private_key: str = field(default="", repr=False)
-    dev_key_file: Path = Path("var/dev-authority.key")
-    token_ttl: float = 86400
-    token_audience: str = ""
-    challenge_timeout: float = 60.0
-    user_api_key: str = ""
-    user_api_secret: str = field(default="", repr=False)
-    redis_url: str = ""
-    caps: Caps = field(default_factory=Caps)
-    clients: ClientPolicy = field(default_factory=ClientPolicy)
-    max_errors_per_connection: int = 20
-    relay_resume_grace: float = 5.0
-    route_check_every: float = 1.0
-
-    def load_authority_key(self) -> PrivateKey:
-        """The authority's signing key (:mod:`challenges.keys`)."""
-        return load_authority_key(
-            configured=self.authority_private_key, debug=self.debug, dev_key_file=self.dev_key_file
-        )
-
-    @classmethod
-    def from_settings(cls) -> RuntimeConfig:
-        from django.conf import settings
-
-        return cls(
-            debug=settings.DEBUG,
-            worker=settings.WORKER_ID,
-            token_upstream=settings.TOKEN_UPSTREAM,
-            authority_private_key=settings.AUTHORITY_PRIVATE_KEY,
-            dev_key_file=settings.AUTHORITY_KEY_FILE,
-            token_ttl=settings.TOKEN_TTL,
-            token_audience=settings.TOKEN_AUDIENCE,
-            challenge_timeout=settings.CHALLENGE_TIMEOUT,
-            user_api_key=settings.USER_API_KEY,
-            user_api_secret=settings.USER_API_SECRET,
-            redis_url=settings.REDIS_URL,
-            caps=Caps(
-                pending_per_key=settings.MAX_PENDING_PER_KEY,
-                pending_per_ip=settings.MAX_PENDING_PER_IP,
-                pending_total=settings.MAX_PENDING_PER_PROCESS,
-                connections_per_ip=settings.MAX_CONNECTIONS_PER_IP,
-            ),
-            clients=ClientPolicy(
-                allowed_hosts=tuple(settings.ALLOWED_HOSTS),
-                allowed_origins=tuple(settings.ALLOWED_ORIGINS),
-                audience=settings.TOKEN_AUDIENCE,
-                ip_header=settings.CLIENT_IP_HEADER,
-                trusted_proxies=settings.TRUSTED_PROXIES,
-            ),
-            max_errors_per_connection=settings.MAX_ERRORS_PER_CONNECTION,
-            relay_resume_grace=settings.RELAY_RESUME_GRACE,
-            route_check_every=settings.ROUTE_LIVENESS_CHECK,
-        )
 
 
 class Runtime:
@@ -107,16 +48,31 @@ class Runtime:
         self.layer = layer
         self.clock = clock or LoopClock()
         self.tag = new_tag()
+        self.redis = _redis(config.redis_url) if config.redis_url else None
         self.upstream = self._upstream()
         self.audit = AuditWriter()
+        self.refusals = Refusals(audit=self.audit, clock=self.clock)
+        self.blocklist = Blocklist(version=selectors.revocation_version, load=selectors.blocked_keys)
+        self.limiter: RateLimiter = (
+            RedisBuckets(config.rate, redis=self.redis, clock=self.clock, grace=config.rate_redis_grace)
+            if self.redis is not None
+            else LocalBuckets(config.rate, clock=self.clock)
+        )
         self.service = FlowService(
             upstream=self.upstream,
-            audit=self.audit,
+            outcomes=Outcomes(
+                audit=self.audit,
+                refusals=self.refusals,
+                clock=self.clock,
+                worker=config.worker,
+                upstream=self.upstream.name,
+            ),
             limits=Limits(config.caps),
             clock=self.clock,
             timeout=config.challenge_timeout,
             worker=config.worker,
             tag=self.tag,
+            blocked=self.blocklist,
         )
         self.router = Router(
             service=self.service,
@@ -126,7 +82,7 @@ class Runtime:
             timeout=config.challenge_timeout + 5,
             check_every=config.route_check_every,
         )
-        self.pipeline = Pipeline(service=self.service, router=self.router)
+        self.pipeline = Pipeline(service=self.service, router=self.router, limiter=self.limiter)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopped = False
         self._started: asyncio.Task[None] | None = None
@@ -142,6 +98,16 @@ class Runtime:
         """The signing key (the ``local`` upstream's, and the one tokens are verified against)."""
         return self.config.load_authority_key()
 
+    @cached_property
+    def keys(self) -> AuthorityKeys:
+        """Every key a token of ours may be signed with: the current one, the rotated-out
+        ones, and a relayed authority's."""
+        return AuthorityKeys.build(
+            signer=self._optional_signer(),
+            previous=self.config.previous_keys,
+            upstream=self.config.upstream_public_key,
+        )
+
     async def start(self) -> None:
         """Start routing (once; concurrent callers wait for the same start)."""
         if self._started is None:
@@ -151,6 +117,8 @@ class Runtime:
 
     async def _start(self) -> None:
         await self.router.start()
+        await self.blocklist.start()
+        self.refusals.start()
         log.info(
             "worker %s (tag %s) serving with upstream %s", self.config.worker, self.tag, self.upstream.name
         )
@@ -164,14 +132,23 @@ class Runtime:
         return ended
 
     async def stop(self) -> None:
-        """Drain, stop routing, write the audit queue out and close the upstream. Idempotent."""
+        """Drain, stop routing, write the audit out and close the upstream. Idempotent."""
         if self.stopped:
             return
         self.stopped = True
         await self.drain()
         await self.router.stop()
+        await self.blocklist.stop()
+        await self.refusals.stop()
         await self.audit.close()
         await self.upstream.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    def _optional_signer(self) -> PrivateKey | None:
+        if self.config.token_upstream == "local" or self.config.authority_private_key or self.config.debug:
+            return self.authority_key
+        return None
 
     def _upstream(self) -> Upstream:
         spec = self.config.token_upstream
@@ -198,24 +175,27 @@ class Runtime:
         )
 
     def _liveness(self) -> Liveness:
-        if not self.config.redis_url:
+        if self.redis is None:
             return LocalLiveness(tag=self.tag, registry=PROCESS_WORKERS)
-        import redis.asyncio
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-        from redis.exceptions import ConnectionError
+        return RedisLiveness(redis=self.redis, tag=self.tag)
 
-        # A pool as large as the layer's: redis-py's default of 100 ran dry under load. One
-        # retry: after a Redis restart, the pool's first connection is a dead one.
-        client = redis.asyncio.Redis.from_url(
-            self.config.redis_url,
-            socket_timeout=5,
-            socket_connect_timeout=2,
-            max_connections=1000,
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[ConnectionError],
-        )
-        return RedisLiveness(redis=client, tag=self.tag)
+
+def _redis(url: str) -> Any:
+    import redis.asyncio
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError
+
+    # A pool as large as the layer's: redis-py's default of 100 ran dry under load. One
+    # retry: after a Redis restart, the pool's first connection is a dead one.
+    return redis.asyncio.Redis.from_url(
+        url,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        max_connections=1000,
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[ConnectionError],
+    )
 
 
 _current: Runtime | None = None

@@ -15,6 +15,7 @@ from datetime import datetime
 
 from channels.db import database_sync_to_async
 from django.db import transaction
+from django.db.models import F
 
 from .errors import ChallengeError, InternalError
 from .models import ChallengeAttempt, IssuedToken
@@ -56,8 +57,8 @@ def _clean(text: str, limit: int) -> str:
     return text[:limit].translate(_CONTROL)
 
 
-def audit_write_batch(records: list[AuditRecord]) -> None:
-    """Write a batch of audit records in one transaction."""
+def audit_write_batch(records: list[AuditRecord]) -> list[int]:
+    """Write a batch of audit records in one transaction; returns their row ids."""
     with transaction.atomic():
         attempts = ChallengeAttempt.objects.bulk_create(
             [
@@ -103,6 +104,14 @@ def audit_write_batch(records: list[AuditRecord]) -> None:
             # releases the very token the authority already recorded: one row is enough.
             ignore_conflicts=True,
         )
+    return [attempt.pk for attempt in attempts]
+
+
+def audit_add_counts(counts: list[tuple[int, int, datetime]]) -> None:
+    """Add ``n`` refusals to each aggregated row ``(id, n, last seen)``, in one transaction."""
+    with transaction.atomic():
+        for row_id, n, last in counts:
+            ChallengeAttempt.objects.filter(pk=row_id).update(count=F("count") + n, finished_at=last)
 
 
 class AuditWriter:
@@ -113,13 +122,13 @@ class AuditWriter:
     """
 
     def __init__(self, *, max_queue: int = 10_000, max_batch: int = 200) -> None:
-        self._queue: asyncio.Queue[tuple[AuditRecord, asyncio.Future[None]]] = asyncio.Queue(max_queue)
+        self._queue: asyncio.Queue[tuple[AuditRecord, asyncio.Future[int]]] = asyncio.Queue(max_queue)
         self._max_batch = max_batch
         self._task: asyncio.Task[None] | None = None
 
-    async def record(self, record: AuditRecord) -> None:
-        """Queue ``record`` and wait until its batch is committed."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def record(self, record: AuditRecord) -> int:
+        """Queue ``record`` and wait until its batch is committed; returns its row id."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait((record, future))
         except asyncio.QueueFull:
@@ -127,15 +136,16 @@ class AuditWriter:
             raise InternalError("the audit log is overloaded; retry shortly") from None
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="audit-writer")
-        await asyncio.shield(future)
+        return await asyncio.shield(future)
 
-    async def record_quietly(self, record: AuditRecord) -> None:
+    async def record_quietly(self, record: AuditRecord) -> int | None:
         """:meth:`record` for outcomes that are already decided: a failure to write
         the row is logged, not raised (nothing waits on it)."""
         try:
-            await self.record(record)
+            return await self.record(record)
         except ChallengeError:
             log.warning("could not audit a %s outcome", record.outcome)
+            return None
 
     async def close(self, timeout: float = 5.0) -> None:
         """Write what is queued (for at most ``timeout`` seconds), then stop the writer."""
@@ -156,31 +166,30 @@ class AuditWriter:
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await database_sync_to_async(audit_write_batch)([r for r, _ in batch])
+                ids = await database_sync_to_async(audit_write_batch)([r for r, _ in batch])
             except Exception:
                 if len(batch) == 1:
-                    self._settle(batch, failed=True)
+                    self._settle(batch, None)
                     continue
                 # One bad row must not sink its neighbours: retry each on its own.
                 log.warning("audit batch of %d rows failed; writing them one by one", len(batch))
                 for item in batch:
                     try:
-                        await database_sync_to_async(audit_write_batch)([item[0]])
+                        one = await database_sync_to_async(audit_write_batch)([item[0]])
                     except Exception:
-                        self._settle([item], failed=True)
-                    else:
-                        self._settle([item], failed=False)
+                        one = None
+                    self._settle([item], one)
             else:
-                self._settle(batch, failed=False)
+                self._settle(batch, ids)
 
-    def _settle(self, items: list[tuple[AuditRecord, asyncio.Future[None]]], *, failed: bool) -> None:
-        if failed:
+    def _settle(self, items: list[tuple[AuditRecord, asyncio.Future[int]]], ids: list[int] | None) -> None:
+        if ids is None:
             log.exception("audit row (%s) could not be written", items[0][0].outcome)
-        for _, fut in items:
+        for position, (_, fut) in enumerate(items):
             self._queue.task_done()
             if fut.done():
                 continue
-            if failed:
+            if ids is None:
                 fut.set_exception(InternalError("the audit log could not be written; retry shortly"))
             else:
-                fut.set_result(None)
+                fut.set_result(ids[position])

@@ -1,11 +1,14 @@
 """Tokens: minted by the embedded authority, checked for the apps that receive them.
 
 Tokens are the JWTs of ``docs/PROTOCOL.md`` ("The token"): header
-``{"alg":"Ed25519","typ":"JWT"}``, claims ``iat``, ``iss``, ``sub`` in
+``{"alg":"Ed25519","typ":"JWT","kid":...}`` (go-threads' header plus the
+signing key's RFC 7638 thumbprint), claims ``iat``, ``iss``, ``sub`` in
 go-threads' order, then ``exp``, ``jti`` and (when configured) ``aud``; signed
 with Ed25519 by the authority key through joserfc (RFC 9864 "Ed25519").
-:func:`verify_token` checks one of ours; :func:`describe_token` reads what the
-audit keeps of a token another authority minted, without verifying it.
+:func:`verify_token` checks one of ours against the authority's keys (a
+go-threads token without ``kid`` too); :func:`jwk` is a key as the published
+key set shows it; :func:`describe_token` reads what the audit keeps of a token
+another authority minted, without verifying it.
 
 Time and randomness are injected (``now=``, ``jti=``) so tests pin them. Pure
 module: no Django, Channels or grpc import.
@@ -14,9 +17,11 @@ module: no Django, Channels or grpc import.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -55,7 +60,8 @@ def mint_token(
     now: datetime | None = None,
     jti: str | None = None,
 ) -> MintedToken:
-    """Sign a token for ``subject`` (go-threads' claims plus ``exp``/``jti``/``aud``)."""
+    """Sign a token for ``subject`` (go-threads' claims plus ``exp``/``jti``/``aud``; the
+    header names the signing key)."""
     issued = (now or datetime.now(UTC)).replace(microsecond=0)
     expires = issued + timedelta(seconds=ttl) if ttl else None
     jti = jti or secrets.token_urlsafe(16)
@@ -67,7 +73,8 @@ def mint_token(
     if audience:
         claims["aud"] = audience
     payload = json.dumps(claims, separators=(",", ":")).encode("utf-8")
-    token = jws.serialize_compact(_HEADER, payload, _okp(signer), algorithms=["Ed25519"])
+    header = {**_HEADER, "kid": key_id(signer.public)}
+    token = jws.serialize_compact(header, payload, _okp(signer), algorithms=["Ed25519"])
     return MintedToken(
         token=token,
         jti=jti,
@@ -83,7 +90,7 @@ def mint_token(
 def verify_token(
     token: str,
     *,
-    issuer: PublicKey,
+    issuer: PublicKey | Sequence[PublicKey],
     audience: str = "",
     now: datetime | None = None,
     leeway: int = 30,
@@ -91,22 +98,28 @@ def verify_token(
 ) -> dict[str, Any]:
     """Return the claims of a valid token or raise :class:`TokenError`.
 
-    Checks the header, the Ed25519 signature by ``issuer``, ``iss``, ``exp``
-    (with ``leeway`` seconds), ``iat`` not in the future, and ``aud`` when
-    ``audience`` is given.
+    ``issuer`` is the authority's key, or all of them (the current one and the
+    rotated-out ones): the token's ``iss`` picks one, and its ``kid``, when it
+    has one, must name that key. Checks the header, the Ed25519 signature,
+    ``iss``, ``exp`` (with ``leeway`` seconds), ``iat`` not in the future, and
+    ``aud`` when ``audience`` is given.
     """
     if not isinstance(token, str) or len(token) > 8192 or token.count(".") != 2:
         raise TokenError("the token is not a compact JWT")
+    header, unverified = (_segment(part) for part in token.split(".")[:2])
+    issuers = [issuer] if isinstance(issuer, PublicKey) else list(issuer)
+    key = next((k for k in issuers if isinstance(unverified, dict) and unverified.get("iss") == str(k)), None)
+    if key is None:
+        raise TokenError("the token was issued by another authority")
+    if header not in (_HEADER, {**_HEADER, "kid": key_id(key)}):
+        raise TokenError("the token's header is not that of this authority")
     try:
-        obj = jws.deserialize_compact(token, _okp(issuer), algorithms=["Ed25519"])
-        claims = json.loads(obj.payload)
+        claims = json.loads(jws.deserialize_compact(token, _okp(key), algorithms=["Ed25519"]).payload)
     except (JoseError, ValueError) as exc:
         raise TokenError("the token's signature or encoding is invalid") from exc
-    if obj.protected != _HEADER or not isinstance(claims, dict):
-        raise TokenError("the token's header or claims are not those of this authority")
+    if not isinstance(claims, dict) or claims.get("iss") != str(key):
+        raise TokenError("the token's claims are not those of this authority")
     moment = int((now or datetime.now(UTC)).timestamp())
-    if claims.get("iss") != str(issuer):
-        raise TokenError("the token was issued by another authority")
     try:
         parse_public_key(claims.get("sub"))
     except IdentityError as exc:
@@ -121,6 +134,36 @@ def verify_token(
     if audience and claims.get("aud") != audience:
         raise TokenError("the token is for another audience", code=Code.WRONG_AUDIENCE)
     return claims
+
+
+def key_id(key: PublicKey) -> str:
+    """The RFC 7638 JWK thumbprint of an Ed25519 public key (the token header's ``kid``)."""
+    return _key_id(key.raw)
+
+
+def jwk(key: PublicKey) -> dict[str, str]:
+    """The key as a published key set lists it (RFC 8037 OKP, RFC 9864 "Ed25519")."""
+    return {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": _b64url(key.raw),
+        "kid": key_id(key),
+        "use": "sig",
+        "alg": "Ed25519",
+    }
+
+
+@lru_cache(maxsize=64)
+def _key_id(raw: bytes) -> str:
+    canonical = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": _b64url(raw)}, separators=(",", ":"))
+    return _b64url(hashlib.sha256(canonical.encode("ascii")).digest())
+
+
+def _segment(part: str) -> Any:
+    try:
+        return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (ValueError, binascii.Error):
+        return None
 
 
 def describe_token(token: str, *, subject: PublicKey, now: datetime | None = None) -> MintedToken:

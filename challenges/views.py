@@ -1,15 +1,15 @@
-"""HTTP endpoints: health, the two-step token flow, token verification, the demo page.
+"""HTTP endpoints: health, the two-step token flow, the demo page and its assets.
 
 The two-step flow runs the same step pipeline as the WebSocket
 (:mod:`challenges.pipeline`): same validation, codes, audit rows and
 upstreams; errors are the error frame as a JSON body with the status
-:mod:`challenges.http` gives its code.
+:mod:`challenges.http` gives its code. The endpoints apps check tokens with
+are in :mod:`challenges.tokenviews`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,10 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 from django.views.static import serve as static_serve
 
-from . import protocol, runtime, selectors, tokens
-from .errors import ChallengeError, Code
+from . import protocol, runtime, selectors
+from .errors import ChallengeError
 from .http import bounded_body, error_response
+from .limits import address_scope
 from .pipeline import Conversation, Outcome
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,10 @@ async def token(request: HttpRequest) -> JsonResponse:
 async def _step(request: HttpRequest, kind: str) -> JsonResponse:
     rt = await runtime.get()
     client = rt.config.clients.describe(_scope(request), transport="http")
-    conv = Conversation(client=client, requires_id=True)
+    conv = Conversation(client=client, requires_id=True, charge_token_frames=False)
     try:
         rt.config.clients.admit(client)
+        await rt.limiter.take(address_scope(client.ip))
     except ChallengeError as error:
         return _answer(await rt.pipeline.refuse(conv, error))
     body = bounded_body(request, protocol.MAX_FRAME_BYTES)
@@ -114,8 +116,6 @@ async def _layer_roundtrip(layer: Any) -> None:
 
 # -- the browser client's demo page and its token check -------------------------
 
-#: Bigger than any token verify_token accepts (8 KiB), small enough to read at once.
-MAX_VERIFY_BODY = 16 * 1024
 _ASSETS = Path(__file__).resolve().parent / "static" / "challenges"
 _DEMO_CSP = "; ".join(
     [
@@ -156,37 +156,3 @@ def client_asset(request: HttpRequest, path: str) -> HttpResponseBase:
     if path == "token-client.js":  # public code: apps on other origins may import it
         response["Access-Control-Allow-Origin"] = "*"
     return response
-
-
-@csrf_exempt
-@require_POST
-async def token_verify(request: HttpRequest) -> JsonResponse:
-    """``POST /api/token/verify`` with ``{"token": "..."}``: is this token one of ours?
-
-    Answers ``{"active": true, "claims": {...}}`` or ``{"active": false,
-    "code": ..., "error": ...}`` (200 either way, as RFC 7662 introspection
-    does); 400 or 413 with ``code: invalid_request`` for a body that is not
-    such JSON. It only reads, so it needs no CSRF token. Checks the signature,
-    issuer, expiry and (when ``TOKEN_AUDIENCE`` is set) audience with
-    :func:`tokens.verify_token`; it does not consult revocation.
-    """
-    rt = await runtime.get()
-    raw = bounded_body(request, MAX_VERIFY_BODY)
-    if raw is None:
-        return _not_verified(Code.INVALID_REQUEST, f"the body is limited to {MAX_VERIFY_BODY} bytes", 413)
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        return _not_verified(Code.INVALID_REQUEST, "the body must be JSON", 400)
-    token = body.get("token") if isinstance(body, dict) else None
-    if not isinstance(token, str):
-        return _not_verified(Code.INVALID_REQUEST, 'the body must be {"token": "<token>"}', 400)
-    try:
-        claims = tokens.verify_token(token, issuer=rt.authority_key.public, audience=rt.config.token_audience)
-    except ChallengeError as error:
-        return _not_verified(error.code, error.message, 200)
-    return JsonResponse({"active": True, "claims": claims})
-
-
-def _not_verified(code: Code, message: str, status: int) -> JsonResponse:
-    return JsonResponse({"active": False, "code": str(code), "error": message}, status=status)

@@ -17,6 +17,8 @@ from challenges.flows import FlowService
 from challenges.identity import PrivateKey
 from challenges.limits import Caps, Limits
 from challenges.liveness import LocalLiveness
+from challenges.outcomes import Outcomes
+from challenges.refusals import Refusals
 from challenges.routing import PREFIX, Router
 from challenges.services import AuditWriter
 from challenges.tokens import verify_token
@@ -58,9 +60,16 @@ async def cluster(
     layer, registry = Layer(), set[str]()
     workers = []
     for name, tag in (("A", "aaaaaaaa"), ("B", "bbbbbbbb")):
+        audit = AuditWriter()
         service = FlowService(
             upstream=LocalUpstream(signer=authority_signer, ttl=600, clock=clock),
-            audit=AuditWriter(),
+            outcomes=Outcomes(
+                audit=audit,
+                refusals=Refusals(audit=audit, clock=clock),
+                clock=clock,
+                worker=name,
+                upstream="local",
+            ),
             limits=Limits(Caps()),
             clock=clock,
             timeout=60,
@@ -81,11 +90,16 @@ async def cluster(
     for worker in workers:
         await worker.router.stop()
         await worker.service.shutdown()
+        await worker.service.outcomes.refusals.stop()
         await worker.service.outcomes.audit.close()
 
 
-async def outcomes() -> list[tuple[str, str]]:
-    return [(row.outcome, row.worker) for row in await attempts()]
+async def outcomes(*flushed: Worker) -> list[tuple[str, str]]:
+    """Every outcome, a refusal once per time it was counted (refusals aggregate per address
+    and minute: the counts of ``flushed`` workers are written first)."""
+    for worker in flushed:
+        await worker.service.outcomes.refusals.flush()
+    return [(row.outcome, row.worker) for row in await attempts() for _ in range(row.count)]
 
 
 async def test_a_signature_on_b_is_finished_by_its_owner_a(cluster, user_key, authority_signer):
@@ -123,7 +137,8 @@ async def test_a_tag_of_no_live_worker_is_unknown_at_once_and_sends_nothing(clus
             await b.router.finish(flow_id=flow_id, signature=b"\0" * 64, client=CLIENT)
         assert gone.value.code == Code.UNKNOWN_CHALLENGE
     assert not any(name.startswith(PREFIX) and queue.qsize() for name, queue in layer.channels.items())
-    assert await outcomes() == [("unknown_challenge", "B")] * 2
+    assert await outcomes(b) == [("unknown_challenge", "B")] * 2
+    assert [row.count for row in await attempts()] == [2]  # one row for both
 
 
 async def test_an_owner_that_dies_while_b_waits_is_noticed_at_the_next_check(cluster, clock, user_key):

@@ -10,10 +10,10 @@ import pytest
 from django.core.checks import run_checks
 
 from challenges.clients import ClientPolicy
+from challenges.config import RuntimeConfig
 from challenges.errors import Code
 from challenges.identity import parse_private_key
 from challenges.keys import AuthorityKeyMissing
-from challenges.runtime import RuntimeConfig
 from tests import servers
 
 

@@ -15,6 +15,8 @@ from tests.conftest import VECTOR_PUBLIC
 
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 AUD = "https://app.example"
+#: RFC 8037 appendix A.3: the thumbprint of the RFC 8032 test key 1.
+RFC8037_KID = "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
 
 
 def b64url_json(part: str) -> dict:
@@ -25,7 +27,11 @@ def test_token_from_the_vector_key_matches_go_threads_shape(vector_key):
     user = PrivateKey.generate().public
     tok = tokens.mint_token(signer=vector_key, subject=user, ttl=3600, audience=AUD, now=NOW, jti="j1")
     header, claims, sig = tok.token.split(".")
-    assert header == "eyJhbGciOiJFZDI1NTE5IiwidHlwIjoiSldUIn0"  # docs/PROTOCOL.md "Vectors"
+    # go-threads' header (docs/PROTOCOL.md "Vectors"), then the key's RFC 7638 thumbprint,
+    # which for this key is RFC 8037 appendix A.3's.
+    assert header.startswith("eyJhbGciOiJFZDI1NTE5IiwidHlwIjoiSldUI")
+    assert b64url_json(header) == {"alg": "Ed25519", "typ": "JWT", "kid": RFC8037_KID}
+    assert list(b64url_json(header)) == ["alg", "typ", "kid"]
     assert "=" not in tok.token
     decoded = b64url_json(claims)
     assert list(decoded) == ["iat", "iss", "sub", "exp", "jti", "aud"]
@@ -43,6 +49,53 @@ def test_token_from_the_vector_key_matches_go_threads_shape(vector_key):
     assert tok.sha256 == tokens.token_sha256(tok.token)
     claims_ok = tokens.verify_token(tok.token, issuer=vector_key.public, audience=AUD, now=NOW)
     assert claims_ok["sub"] == str(user)
+
+
+def test_key_id_and_jwk_of_the_vector_key_are_rfc_8037s(vector_key):
+    assert tokens.key_id(vector_key.public) == RFC8037_KID
+    assert tokens.jwk(vector_key.public) == {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",  # RFC 8037 A.2
+        "kid": RFC8037_KID,
+        "use": "sig",
+        "alg": "Ed25519",
+    }
+
+
+def test_a_go_threads_token_without_kid_still_verifies(vector_key):
+    header = base64.urlsafe_b64encode(b'{"alg":"Ed25519","typ":"JWT"}').rstrip(b"=").decode()
+    body = {
+        "iat": int(NOW.timestamp()),
+        "iss": VECTOR_PUBLIC,
+        "sub": VECTOR_PUBLIC,
+        "exp": int(NOW.timestamp()) + 60,
+    }
+    claims = base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).rstrip(b"=").decode()
+    sig = base64.urlsafe_b64encode(vector_key.sign(f"{header}.{claims}".encode())).rstrip(b"=").decode()
+    assert (
+        tokens.verify_token(f"{header}.{claims}.{sig}", issuer=vector_key.public, now=NOW)["sub"]
+        == VECTOR_PUBLIC
+    )
+
+
+def test_rotated_keys_verify_their_own_tokens_and_a_wrong_kid_is_refused(vector_key):
+    new = PrivateKey.generate()
+    old_token = tokens.mint_token(signer=vector_key, subject=new.public, ttl=60, now=NOW).token
+    new_token = tokens.mint_token(signer=new, subject=new.public, ttl=60, now=NOW).token
+    both = [new.public, vector_key.public]
+    assert tokens.verify_token(old_token, issuer=both, now=NOW)["iss"] == VECTOR_PUBLIC
+    assert tokens.verify_token(new_token, issuer=both, now=NOW)["iss"] == str(new.public)
+    with pytest.raises(TokenError, match="another authority"):
+        tokens.verify_token(old_token, issuer=[new.public], now=NOW)
+    # A header naming another key than the one that signed it is not ours.
+    _, claims, sig = old_token.split(".")
+    other = {"alg": "Ed25519", "typ": "JWT", "kid": tokens.key_id(new.public)}
+    forged_header = (
+        base64.urlsafe_b64encode(json.dumps(other, separators=(",", ":")).encode()).rstrip(b"=").decode()
+    )
+    with pytest.raises(TokenError):
+        tokens.verify_token(f"{forged_header}.{claims}.{sig}", issuer=both, now=NOW)
 
 
 def test_no_audience_claim_when_unconfigured(vector_key):

@@ -146,6 +146,14 @@ AUTHORITY_CHALLENGE_DEADLINE = env.float("AUTHORITY_CHALLENGE_DEADLINE", default
 #: The authority's identity (a private key string); see challenges.checks.
 AUTHORITY_PRIVATE_KEY = env.str("AUTHORITY_PRIVATE_KEY", default="")
 AUTHORITY_KEY_FILE = VAR_DIR / "dev-authority.key"
+#: Public key strings of rotated-out authority keys (comma-separated): their tokens stay
+#: verifiable (key set, introspection) until they expire.
+AUTHORITY_PREVIOUS_KEYS = env.list("AUTHORITY_PREVIOUS_KEYS", default=[])
+#: With TOKEN_UPSTREAM=grpc://...: the public key string of the authority that signs the
+#: relayed tokens, when it is not AUTHORITY_PRIVATE_KEY's.
+UPSTREAM_PUBLIC_KEY = env.str("UPSTREAM_PUBLIC_KEY", default="")
+#: The bearer token POST /api/token/introspect requires (a long random string).
+INTROSPECTION_TOKEN = env.str("INTROSPECTION_TOKEN", default="")
 #: Empty: the audience is the origin the client connected to (validated Host).
 TOKEN_AUDIENCE = env.str("TOKEN_AUDIENCE", default="")
 TOKEN_TTL = env.int("TOKEN_TTL", default=24 * 3600)
@@ -159,11 +167,21 @@ ROUTE_LIVENESS_CHECK = env.float("ROUTE_LIVENESS_CHECK", default=1.0)
 #: Seconds a relayed (gRPC) challenge outlives its socket, for a reconnect to resume it,
 #: before its upstream stream is cancelled. Local challenges wait for their expiry.
 RELAY_RESUME_GRACE = env.float("RELAY_RESUME_GRACE", default=5.0)
+#: Pending challenges for one key from one address (IPv4, or IPv6 /64): one address cannot
+#: lock a key out at another.
 MAX_PENDING_PER_KEY = env.int("MAX_PENDING_PER_KEY", default=5)
 MAX_PENDING_PER_IP = env.int("MAX_PENDING_PER_IP", default=100)
 MAX_PENDING_PER_PROCESS = env.int("MAX_PENDING_PER_PROCESS", default=10000)
 MAX_CONNECTIONS_PER_IP = env.int("MAX_CONNECTIONS_PER_IP", default=256)
 MAX_ERRORS_PER_CONNECTION = env.int("MAX_ERRORS_PER_CONNECTION", default=20)
+#: Requests per address (IPv4, or IPv6 /64): a token bucket refilled at this many a minute,
+#: holding at most RATE_LIMIT_BURST. Charged: a WebSocket opened, a 'token' frame, an HTTP
+#: request. 0 turns it off. Shared through Redis when REDIS_URL is set.
+RATE_LIMIT_PER_MINUTE = env.float("RATE_LIMIT_PER_MINUTE", default=300.0)
+RATE_LIMIT_BURST = env.int("RATE_LIMIT_BURST", default=60)
+#: Seconds the shared rate limits count in-process while Redis is unreachable; then new
+#: requests are refused (limits_unavailable).
+RATE_LIMIT_REDIS_GRACE = env.float("RATE_LIMIT_REDIS_GRACE", default=30.0)
 #: Proxy header carrying the client address (e.g. X-Forwarded-For); empty: peer address.
 CLIENT_IP_HEADER = env.str("CLIENT_IP_HEADER", default="")
 #: How many proxies of yours append to CLIENT_IP_HEADER; the entry they added is the client.

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import path, re_path
 
-from challenges import views
+from challenges import tokenviews, views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -9,6 +9,8 @@ urlpatterns = [
     path("api/token/challenge", views.token_challenge, name="token-challenge"),
     path("api/token", views.token, name="token"),
     path("", views.demo, name="demo"),
-    path("api/token/verify", views.token_verify, name="token-verify"),
+    path("api/token/verify", tokenviews.token_verify, name="token-verify"),
+    path("api/token/introspect", tokenviews.introspect, name="token-introspect"),
+    path(".well-known/jwks.json", tokenviews.jwks, name="jwks"),
     re_path(r"^static/challenges/(?P<path>[a-z-]+\.(?:js|css))$", views.client_asset, name="client-asset"),
 ]

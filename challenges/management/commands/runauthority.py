@@ -10,7 +10,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from challenges.apikeys import parse_api_keys
-from challenges.runtime import RuntimeConfig
+from challenges.config import RuntimeConfig
 from challenges.services import AuditWriter
 
 log = logging.getLogger("challenges.rpc.server")

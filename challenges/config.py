@@ -1,0 +1,91 @@
+"""Every setting the token flow runs with, read from ``django.conf.settings`` in one place.
+
+:meth:`RuntimeConfig.from_settings` is the only reader below the edges; the
+composition root (:mod:`challenges.runtime`) builds everything from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .clients import ClientPolicy
+from .identity import PrivateKey
+from .keys import load_authority_key
+from .limits import Caps
+from .ratelimit import Rate
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """What the token flow is configured with (the settings of the README's table)."""
+
+    debug: bool = True
+    worker: str = ""
+    token_upstream: str = "local"
+    authority_private_key: str = field(default="", repr=False)
+    dev_key_file: Path = Path("var/dev-authority.key")
+    token_ttl: float = 86400
+    token_audience: str = ""
+    challenge_timeout: float = 60.0
+    user_api_key: str = ""
+    user_api_secret: str = field(default="", repr=False)
+    redis_url: str = ""
+    caps: Caps = field(default_factory=Caps)
+    clients: ClientPolicy = field(default_factory=ClientPolicy)
+    max_errors_per_connection: int = 20
+    relay_resume_grace: float = 5.0
+    route_check_every: float = 1.0
+    rate: Rate = field(default_factory=Rate)
+    rate_redis_grace: float = 30.0
+    #: The bearer token introspection callers present (empty: introspection refuses everyone).
+    introspection_token: str = field(default="", repr=False)
+    #: Public key strings of rotated-out authority keys, still verifiable until their tokens expire.
+    previous_keys: tuple[str, ...] = ()
+    #: With a grpc upstream: the public key string of the authority that signs its tokens.
+    upstream_public_key: str = ""
+
+    def load_authority_key(self) -> PrivateKey:
+        """The authority's signing key (:mod:`challenges.keys`)."""
+        return load_authority_key(
+            configured=self.authority_private_key, debug=self.debug, dev_key_file=self.dev_key_file
+        )
+
+    @classmethod
+    def from_settings(cls) -> RuntimeConfig:
+        from django.conf import settings
+
+        return cls(
+            debug=settings.DEBUG,
+            worker=settings.WORKER_ID,
+            token_upstream=settings.TOKEN_UPSTREAM,
+            authority_private_key=settings.AUTHORITY_PRIVATE_KEY,
+            dev_key_file=settings.AUTHORITY_KEY_FILE,
+            token_ttl=settings.TOKEN_TTL,
+            token_audience=settings.TOKEN_AUDIENCE,
+            challenge_timeout=settings.CHALLENGE_TIMEOUT,
+            user_api_key=settings.USER_API_KEY,
+            user_api_secret=settings.USER_API_SECRET,
+            redis_url=settings.REDIS_URL,
+            caps=Caps(
+                pending_per_key=settings.MAX_PENDING_PER_KEY,
+                pending_per_ip=settings.MAX_PENDING_PER_IP,
+                pending_total=settings.MAX_PENDING_PER_PROCESS,
+                connections_per_ip=settings.MAX_CONNECTIONS_PER_IP,
+            ),
+            clients=ClientPolicy(
+                allowed_hosts=tuple(settings.ALLOWED_HOSTS),
+                allowed_origins=tuple(settings.ALLOWED_ORIGINS),
+                audience=settings.TOKEN_AUDIENCE,
+                ip_header=settings.CLIENT_IP_HEADER,
+                trusted_proxies=settings.TRUSTED_PROXIES,
+            ),
+            max_errors_per_connection=settings.MAX_ERRORS_PER_CONNECTION,
+            relay_resume_grace=settings.RELAY_RESUME_GRACE,
+            route_check_every=settings.ROUTE_LIVENESS_CHECK,
+            rate=Rate(per_minute=settings.RATE_LIMIT_PER_MINUTE, burst=settings.RATE_LIMIT_BURST),
+            rate_redis_grace=settings.RATE_LIMIT_REDIS_GRACE,
+            introspection_token=settings.INTROSPECTION_TOKEN,
+            previous_keys=tuple(settings.AUTHORITY_PREVIOUS_KEYS),
+            upstream_public_key=settings.UPSTREAM_PUBLIC_KEY,
+        )

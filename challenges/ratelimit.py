@@ -1,0 +1,142 @@
+"""Request rates per address scope: token buckets, in this process or shared through Redis.
+
+Each address scope (:func:`challenges.limits.address_scope`) has a bucket of
+``burst`` tokens refilled at ``per_minute``; a request takes one, or is
+refused with ``rate_limited`` and the seconds until one is there
+(``retry_after``). What is charged: opening a WebSocket, each ``token`` frame
+on it, and each HTTP request.
+
+* :class:`LocalBuckets` (no ``REDIS_URL``): the buckets of this process, at
+  most ``max_scopes`` of them (the least recently used full ones go first).
+* :class:`RedisBuckets`: one Redis hash per scope, updated by one Lua script
+  call (one command per request) on Redis's own clock, so every worker
+  shares each address's rate. When Redis cannot be reached, it counts in
+  this process for ``grace`` seconds (a failover is shorter than that), then
+  refuses new requests with ``limits_unavailable``: it fails closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .clock import Clock
+from .errors import Code, RateLimited, RefusedError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    #: Tokens added per minute; 0 turns the rate limit off.
+    per_minute: float = 300
+    burst: int = 60
+
+    @property
+    def enabled(self) -> bool:
+        return self.per_minute > 0 and self.burst > 0
+
+
+class RateLimiter(Protocol):
+    async def take(self, scope: str) -> None:
+        """Take one request's token; raises ``rate_limited`` (or ``limits_unavailable``)."""
+
+    async def close(self) -> None: ...
+
+
+def refused(wait: float) -> RateLimited:
+    seconds = max(1, math.ceil(wait))
+    return RateLimited(f"too many requests from this address; retry in {seconds} s", retry_after=seconds)
+
+
+class LocalBuckets:
+    def __init__(self, rate: Rate, *, clock: Clock, max_scopes: int = 100_000) -> None:
+        self.rate = rate
+        self.clock = clock
+        self.max_scopes = max_scopes
+        #: scope -> (tokens, when they were counted)
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    async def take(self, scope: str) -> None:
+        wait = self.wait(scope)
+        if wait:
+            raise refused(wait)
+
+    def wait(self, scope: str) -> float:
+        """Take a token if there is one (0.0), else the seconds until there is one."""
+        if not self.rate.enabled:
+            return 0.0
+        now, per_second = self.clock.monotonic(), self.rate.per_minute / 60
+        tokens, then = self._buckets.pop(scope, (float(self.rate.burst), now))
+        tokens = min(float(self.rate.burst), tokens + (now - then) * per_second)
+        wait = 0.0 if tokens >= 1 else (1 - tokens) / per_second
+        self._buckets[scope] = (tokens - 1 if not wait else tokens, now)
+        while len(self._buckets) > self.max_scopes:
+            self._buckets.popitem(last=False)
+        return wait
+
+    async def close(self) -> None:
+        self._buckets.clear()
+
+
+#: KEYS[1]: the bucket; ARGV: tokens per millisecond, burst. Returns the wait in ms (0: taken).
+_SCRIPT = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local state = redis.call('HMGET', KEYS[1], 't', 'n')
+local last, n = tonumber(state[1]), tonumber(state[2])
+if n == nil then n, last = burst, now end
+n = math.min(burst, n + math.max(0, now - last) * rate)
+local wait = 0
+if n >= 1 then n = n - 1 else wait = math.ceil((1 - n) / rate) end
+redis.call('HSET', KEYS[1], 't', now, 'n', tostring(n))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
+return wait
+"""
+
+
+class RedisBuckets:
+    PREFIX = "tokenflow:rate:"
+
+    def __init__(self, rate: Rate, *, redis: Any, clock: Clock, grace: float = 30.0) -> None:
+        self.rate = rate
+        self.clock = clock
+        self.grace = grace
+        self._redis = redis
+        self._script = redis.register_script(_SCRIPT)
+        self._local = LocalBuckets(rate, clock=clock)
+        self._down_since: float | None = None
+
+    async def take(self, scope: str) -> None:
+        if not self.rate.enabled:
+            return
+        try:
+            wait_ms = await self._script(
+                keys=[self.PREFIX + scope], args=[self.rate.per_minute / 60_000, self.rate.burst]
+            )
+        except Exception as exc:
+            await self._fallback(scope, exc)
+            return
+        if self._down_since is not None:
+            log.info("rate limits are shared through Redis again")
+            self._down_since = None
+        if wait_ms:
+            raise refused(int(wait_ms) / 1000)
+
+    async def _fallback(self, scope: str, exc: Exception) -> None:
+        now = self.clock.monotonic()
+        if self._down_since is None:
+            log.warning("rate limits cannot reach Redis (%s): counting in this process", type(exc).__name__)
+            self._down_since = now
+        if now - self._down_since > self.grace:
+            raise RefusedError(
+                "the shared rate limits cannot be reached; retry shortly", code=Code.LIMITS_UNAVAILABLE
+            ) from exc
+        await self._local.take(scope)
+
+    async def close(self) -> None:
+        await self._redis.aclose()

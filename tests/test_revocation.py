@@ -1,0 +1,220 @@
+"""Apps verify tokens (key set, introspection) and operators take them back (revoke, block),
+from the admin and the command line; rotated-out keys stay verifiable; pruning keeps live rows."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from datetime import timedelta
+from urllib.parse import urlencode
+
+import pytest
+from channels.db import database_sync_to_async
+from django.core.management import call_command
+from django.test import AsyncClient
+from django.utils import timezone
+
+from challenges import runtime
+from challenges.identity import PrivateKey
+from challenges.models import BlockedKey, ChallengeAttempt, IssuedToken, RevocationEvent, RevokedToken
+from challenges.revocation import block_key, revoke_token
+from challenges.tokens import key_id, mint_token
+from tests.wsutil import challenge, connect, send, sign_frame
+
+pytestmark = pytest.mark.django_db(transaction=True)
+SECRET = "introspection-secret-for-the-tests-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def introspection(settings):
+    settings.INTROSPECTION_TOKEN = SECRET
+
+
+async def introspect(token: str, *, bearer: str = SECRET, form: bool = False) -> tuple[int, dict]:
+    client, headers = AsyncClient(), {"authorization": f"Bearer {bearer}"}
+    if form:  # RFC 7662's own encoding
+        body = urlencode({"token": token})
+        response = await client.post(
+            "/api/token/introspect", body, content_type="application/x-www-form-urlencoded", headers=headers
+        )
+    else:
+        response = await client.post(
+            "/api/token/introspect",
+            json.dumps({"token": token}),
+            content_type="application/json",
+            headers=headers,
+        )
+    return response.status_code, json.loads(response.content)
+
+
+async def get_token(user: PrivateKey) -> str:
+    comm = await connect()
+    reply = await send(comm, sign_frame(user, await challenge(comm, user)))
+    await comm.disconnect()
+    assert reply["type"] == "token", reply
+    return str(reply["value"])
+
+
+async def test_the_key_set_publishes_the_kid_every_token_carries(authority_signer, user_key):
+    response = await AsyncClient().get("/.well-known/jwks.json")
+    assert response["Access-Control-Allow-Origin"] == "*"
+    [key] = json.loads(response.content)["keys"]
+    assert key["kid"] == key_id(authority_signer.public)
+    assert (key["kty"], key["crv"], key["alg"]) == ("OKP", "Ed25519", "Ed25519")
+    token = await get_token(user_key)
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    assert header["kid"] == key["kid"]
+
+
+async def test_introspection_needs_the_bearer_token(user_key):
+    token = await get_token(user_key)
+    for bearer in ("", "wrong", SECRET + "x"):
+        status, body = await introspect(token, bearer=bearer)
+        assert (status, body) == (401, {"error": "invalid_client"})
+    status, body = await introspect(token)
+    assert status == 200
+    assert body["active"] is True
+    assert body["sub"] == str(user_key.public)
+    assert (await introspect(token, form=True))[1]["active"] is True  # RFC 7662's form body
+
+
+async def test_introspection_says_inactive_and_nothing_more(authority_signer, user_key):
+    expired = mint_token(signer=authority_signer, subject=user_key.public, ttl=-60).token
+    foreign = mint_token(signer=PrivateKey.generate(), subject=user_key.public, ttl=60).token
+    for token in (expired, foreign, "garbage"):
+        assert await introspect(token) == (200, {"active": False})
+
+
+async def test_a_revoked_token_and_a_blocked_keys_tokens_are_inactive_at_once(user_key):
+    first, second = await get_token(user_key), await get_token(user_key)
+    other = PrivateKey.generate()
+    third = await get_token(other)
+    jti = (await introspect(first))[1]["jti"]
+    await database_sync_to_async(revoke_token)(jti=jti, actor="test", reason="leaked")
+    assert (await introspect(first))[1] == {"active": False}
+    assert (await introspect(second))[1]["active"] is True
+    await database_sync_to_async(block_key)(public_key=str(user_key.public), actor="test")
+    assert (await introspect(second))[1] == {"active": False}
+    assert (await introspect(third))[1]["active"] is True  # another key is untouched
+    verify = await AsyncClient().post(
+        "/api/token/verify", json.dumps({"token": second}), content_type="application/json"
+    )
+    assert json.loads(verify.content)["code"] == "key_blocked"
+
+
+async def test_a_blocked_key_cannot_start_a_flow_and_unblocking_lets_it(user_key):
+    rt = await runtime.get()
+    await database_sync_to_async(block_key)(public_key=str(user_key.public), actor="test")
+    await rt.blocklist.refresh()  # what every worker's poll does within a second
+    comm = await connect()
+    frame = await send(comm, {"type": "token", "pub": str(user_key.public)})
+    assert (frame["type"], frame["code"]) == ("error", "key_blocked")
+    await database_sync_to_async(call_command)(
+        "tokens", "unblock", str(user_key.public), stdout=io.StringIO()
+    )
+    await rt.blocklist.refresh()
+    assert (await send(comm, {"type": "token", "pub": str(user_key.public)}))["type"] == "challenge"
+    await comm.disconnect()
+
+
+async def test_a_rotated_out_keys_tokens_stay_active_until_they_expire(settings, authority_signer, user_key):
+    old_token = await get_token(user_key)
+    new = PrivateKey.generate()
+    settings.AUTHORITY_PRIVATE_KEY = str(new)
+    settings.AUTHORITY_PREVIOUS_KEYS = [str(authority_signer.public)]
+    await runtime.stop()  # a new process, with the rotated configuration
+    keys = json.loads((await AsyncClient().get("/.well-known/jwks.json")).content)["keys"]
+    assert [k["kid"] for k in keys] == [key_id(new.public), key_id(authority_signer.public)]
+    assert (await introspect(old_token))[1]["active"] is True
+    assert (await introspect(await get_token(user_key)))[1]["iss"] == str(new.public)
+    expired_old = mint_token(signer=authority_signer, subject=user_key.public, ttl=-60).token
+    assert (await introspect(expired_old))[1] == {"active": False}
+    settings.AUTHORITY_PREVIOUS_KEYS = []
+    await runtime.stop()
+    assert (await introspect(old_token))[1] == {"active": False}  # dropped from the list: no longer ours
+
+
+def test_the_command_line_revokes_blocks_and_unblocks_and_records_who(user_key):
+    out = io.StringIO()
+    call_command("tokens", "revoke", "jti-1", "--reason", "leaked", stdout=out)
+    call_command("tokens", "revoke", "jti-1", stdout=out)
+    call_command("tokens", "block", str(user_key.public), stdout=out)
+    call_command("tokens", "unblock", str(user_key.public), stdout=out)
+    call_command("tokens", "unblock", str(user_key.public), stdout=out)
+    assert out.getvalue().splitlines() == [
+        "revoked token jti-1",
+        "that token was already revoked",
+        f"blocked key {user_key.public}",
+        f"unblocked key {user_key.public}",
+        "that key was not blocked",
+    ]
+    events = list(RevocationEvent.objects.order_by("id").values_list("action", "target", "reason"))
+    assert events == [
+        ("revoke", "jti-1", "leaked"),
+        ("block", str(user_key.public), ""),
+        ("unblock", str(user_key.public), ""),
+    ]
+    assert all(actor.startswith("cli:") for actor in RevocationEvent.objects.values_list("actor", flat=True))
+    assert RevokedToken.objects.get().jti == "jti-1"
+    assert not BlockedKey.objects.exists()
+    with pytest.raises(Exception, match="not a public key"):
+        call_command("tokens", "block", "bbaa-not-a-key")
+
+
+def test_admin_actions_revoke_and_block_and_name_the_operator(
+    admin_client, admin_user, authority_signer, user_key
+):
+    minted = mint_token(signer=authority_signer, subject=user_key.public, ttl=60)
+    attempt = ChallengeAttempt.objects.create(
+        created_at=timezone.now(),
+        finished_at=timezone.now(),
+        outcome="success",
+        public_key=str(user_key.public),
+    )
+    token = IssuedToken.objects.create(
+        attempt=attempt, jti=minted.jti, token_sha256=minted.sha256, public_key=str(user_key.public),
+        issued_at=timezone.now(), expires_at=minted.expires_at,
+    )  # fmt: skip
+    changelist = "/admin/challenges/issuedtoken/"
+    admin_client.post(changelist, {"action": "revoke_tokens", "_selected_action": [token.pk]})
+    admin_client.post(changelist, {"action": "block_keys", "_selected_action": [token.pk]})
+    assert RevokedToken.objects.get().jti == minted.jti
+    assert BlockedKey.objects.get().public_key == str(user_key.public)
+    actors = set(RevocationEvent.objects.values_list("actor", flat=True))
+    assert actors == {f"admin:{admin_user.get_username()}"}
+    blocked = BlockedKey.objects.get()
+    admin_client.post(
+        "/admin/challenges/blockedkey/", {"action": "unblock", "_selected_action": [blocked.pk]}
+    )
+    assert not BlockedKey.objects.exists()
+
+
+def test_pruneaudit_deletes_old_rows_in_batches_but_never_a_live_tokens(authority_signer, user_key):
+    now = timezone.now()
+    old = now - timedelta(days=40)
+
+    def row(outcome: str, *, expires: object = None, with_token: bool = False) -> ChallengeAttempt:
+        attempt = ChallengeAttempt.objects.create(created_at=old, finished_at=old, outcome=outcome)
+        if with_token:
+            minted = mint_token(signer=authority_signer, subject=user_key.public, ttl=60)
+            IssuedToken.objects.create(
+                attempt=attempt, jti=minted.jti, token_sha256=minted.sha256, public_key=str(user_key.public),
+                issued_at=old, expires_at=expires,
+            )  # fmt: skip
+        return attempt
+
+    for _ in range(25):
+        row("invalid_json")
+    dead = row("success", expires=old + timedelta(days=1), with_token=True)
+    live = row("success", expires=now + timedelta(days=1), with_token=True)
+    forever = row("success", expires=None, with_token=True)  # a relayed Hub token has no expiry
+    recent = ChallengeAttempt.objects.create(created_at=now, finished_at=now, outcome="invalid_json")
+    out, err = io.StringIO(), io.StringIO()
+    call_command("pruneaudit", "--older-than", "30", "--batch-size", "10", stdout=out, stderr=err)
+    assert out.getvalue().strip().startswith("deleted 26 audit rows")
+    assert "100%" in err.getvalue()
+    assert "26/26" in err.getvalue()
+    left = set(ChallengeAttempt.objects.values_list("id", flat=True))
+    assert left == {live.id, forever.id, recent.id}
+    assert not IssuedToken.objects.filter(attempt_id=dead.id).exists()
