@@ -14,7 +14,7 @@ row is committed. The Hub's API-key check runs before it, in
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Any
 
 import grpc
@@ -38,9 +38,13 @@ class AuthorityServicer(APIServicer):
     """``GetToken`` of the embedded authority: protobuf in and out of a :class:`GetTokenCall`
     (:mod:`challenges.gettoken`, shared with the gRPC-Web endpoint)."""
 
-    def __init__(self, *, config: AuthorityConfig, audit: AuditWriter) -> None:
+    def __init__(
+        self, *, config: AuthorityConfig, audit: AuditWriter, known_keys: Collection[str] = ()
+    ) -> None:
         self.config = config
         self.audit = audit
+        #: The API keys the server accepts, named in full in the audit (:func:`caller_of`).
+        self.known_keys = frozenset(known_keys)
         #: Streams in progress (what a graceful shutdown waits for).
         self.active = 0
         self._tasks = TaskSet()
@@ -67,7 +71,10 @@ class AuthorityServicer(APIServicer):
             )
 
         call = GetTokenCall(
-            config=self.config, audit=self.audit, caller=caller_of(context), tasks=self._tasks
+            config=self.config,
+            audit=self.audit,
+            caller=caller_of(context, known_keys=self.known_keys),
+            tasks=self._tasks,
         )
         self.active += 1
         try:
@@ -87,10 +94,13 @@ def create_server(
 ) -> tuple[grpc.aio.Server, int]:
     """A ``grpc.aio`` server answering both ``GetToken`` methods on ``address``.
 
-    With ``api_keys`` (key -> secret) every call must carry an accepted key.
-    Returns the server (not started) and the bound port. Raises
-    :class:`RuntimeError` when the address cannot be bound.
+    With ``api_keys`` (key -> secret) every call must carry an accepted key
+    (and the servicer's audit names those keys in full). Returns the server
+    (not started) and the bound port. Raises :class:`RuntimeError` when the
+    address cannot be bound.
     """
+    if api_keys:
+        servicer.known_keys = frozenset(api_keys)
     interceptors = (
         [ApiKeyInterceptor(api_keys, audit=servicer.audit, worker=servicer.config.worker)] if api_keys else []
     )
