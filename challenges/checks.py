@@ -45,6 +45,8 @@ def check_secrets(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             )
         )
     errors += _check_api_keys()
+    if settings.AUTHORITY_MAX_STREAMS < 1:
+        errors.append(Error("AUTHORITY_MAX_STREAMS must be at least 1", id="challenges.E011"))
     if settings.CHALLENGE_TIMEOUT <= 0 or settings.CHALLENGE_TIMEOUT > 600:
         errors.append(Error("CHALLENGE_TIMEOUT must be between 0 and 600 seconds", id="challenges.E005"))
     layer: Any = settings.CHANNEL_LAYERS["default"]

@@ -11,6 +11,7 @@ from django.core.management.base import CommandError
 
 from challenges import apikeys
 from challenges.checks import check_secrets
+from challenges.gettoken import StreamCap
 from tests.rpcutil import API_KEY, API_SECRET
 
 
@@ -59,3 +60,24 @@ def test_checks_name_bad_api_settings_without_quoting_them(settings):
     settings.USER_API_SECRET, settings.AUTHORITY_API_KEYS = API_SECRET, f"{API_KEY}:{API_SECRET}"
     settings.TOKEN_UPSTREAM = "grpcs://hub.example.com"
     assert not {e.id for e in check_secrets()} & {"challenges.E004", "challenges.E006", "challenges.E007"}
+
+
+def test_the_stream_cap_must_be_positive(settings):
+    settings.AUTHORITY_MAX_STREAMS = 0
+    assert "challenges.E011" in {e.id for e in check_secrets()}
+    settings.AUTHORITY_API_KEYS = f"{API_KEY}:{API_SECRET}"
+    with pytest.raises(CommandError, match="at least 1"):
+        call_command("runauthority", "--address", "127.0.0.1:0")
+    settings.AUTHORITY_MAX_STREAMS = 1000
+    with pytest.raises(CommandError, match="at least 1"):
+        call_command("runauthority", "--address", "127.0.0.1:0", "--max-streams", "0")
+
+
+def test_the_cap_is_shared_and_released():
+    cap = StreamCap(2)
+    assert (cap.acquire(), cap.acquire(), cap.acquire()) == (True, True, False)
+    assert cap.active == 2
+    cap.release()
+    assert cap.acquire()
+    with pytest.raises(ValueError, match="at least 1"):
+        StreamCap(0)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -396,3 +398,44 @@ async def test_every_row_names_the_api_key_and_nothing_secret(
     assert audited == api_key
     secrets = [API_SECRET, *(value for name, value in metadata if name != "x-textile-api-key")]
     assert not [s for s in secrets if s in repr(rows)]
+
+
+# -- the stream cap ------------------------------------------------------------------
+
+
+async def test_calls_past_the_stream_cap_are_refused_at_once_and_audited(tmp_path):
+    capped = start_authority(tmp_path, "--max-streams", "2", env=authority_env(tmp_path))
+    try:
+        async with grpc.aio.insecure_channel(capped.target) as channel:
+            held = []
+            for _ in range(2):  # hold both slots: each has its challenge, unanswered
+                key = PrivateKey.generate()
+                call = RawCall(channel, api_metadata())
+                await call.send(key_frame(str(key.public)))
+                held.append((call, key, (await call.reply())[1]))
+            over_key = PrivateKey.generate()
+            over = RawCall(channel, api_metadata())
+            started = time.monotonic()
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await over.send(key_frame(str(over_key.public)))
+            assert await over.reply_or_error() is None
+            assert await over.status() == (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "too many concurrent GetToken calls; retry shortly",
+            )
+            assert time.monotonic() - started < 1.0
+            assert capped.rows(
+                "SELECT outcome, upstream_status, api_key, transport FROM challenges_challengeattempt"
+                " WHERE public_key = ?",
+                (str(over_key.public),),
+            ) == [("too_many_pending", "RESOURCE_EXHAUSTED", API_KEY, "grpc")]
+            # One held call ends (with its token): its slot serves a new call.
+            call, key, challenge = held.pop(0)
+            await _finish(call, key, challenge)
+            await _success(channel, PrivateKey.generate(), api_metadata())
+            call, key, challenge = held.pop()
+            await _finish(call, key, challenge)  # the other held call was never disturbed
+        assert capped.stop() == 0, capped.log()
+        assert re.search(r"at most 2 streams\)", capped.log())
+    finally:
+        capped.stop()

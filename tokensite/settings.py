@@ -143,6 +143,8 @@ AUTHORITY_ADDRESS = env.str("AUTHORITY_ADDRESS", default="127.0.0.1:3006")
 AUTHORITY_API_KEYS = env.str("AUTHORITY_API_KEYS", default="")
 #: Seconds runauthority waits for the signature (the Hub's one minute).
 AUTHORITY_CHALLENGE_DEADLINE = env.float("AUTHORITY_CHALLENGE_DEADLINE", default=60.0)
+#: GetToken calls runauthority serves at once; a call past it ends with RESOURCE_EXHAUSTED.
+AUTHORITY_MAX_STREAMS = env.int("AUTHORITY_MAX_STREAMS", default=1000)
 #: The authority's identity (a private key string); see challenges.checks.
 AUTHORITY_PRIVATE_KEY = env.str("AUTHORITY_PRIVATE_KEY", default="")
 AUTHORITY_KEY_FILE = VAR_DIR / "dev-authority.key"

@@ -8,7 +8,8 @@ and audits each attempt through the same group-committed
 :class:`~challenges.services.AuditWriter`, releasing a token only after its
 row is committed. The Hub's API-key check runs before it, in
 :mod:`challenges.rpc.interceptor`; every failure maps to the Hub's status in
-:mod:`challenges.rpc.status`.
+:mod:`challenges.rpc.status`. A :class:`~challenges.gettoken.StreamCap`
+bounds the calls in progress.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from ..gettoken import AuthorityConfig, GetTokenCall, Reply, Request
+from ..gettoken import AuthorityConfig, GetTokenCall, Reply, Request, StreamCap
 from ..services import AuditWriter
 from ..tasks import TaskSet
 from .audit import caller_of
@@ -31,7 +32,7 @@ from .threads_pb2_grpc import APIServicer, add_APIServicer_to_server
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AuthorityConfig", "AuthorityServicer", "create_server"]
+__all__ = ["AuthorityConfig", "AuthorityServicer", "StreamCap", "create_server"]
 
 
 class AuthorityServicer(APIServicer):
@@ -39,15 +40,25 @@ class AuthorityServicer(APIServicer):
     (:mod:`challenges.gettoken`, shared with the gRPC-Web endpoint)."""
 
     def __init__(
-        self, *, config: AuthorityConfig, audit: AuditWriter, known_keys: Collection[str] = ()
+        self,
+        *,
+        config: AuthorityConfig,
+        audit: AuditWriter,
+        cap: StreamCap | None = None,
+        known_keys: Collection[str] = (),
     ) -> None:
         self.config = config
         self.audit = audit
+        #: Calls in progress, and how many may be (shared with any other transport).
+        self.cap = cap or StreamCap()
         #: The API keys the server accepts, named in full in the audit (:func:`caller_of`).
         self.known_keys = frozenset(known_keys)
-        #: Streams in progress (what a graceful shutdown waits for).
-        self.active = 0
         self._tasks = TaskSet()
+
+    @property
+    def active(self) -> int:
+        """Streams in progress (what a graceful shutdown waits for)."""
+        return self.cap.active
 
     async def GetToken(  # type: ignore[override]
         self, request_iterator: AsyncIterator[GetTokenRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -75,12 +86,9 @@ class AuthorityServicer(APIServicer):
             audit=self.audit,
             caller=caller_of(context, known_keys=self.known_keys),
             tasks=self._tasks,
+            cap=self.cap,
         )
-        self.active += 1
-        try:
-            error = await call.run(receive, send, status_name=lambda error: status_of(error)[0].name)
-        finally:
-            self.active -= 1
+        error = await call.run(receive, send, status_name=lambda error: status_of(error)[0].name)
         if error is not None:
             code, message = status_of(error)
             await context.abort(code, message)
