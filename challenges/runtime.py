@@ -51,6 +51,7 @@ class RuntimeConfig:
     challenge_timeout: float = 60.0
     user_api_key: str = ""
     user_api_secret: str = field(default="", repr=False)
+    token_upstream_ca: str = ""
     redis_url: str = ""
     caps: Caps = field(default_factory=Caps)
     clients: ClientPolicy = field(default_factory=ClientPolicy)
@@ -79,6 +80,7 @@ class RuntimeConfig:
             challenge_timeout=settings.CHALLENGE_TIMEOUT,
             user_api_key=settings.USER_API_KEY,
             user_api_secret=settings.USER_API_SECRET,
+            token_upstream_ca=settings.TOKEN_UPSTREAM_CA,
             redis_url=settings.REDIS_URL,
             caps=Caps(
                 pending_per_key=settings.MAX_PENDING_PER_KEY,
@@ -185,16 +187,21 @@ class Runtime:
         from django.core.exceptions import ImproperlyConfigured
 
         from .rpc.client import GrpcUpstream, parse_target  # grpc only when relaying
+        from .rpc.tls import load_ca
 
         try:
             target, secure = parse_target(spec)  # the system checks say so first
+            roots = load_ca(self.config.token_upstream_ca) if secure else None
         except ValueError as exc:
             raise ImproperlyConfigured(str(exc)) from exc
+        if self.config.token_upstream_ca and not secure:
+            log.warning("TOKEN_UPSTREAM_CA is ignored: %s is plaintext (grpc://, not grpcs://)", spec)
         return GrpcUpstream(
             target=target,
             secure=secure,
             api_key=self.config.user_api_key,
             api_secret=self.config.user_api_secret,
+            root_certificates=roots,
         )
 
     def _liveness(self) -> Liveness:

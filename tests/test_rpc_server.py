@@ -61,6 +61,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Authority]:
     assert process.stop() == 0, process.log()
     for secret_thing in (API_SECRET, api_sig(API_SECRET, "x")[:12]):
         assert secret_thing not in process.log()
+    # No TLS configured: plaintext, and the log says so once.
+    assert len(re.findall(r"^.*served in plaintext.*$", process.log(), re.MULTILINE)) == 1
 
 
 @pytest.fixture

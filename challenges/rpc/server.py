@@ -9,7 +9,8 @@ and audits each attempt through the same group-committed
 row is committed. The Hub's API-key check runs before it, in
 :mod:`challenges.rpc.interceptor`; every failure maps to the Hub's status in
 :mod:`challenges.rpc.status`. A :class:`~challenges.gettoken.StreamCap`
-bounds the calls in progress.
+bounds the calls in progress; with a certificate and key
+(:class:`~challenges.rpc.tls.ServerTls`) the server speaks TLS only.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from .interceptor import ApiKeyInterceptor
 from .status import status_of
 from .threads_pb2 import GetTokenReply, GetTokenRequest
 from .threads_pb2_grpc import APIServicer, add_APIServicer_to_server
+from .tls import ServerTls
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AuthorityConfig", "AuthorityServicer", "StreamCap", "create_server"]
+__all__ = ["AuthorityConfig", "AuthorityServicer", "ServerTls", "StreamCap", "create_server"]
 
 
 class AuthorityServicer(APIServicer):
@@ -99,13 +101,15 @@ def create_server(
     *,
     servicer: AuthorityServicer,
     api_keys: Mapping[str, str] | None = None,
+    tls: ServerTls | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A ``grpc.aio`` server answering both ``GetToken`` methods on ``address``.
 
     With ``api_keys`` (key -> secret) every call must carry an accepted key
-    (and the servicer's audit names those keys in full). Returns the server
-    (not started) and the bound port. Raises :class:`RuntimeError` when the
-    address cannot be bound.
+    (and the servicer's audit names those keys in full). With ``tls`` the port
+    speaks TLS only; without it, plaintext, and one log line says so. Returns
+    the server (not started) and the bound port. Raises :class:`RuntimeError`
+    when the address cannot be bound.
     """
     if api_keys:
         servicer.known_keys = frozenset(api_keys)
@@ -129,7 +133,12 @@ def create_server(
         },
     )
     server.add_generic_rpc_handlers((twin,))
-    port = server.add_insecure_port(address)
+    if tls is not None:
+        credentials = grpc.ssl_server_credentials([(tls.private_key, tls.cert_chain)])
+        port = server.add_secure_port(address, credentials)
+    else:
+        log.warning("GetToken on %s is served in plaintext: no TLS certificate and key given", address)
+        port = server.add_insecure_port(address)
     if not port:
         raise RuntimeError(f"cannot listen on {address}")
     return server, port

@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from challenges.apikeys import parse_api_keys
 from challenges.gettoken import AuthorityConfig, StreamCap
+from challenges.rpc.tls import ServerTls, load_server_tls
 from challenges.runtime import RuntimeConfig
 from challenges.services import AuditWriter
 
@@ -20,9 +21,10 @@ log = logging.getLogger("challenges.rpc.server")
 
 @dataclass(frozen=True)
 class Serving:
-    """How the server runs: accepted API keys, the stream cap."""
+    """How the server runs: accepted API keys, TLS (None: plaintext), the stream cap."""
 
     keys: dict[str, str] = field(repr=False)
+    tls: ServerTls | None
     cap: StreamCap
     grace: float
 
@@ -47,6 +49,16 @@ class Command(BaseCommand):
             help="seconds to wait for the signature (default: $AUTHORITY_CHALLENGE_DEADLINE, 60)",
         )
         parser.add_argument(
+            "--tls-cert",
+            default=None,
+            help="PEM certificate chain to serve TLS with (default: $AUTHORITY_TLS_CERT; with --tls-key)",
+        )
+        parser.add_argument(
+            "--tls-key",
+            default=None,
+            help="its PEM private key (default: $AUTHORITY_TLS_KEY); neither: plaintext",
+        )
+        parser.add_argument(
             "--max-streams",
             type=int,
             default=None,
@@ -62,6 +74,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         keys = self._api_keys()
+        cert = settings.AUTHORITY_TLS_CERT if options["tls_cert"] is None else options["tls_cert"]
+        key = settings.AUTHORITY_TLS_KEY if options["tls_key"] is None else options["tls_key"]
+        try:
+            tls = load_server_tls(cert, key)  # the problem names paths, never contents
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
         max_streams = (
             settings.AUTHORITY_MAX_STREAMS if options["max_streams"] is None else options["max_streams"]
         )
@@ -80,7 +98,7 @@ class Command(BaseCommand):
             worker=settings.WORKER_ID,
         )
         address = options["address"] or settings.AUTHORITY_ADDRESS
-        serving = Serving(keys=keys, cap=StreamCap(max_streams), grace=options["grace"])
+        serving = Serving(keys=keys, tls=tls, cap=StreamCap(max_streams), grace=options["grace"])
         try:
             asyncio.run(self._serve(address, config, serving))
         except RuntimeError as exc:
@@ -103,16 +121,17 @@ class Command(BaseCommand):
 
         audit = AuditWriter()
         servicer = AuthorityServicer(config=config, audit=audit, cap=serving.cap)
-        server, port = create_server(address, servicer=servicer, api_keys=serving.keys)
+        server, port = create_server(address, servicer=servicer, api_keys=serving.keys, tls=serving.tls)
         await server.start()
         host = address.rpartition(":")[0] or "0.0.0.0"  # noqa: S104 (only echoes the address given)
         self.stdout.write(f"listening on {host}:{port}")
         sys.stdout.flush()
         log.info(
-            "authority %s serving GetToken on %s:%d (%d API keys, deadline %g s, at most %d streams)",
+            "authority %s serving GetToken on %s:%d (%s, %d API keys, deadline %g s, at most %d streams)",
             config.signer.public,
             host,
             port,
+            "TLS" if serving.tls else "plaintext",
             len(serving.keys),
             config.challenge_deadline,
             serving.cap.limit,
