@@ -38,7 +38,7 @@ CHALLENGE_BYTES = 32
 DEFAULT_MAX_STREAMS = 1000
 #: How long a refused call waits for the caller's first message (its key, for the audit)
 #: before ending: a grpc.aio client whose write races the status reports INTERNAL
-#: instead of it (grpc/grpc#36066).
+#: instead of it (as the API-key check's refusals, in rpc/interceptor.py).
 FIRST_MESSAGE_WAIT = 1.0
 
 #: A caller's message: ("key", str), ("signature", bytes), or (None, None) for any other.
