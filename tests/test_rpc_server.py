@@ -425,7 +425,8 @@ async def test_calls_past_the_stream_cap_are_refused_at_once_and_audited(tmp_pat
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "too many concurrent GetToken calls; retry shortly",
             )
-            assert time.monotonic() - started < 1.0
+            # At once: no waiting for a slot (the row's key shows the refusal came on the key).
+            assert time.monotonic() - started < 3.0
             assert capped.rows(
                 "SELECT outcome, upstream_status, api_key, transport FROM challenges_challengeattempt"
                 " WHERE public_key = ?",
