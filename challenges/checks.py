@@ -1,4 +1,4 @@
-"""System checks: a missing or malformed secret is an error, not a crash at first request."""
+"""System checks: a missing or malformed secret or file is an error, not a crash at first request."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def check_secrets(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             )
         )
     errors += _check_api_keys()
+    errors += _check_tls()
     if settings.CHALLENGE_TIMEOUT <= 0 or settings.CHALLENGE_TIMEOUT > 600:
         errors.append(Error("CHALLENGE_TIMEOUT must be between 0 and 600 seconds", id="challenges.E005"))
     layer: Any = settings.CHANNEL_LAYERS["default"]
@@ -81,4 +82,21 @@ def _check_api_keys() -> list[Error]:
             parse_target(upstream)
         except ValueError as exc:
             errors.append(Error(str(exc), id="challenges.E004"))
+    return errors
+
+
+def _check_tls() -> list[Error]:
+    """runauthority's certificate and key (both or neither, readable, a matching PEM pair), the
+    relay's CA bundle, and the stream cap. Files are named by path, never quoted."""
+    from .rpc.tls import ca_problem, server_tls_problem
+
+    errors: list[Error] = []
+    problem = server_tls_problem(settings.AUTHORITY_TLS_CERT, settings.AUTHORITY_TLS_KEY)
+    if problem:
+        errors.append(Error(problem, id="challenges.E009"))
+    problem = ca_problem(settings.TOKEN_UPSTREAM_CA)
+    if problem:
+        errors.append(Error(problem, id="challenges.E010"))
+    if settings.AUTHORITY_MAX_STREAMS < 1:
+        errors.append(Error("AUTHORITY_MAX_STREAMS must be at least 1", id="challenges.E011"))
     return errors

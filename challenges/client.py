@@ -5,7 +5,8 @@
 Before signing, the client checks that the challenge text names the expected
 audience (by default the origin of ``url``) and its own key, so it never signs
 for another service. A relay that passes a Hub's raw 32-byte challenge through
-marks it ``"raw": true``; the client signs those only with ``accept_raw=True``.
+marks it ``"raw": true``; the client signs those only with ``accept_raw=True``,
+and only when they are 32 bytes: anything else labelled raw is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from .errors import ChallengeError, ChallengeTextError, Code, TokenClientError
 from .identity import PrivateKey, decode_bytes, encode_buffer, parse_private_key
 
 __all__ = ["TokenClientError", "get_token", "get_token_async"]
+
+#: The only length of a raw (Hub) challenge the client signs, as the browser module.
+RAW_CHALLENGE_BYTES = 32
 
 
 def origin_of(url: str) -> str:
@@ -68,10 +72,7 @@ async def _flow(url: str, key: PrivateKey, audience: str, accept_raw: bool, orig
         except ChallengeError as exc:
             raise TokenClientError(Code.PROTOCOL_ERROR, exc.message) from exc
         if frame.get("raw"):
-            if not accept_raw:
-                raise TokenClientError(
-                    Code.CHALLENGE_REFUSED, "the server sent a raw challenge; pass accept_raw=True to sign it"
-                )
+            _check_raw(value, accept_raw)
         else:
             try:
                 check_challenge_text(value, audience=audience, key=key.public)
@@ -85,6 +86,21 @@ async def _flow(url: str, key: PrivateKey, audience: str, accept_raw: bool, orig
         if frame["type"] != "token" or not isinstance(frame.get("value"), str):
             raise TokenClientError(Code.PROTOCOL_ERROR, f"expected a token, got {frame['type']!r}")
         return str(frame["value"])
+
+
+def _check_raw(value: bytes, accept_raw: bool) -> None:
+    """A raw challenge is a Hub's 32 random bytes, nothing else: any other bytes labelled raw
+    (a message, another service's challenge text) are refused, whatever ``accept_raw`` says."""
+    if len(value) != RAW_CHALLENGE_BYTES:
+        raise TokenClientError(
+            Code.CHALLENGE_REFUSED,
+            f"the server sent {len(value)} bytes as a raw challenge; a raw challenge is"
+            f" {RAW_CHALLENGE_BYTES} random bytes",
+        )
+    if not accept_raw:
+        raise TokenClientError(
+            Code.CHALLENGE_REFUSED, "the server sent a raw challenge; pass accept_raw=True to sign it"
+        )
 
 
 async def _receive(socket: Any) -> dict[str, Any]:

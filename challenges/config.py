@@ -30,6 +30,8 @@ class RuntimeConfig:
     challenge_timeout: float = 60.0
     user_api_key: str = ""
     user_api_secret: str = field(default="", repr=False)
+    #: A PEM bundle the grpcs relay trusts (empty: the system's roots).
+    token_upstream_ca: str = ""
     redis_url: str = ""
     caps: Caps = field(default_factory=Caps)
     clients: ClientPolicy = field(default_factory=ClientPolicy)
@@ -66,6 +68,7 @@ class RuntimeConfig:
             challenge_timeout=settings.CHALLENGE_TIMEOUT,
             user_api_key=settings.USER_API_KEY,
             user_api_secret=settings.USER_API_SECRET,
+            token_upstream_ca=settings.TOKEN_UPSTREAM_CA,
             redis_url=settings.REDIS_URL,
             caps=Caps(
                 pending_per_key=settings.MAX_PENDING_PER_KEY,

@@ -11,24 +11,35 @@ gets a token, which is released only after its audit row is committed.
 
 A call the caller cancels (or whose transport goes away) is audited with
 status ``CANCELLED`` and the step it was at.
+
+:class:`StreamCap` bounds the calls in progress; one cap is shared by every
+transport a process serves ``GetToken`` on. A call past it is refused at
+once (``too_many_pending``, the Hub's ``RESOURCE_EXHAUSTED``) and audited.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from .errors import ChallengeError, Code, IdentityError
+from .errors import ChallengeError, Code, IdentityError, LimitError
 from .identity import PrivateKey, PublicKey, parse_public_key
 from .services import AuditRecord, AuditWriter
 from .tasks import TaskSet
 from .tokens import MintedToken, mint_token
 
 CHALLENGE_BYTES = 32
+#: The default cap on calls in progress (``AUTHORITY_MAX_STREAMS``).
+DEFAULT_MAX_STREAMS = 1000
+#: How long a refused call waits for the caller's first message (its key, for the audit)
+#: before ending: a grpc.aio client whose write races the status reports INTERNAL
+#: instead of it (as the API-key check's refusals, in rpc/interceptor.py).
+FIRST_MESSAGE_WAIT = 1.0
 
 #: A caller's message: ("key", str), ("signature", bytes), or (None, None) for any other.
 Request = tuple[str | None, str | bytes | None]
@@ -51,6 +62,31 @@ class AuthorityConfig:
     audience: str = ""
     challenge_deadline: float = 60.0
     worker: str = ""
+
+
+class StreamCap:
+    """How many ``GetToken`` calls may be in progress at once in this process, across every
+    transport that serves them (each call holds one slot from its start to its end).
+
+    One event loop drives every call, so the counter needs no lock.
+    """
+
+    def __init__(self, limit: int = DEFAULT_MAX_STREAMS) -> None:
+        if limit < 1:
+            raise ValueError("the stream cap must be at least 1")
+        self.limit = limit
+        #: Calls holding a slot now.
+        self.active = 0
+
+    def acquire(self) -> bool:
+        """Take a slot; False when all are taken."""
+        if self.active >= self.limit:
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active -= 1
 
 
 @dataclass
@@ -92,11 +128,18 @@ class GetTokenCall:
     """One ``GetToken`` call. :meth:`run` returns the error to end it with, or None (OK)."""
 
     def __init__(
-        self, *, config: AuthorityConfig, audit: AuditWriter, caller: Caller, tasks: TaskSet
+        self,
+        *,
+        config: AuthorityConfig,
+        audit: AuditWriter,
+        caller: Caller,
+        tasks: TaskSet,
+        cap: StreamCap | None = None,
     ) -> None:
         self.config = config
         self.audit = audit
         self.caller = caller
+        self.cap = cap
         self._tasks = tasks
 
     async def run(
@@ -109,14 +152,39 @@ class GetTokenCall:
         """Drive the call: ``receive()`` gives the next message (None: the caller half-closed),
         ``send`` answers; ``status_name`` names the status an error ends the call with, for
         the audit."""
+        admitted = self.cap is None or self.cap.acquire()
         try:
+            if not admitted:
+                return await self._over_cap(receive, status_name)
             return await self._run(receive, send, status_name)
         except asyncio.CancelledError:
             if not self.caller.recorded:
-                code = Code.MISSING_SIG if self.caller.challenged is not None else Code.MISSING_PUB
+                if not admitted:
+                    code = Code.TOO_MANY_PENDING
+                elif self.caller.challenged is not None:
+                    code = Code.MISSING_SIG
+                else:
+                    code = Code.MISSING_PUB
                 record = self._record(code, status="CANCELLED", detail="the caller cancelled the call")
                 self._tasks.spawn(self.audit.record_quietly(record))
             raise
+        finally:
+            if admitted and self.cap is not None:
+                self.cap.release()
+
+    async def _over_cap(
+        self,
+        receive: Callable[[], Awaitable[Request | None]],
+        status_name: Callable[[ChallengeError], str],
+    ) -> ChallengeError:
+        # Read the caller's key first (see FIRST_MESSAGE_WAIT); nothing else is done for it.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(FIRST_MESSAGE_WAIT):
+                first = await receive()
+                if first is not None and first[0] == "key":
+                    self.caller.key = str(first[1])[:128]
+        busy = LimitError("too many concurrent GetToken calls; retry shortly", code=Code.TOO_MANY_PENDING)
+        return await self._refuse(busy, status_name)
 
     async def _run(
         self,

@@ -162,16 +162,21 @@ class Runtime:
         from django.core.exceptions import ImproperlyConfigured
 
         from .rpc.client import GrpcUpstream, parse_target  # grpc only when relaying
+        from .rpc.tls import load_ca
 
         try:
             target, secure = parse_target(spec)  # the system checks say so first
+            roots = load_ca(self.config.token_upstream_ca) if secure else None
         except ValueError as exc:
             raise ImproperlyConfigured(str(exc)) from exc
+        if self.config.token_upstream_ca and not secure:
+            log.warning("TOKEN_UPSTREAM_CA is ignored: %s is plaintext (grpc://, not grpcs://)", spec)
         return GrpcUpstream(
             target=target,
             secure=secure,
             api_key=self.config.user_api_key,
             api_secret=self.config.user_api_secret,
+            root_certificates=roots,
         )
 
     def _liveness(self) -> Liveness:

@@ -6,14 +6,19 @@ its own SQLite audit and reads the bound port from its ``listening on`` line.
 The hand-made client does not use the generated stubs: it frames requests per
 docs/PROTOCOL.md "Vectors" (``0a <len> key``, ``12 40 signature``) over grpc's generic
 ``stream_stream`` with no serializers, and parses replies byte by byte.
+
+:func:`make_pki` writes a private CA and a server certificate it signed (SAN
+``IP:127.0.0.1``), made with ``cryptography`` for each test run.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import re
 import signal
 import sys
@@ -26,6 +31,10 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests import servers
 
@@ -157,3 +166,84 @@ class RawCall:
 
     async def status(self) -> tuple[grpc.StatusCode, str]:
         return await self.call.code(), await self.call.details()
+
+
+# -- certificates --------------------------------------------------------------
+
+
+@dataclass
+class Pki:
+    """A private CA and a server certificate it signed, as PEM files in a folder."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self.ca.read_bytes()
+
+    @property
+    def key_pem(self) -> bytes:
+        return self.key.read_bytes()
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def make_pki(folder: Path, *, common_name: str = "tokens test CA") -> Pki:
+    folder.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("runauthority"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pki = Pki(ca=folder / "ca.pem", cert=folder / "server.pem", key=folder / "server.key")
+    pki.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    pki.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pki.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    pki.key.chmod(0o600)
+    return pki

@@ -7,10 +7,16 @@ wrong key or audience.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import queue
+import threading
 
 import pytest
 import websockets
+from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from challenges import authority
 from challenges.client import TokenClientError, get_token_async, origin_of
@@ -84,6 +90,93 @@ async def test_raw_challenges_need_explicit_consent():
         assert await get_token_async(url, me, timeout=5, accept_raw=True) == "hub-token"
     me.public.verify(raw, bytes(signed[0]["sig"]["data"]))
     assert signed[0]["id"] == "r" * 24
+
+
+def _other_sites_text(me: PrivateKey) -> bytes:
+    """The v1 challenge text another service would ask this key to sign (240 bytes)."""
+    return authority.make_challenge(audience="https://bank.example", key=me.public, timeout=60).value
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda me: b"",
+        lambda me: bytes(range(31)),
+        lambda me: bytes(range(33)),
+        lambda me: bytes(64),
+        lambda me: b"I, the holder of this key, approve payment 4711 to bank.example.".ljust(200, b" "),
+        _other_sites_text,
+    ],
+    ids=["0-bytes", "31-bytes", "33-bytes", "64-bytes", "200-byte-text", "another-sites-v1-text"],
+)
+async def test_raw_challenges_are_signed_only_when_32_bytes(make):
+    """``accept_raw`` means "sign a Hub's 32 random bytes", never "sign anything labelled raw":
+    a hostile relay could otherwise pass any message off as a Hub challenge."""
+    me = PrivateKey.generate()
+    value = make(me)
+
+    def script(frame):
+        if frame["type"] == "token":
+            return {"type": "challenge", "value": encode_buffer(value), "id": "r" * 24, "raw": True}
+        return {"type": "token", "value": "hub-token"}
+
+    server, url, signed = await serve(script)
+    async with server:
+        with pytest.raises(TokenClientError) as info:
+            await get_token_async(url, me, timeout=5, accept_raw=True)
+    assert info.value.code == "challenge_refused"
+    assert "32" in info.value.message
+    assert signed == []
+
+
+@pytest.mark.parametrize(("length", "refused"), [(200, True), (32, False)])
+def test_gettoken_accept_raw_signs_only_32_bytes(length, refused, tmp_path):
+    """``manage.py gettoken --accept-raw`` against a fake relay running in a thread."""
+    me = PrivateKey.generate()
+    key_file = tmp_path / "key"
+    key_file.write_text(str(me))
+    value = bytes(range(length)) if length == 32 else b"pay 4711 to bank.example".ljust(length)
+    signed: list = []
+    ready: queue.Queue = queue.Queue()
+
+    def run() -> None:
+        async def main() -> None:
+            def script(frame):
+                if frame["type"] == "token":
+                    return {"type": "challenge", "value": encode_buffer(value), "raw": True}
+                return {"type": "token", "value": "hub-token"}
+
+            server, url, got = await serve(script)
+            stop = asyncio.Event()
+            ready.put((url, asyncio.get_running_loop(), stop))
+            async with server:
+                await stop.wait()
+            signed.extend(got)
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    url, loop, stop = ready.get(timeout=10)
+    out = io.StringIO()
+    try:
+        if refused:
+            with pytest.raises(CommandError, match="challenge_refused"):
+                call_command("gettoken", "--url", url, "--key-file", str(key_file), "--accept-raw",
+                             "--timeout", "5", stdout=out, stderr=io.StringIO())  # fmt: skip
+        else:
+            call_command("gettoken", "--url", url, "--key-file", str(key_file), "--accept-raw",
+                         "--timeout", "5", stdout=out, stderr=io.StringIO())  # fmt: skip
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+    assert not thread.is_alive()
+    if refused:
+        assert signed == []
+        assert out.getvalue() == ""
+    else:
+        me.public.verify(value, bytes(signed[0]["sig"]["data"]))
+        assert out.getvalue().strip() == "hub-token"
 
 
 @pytest.mark.parametrize(

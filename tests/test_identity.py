@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from challenges.errors import IdentityError, PubKeyError, SignatureError
 from challenges.identity import (
     PrivateKey,
+    PublicKey,
     decode_bytes,
     encode_buffer,
     format_private_key,
@@ -193,3 +199,74 @@ def test_supercop_vectors_from_cryptography_vectors():
                 verify_signature(public_key=pub, message=message, signature=bytes(bad))
             count += 1
     assert count == 1024
+
+
+# -- Project Wycheproof (tests/vectors/README.md) ---------------------------------
+
+WYCHEPROOF = Path(__file__).parent / "vectors" / "wycheproof-ed25519_test.json"
+WYCHEPROOF_SHA256 = "752d2ea7d7c6cf4736381b6cbacb61f8182b126ab7cd9b058f00c50084975536"
+#: Flags of behaviour our verifier refuses by design (docs/PROTOCOL.md: strict verification,
+#: no small-order keys, no non-canonical encodings): an "acceptable" vector with one of
+#: these must be refused; any other "acceptable" vector may go either way.
+STRICT_REFUSALS = frozenset(
+    {"SignatureMalleability", "InvalidEncoding", "CompressedSignature", "SmallOrderPublicKey", "LowOrderR"}
+)
+
+
+def _verdict(verify: Any) -> str:
+    """``"valid"`` if ``verify()`` returns, ``"invalid"`` if it raises SignatureError."""
+    try:
+        verify()
+    except SignatureError:
+        return "invalid"
+    return "valid"
+
+
+def test_wycheproof_ed25519_vectors():
+    """Every Wycheproof Ed25519 vector through verify_signature and PublicKey.verify."""
+    data = WYCHEPROOF.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == WYCHEPROOF_SHA256
+    suite = json.loads(data)
+    assert suite["algorithm"] == "EDDSA"
+    counts: Counter[str] = Counter()
+    seen: set[int] = set()
+    for group in suite["testGroups"]:
+        assert group["type"] == "EddsaVerify"
+        assert group["publicKey"]["curve"] == "edwards25519"
+        pub = bytes.fromhex(group["publicKey"]["pk"])
+        for vector in group["tests"]:
+            assert vector["tcId"] not in seen
+            seen.add(vector["tcId"])
+            message, sig = bytes.fromhex(vector["msg"]), bytes.fromhex(vector["sig"])
+            expected, where = vector["result"], f"tcId {vector['tcId']} {vector['flags']}"
+            counts[expected] += 1
+            if len(pub) != 32:  # not a key at all: the project's errors, whatever the vector says
+                with pytest.raises(IdentityError):
+                    format_public_key(pub)
+                with pytest.raises(SignatureError):
+                    verify_signature(public_key=pub, message=message, signature=sig)
+                counts["bad_key"] += 1
+                continue
+            got = _verdict(lambda: verify_signature(public_key=pub, message=message, signature=sig))  # noqa: B023
+            assert _verdict(lambda: PublicKey(pub).verify(message, sig)) == got, where  # noqa: B023
+            if expected == "acceptable":
+                if STRICT_REFUSALS & set(vector["flags"]):
+                    assert got == "invalid", where
+            else:
+                assert got == expected, where
+    assert len(seen) == suite["numberOfTests"] == 151
+    assert counts == {"valid": 88, "invalid": 63}
+
+
+@pytest.mark.parametrize("length", [0, 31, 33, 64])
+def test_a_public_key_that_is_not_32_bytes_is_refused(length):
+    """What the vectors test expects of a key of the wrong length (none in this file has one)."""
+    sig = parse_private_key(VECTOR_PRIVATE).sign(CHALLENGE)
+    key = (PUB + bytes(32))[:length]  # the vector key, cut short or padded
+    with pytest.raises(SignatureError) as info:
+        verify_signature(public_key=key, message=CHALLENGE, signature=sig)
+    assert info.value.code == "bad_signature"
+    with pytest.raises(SignatureError):
+        PublicKey(key).verify(CHALLENGE, sig)
+    with pytest.raises(IdentityError, match="32 bytes"):
+        format_public_key(key)

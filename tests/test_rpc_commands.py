@@ -1,17 +1,21 @@
-"""``keygen --api-key``, ``runauthority``'s refusals, and the API-key system checks."""
+"""``keygen --api-key``, ``runauthority``'s refusals, and the API-key, TLS and stream-cap system checks."""
 
 from __future__ import annotations
 
 import io
+import re
 import socket
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from challenges import apikeys
 from challenges.checks import check_secrets
-from tests.rpcutil import API_KEY, API_SECRET
+from challenges.gettoken import StreamCap
+from challenges.runtime import Runtime, RuntimeConfig
+from tests.rpcutil import API_KEY, API_SECRET, make_pki
 
 
 def test_keygen_api_key_prints_a_hub_key_and_secret():
@@ -59,3 +63,114 @@ def test_checks_name_bad_api_settings_without_quoting_them(settings):
     settings.USER_API_SECRET, settings.AUTHORITY_API_KEYS = API_SECRET, f"{API_KEY}:{API_SECRET}"
     settings.TOKEN_UPSTREAM = "grpcs://hub.example.com"
     assert not {e.id for e in check_secrets()} & {"challenges.E004", "challenges.E006", "challenges.E007"}
+
+
+# -- TLS files and the stream cap -------------------------------------------------------
+
+JUNK = "NOT-A-PEM-BUT-SECRET-LOOKING-CONTENT"
+
+
+@pytest.fixture
+def pki(tmp_path):
+    return make_pki(tmp_path / "pki")
+
+
+@pytest.fixture
+def junk(tmp_path):
+    path = tmp_path / "junk.pem"
+    path.write_text(JUNK)
+    return path
+
+
+def tls_errors() -> dict[str, str]:
+    return {e.id: e.msg for e in check_secrets() if e.id in TLS_CHECKS}
+
+
+TLS_CHECKS = {"challenges.E009", "challenges.E010", "challenges.E011"}
+
+
+def test_tls_settings_pass_the_checks_when_both_files_make_a_pair(settings, pki):
+    settings.AUTHORITY_TLS_CERT, settings.AUTHORITY_TLS_KEY = str(pki.cert), str(pki.key)
+    settings.TOKEN_UPSTREAM_CA = str(pki.ca)
+    assert tls_errors() == {}
+    settings.AUTHORITY_TLS_CERT = settings.AUTHORITY_TLS_KEY = settings.TOKEN_UPSTREAM_CA = ""
+    assert tls_errors() == {}
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "says"),
+    [
+        ("cert", "", "AUTHORITY_TLS_KEY is not"),
+        ("", "key", "AUTHORITY_TLS_CERT is not"),
+        ("cert", "missing", "cannot be read: No such file"),
+        ("folder", "key", "cannot be read"),
+        ("cert", "junk", "not a PEM certificate chain"),
+        ("junk", "key", "not a PEM certificate chain"),
+        ("ca", "key", "KEY_VALUES_MISMATCH"),  # the CA's certificate, not the key's
+    ],
+)
+def test_tls_checks_name_the_problem_never_the_contents(settings, pki, junk, tmp_path, cert, key, says):
+    paths = {
+        "": "",
+        "cert": str(pki.cert),
+        "key": str(pki.key),
+        "ca": str(pki.ca),
+        "junk": str(junk),
+        "missing": str(tmp_path / "missing.pem"),
+        "folder": str(tmp_path),
+    }
+    settings.AUTHORITY_TLS_CERT, settings.AUTHORITY_TLS_KEY = paths[cert], paths[key]
+    errors = tls_errors()
+    assert set(errors) == {"challenges.E009"}
+    assert says in errors["challenges.E009"]
+    for secret in (JUNK, pki.key_pem.decode().splitlines()[1]):
+        assert secret not in errors["challenges.E009"]
+    # The command refuses to start the same way, before binding anything.
+    settings.AUTHORITY_API_KEYS = f"{API_KEY}:{API_SECRET}"
+    with pytest.raises(CommandError, match=re.escape(says)) as info:
+        call_command("runauthority", "--address", "127.0.0.1:0")
+    assert JUNK not in str(info.value)
+
+
+def test_tls_options_override_the_settings(settings, pki, junk):
+    settings.AUTHORITY_API_KEYS = f"{API_KEY}:{API_SECRET}"
+    settings.AUTHORITY_TLS_CERT, settings.AUTHORITY_TLS_KEY = str(pki.cert), str(pki.key)
+    with pytest.raises(CommandError, match=r"junk\.pem") as info:
+        call_command("runauthority", "--address", "127.0.0.1:0", "--tls-key", str(junk))
+    assert JUNK not in str(info.value)
+    settings.AUTHORITY_TLS_CERT = settings.AUTHORITY_TLS_KEY = ""
+    with pytest.raises(CommandError, match="AUTHORITY_TLS_KEY is not"):
+        call_command("runauthority", "--address", "127.0.0.1:0", "--tls-cert", str(pki.cert))
+
+
+@pytest.mark.parametrize("what", ["junk", "missing"])
+def test_the_relay_ca_bundle_is_checked(settings, junk, tmp_path, what):
+    settings.TOKEN_UPSTREAM_CA = str(junk if what == "junk" else tmp_path / "missing.pem")
+    errors = tls_errors()
+    assert set(errors) == {"challenges.E010"}
+    assert "TOKEN_UPSTREAM_CA" in errors["challenges.E010"]
+    assert JUNK not in errors["challenges.E010"]
+    settings.TOKEN_UPSTREAM = "grpcs://hub.example.com"
+    with pytest.raises(ImproperlyConfigured, match="TOKEN_UPSTREAM_CA"):
+        Runtime(RuntimeConfig.from_settings(), layer=None)
+
+
+def test_the_stream_cap_must_be_positive(settings):
+    settings.AUTHORITY_MAX_STREAMS = 0
+    assert set(tls_errors()) == {"challenges.E011"}
+    settings.AUTHORITY_API_KEYS = f"{API_KEY}:{API_SECRET}"
+    with pytest.raises(CommandError, match="at least 1"):
+        call_command("runauthority", "--address", "127.0.0.1:0")
+    settings.AUTHORITY_MAX_STREAMS = 1000
+    with pytest.raises(CommandError, match="at least 1"):
+        call_command("runauthority", "--address", "127.0.0.1:0", "--max-streams", "0")
+
+
+def test_the_cap_is_shared_and_released():
+    cap = StreamCap(2)
+    assert (cap.acquire(), cap.acquire(), cap.acquire()) == (True, True, False)
+    assert cap.active == 2
+    cap.release()
+    assert cap.acquire()
+    with pytest.raises(ValueError, match="at least 1"):
+        StreamCap(0)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -59,6 +61,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Authority]:
     assert process.stop() == 0, process.log()
     for secret_thing in (API_SECRET, api_sig(API_SECRET, "x")[:12]):
         assert secret_thing not in process.log()
+    # No TLS configured: plaintext, and the log says so once.
+    assert len(re.findall(r"^.*served in plaintext.*$", process.log(), re.MULTILINE)) == 1
 
 
 @pytest.fixture
@@ -260,3 +264,181 @@ async def test_sigterm_lets_in_flight_streams_finish(tmp_path, user_key):
         assert outcome(server, str(user_key.public))[0] == "success"
     finally:
         server.stop()
+
+
+# -- the API key in every row of a call ----------------------------------------------
+
+
+async def _finish(call: RawCall, key: PrivateKey, challenge: bytes) -> bytes:
+    await call.send(signature_frame(key.sign(challenge)))
+    await call.call.done_writing()
+    kind, token = await call.reply()
+    assert kind == "token"
+    assert await call.status() == (grpc.StatusCode.OK, "")
+    return token
+
+
+async def _success(channel, key, metadata):
+    call = RawCall(channel, metadata)
+    await call.send(key_frame(str(key.public)))
+    _, challenge = await call.reply()
+    await _finish(call, key, challenge)
+
+
+async def _bad_signature(channel, key, metadata):
+    call = RawCall(channel, metadata)
+    await call.send(key_frame(str(key.public)))
+    _, challenge = await call.reply()
+    await call.send(signature_frame(key.sign(challenge + b"!")))
+    assert await call.reply_or_error() is None
+
+
+async def _no_signature_in_time(channel, key, metadata):
+    call = RawCall(channel, metadata)
+    await call.send(key_frame(str(key.public)))
+    await call.reply()
+    assert await call.reply_or_error() is None  # the deadline (DEADLINE s) ends it
+
+
+async def _second_message_not_a_signature(channel, key, metadata):
+    call = RawCall(channel, metadata)
+    await call.send(key_frame(str(key.public)))
+    await call.reply()
+    await call.send(key_frame(str(key.public)))
+    assert await call.reply_or_error() is None
+
+
+async def _cancelled(channel, key, metadata):
+    call = RawCall(channel, metadata)
+    await call.send(key_frame(str(key.public)))
+    await call.reply()
+    call.call.cancel()
+
+
+async def _refused(channel, key, metadata):
+    call = RawCall(channel, metadata)
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await call.send(key_frame(str(key.public)))
+    assert await call.reply_or_error() is None
+
+
+def _fingerprint(sent: str) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(sent.encode()).hexdigest()[:16]
+
+
+UNKNOWN_HUB_KEY = "b" + "q" * 26  # well formed, not configured
+
+
+@pytest.mark.parametrize(
+    ("scenario", "metadata", "outcome_status", "api_key"),
+    [
+        (_success, api_metadata(), ("success", "OK"), API_KEY),
+        (_success, api_metadata(OPEN_KEY, secret=None), ("success", "OK"), OPEN_KEY),
+        (_bad_signature, api_metadata(), ("bad_signature", "UNKNOWN"), API_KEY),
+        (_no_signature_in_time, api_metadata(), ("challenge_timeout", "DEADLINE_EXCEEDED"), API_KEY),
+        (_second_message_not_a_signature, api_metadata(), ("missing_sig", "INVALID_ARGUMENT"), API_KEY),
+        (_cancelled, api_metadata(), ("missing_sig", "CANCELLED"), API_KEY),
+        (_refused, api_metadata(API_KEY, secret=None), ("api_sig_required", "UNAUTHENTICATED"), API_KEY),
+        (_refused, wrong_secret_metadata(), ("api_sig_bad", "UNAUTHENTICATED"), API_KEY),
+        (_refused, api_metadata(UNKNOWN_HUB_KEY), ("api_key_not_found", "NOT_FOUND"), UNKNOWN_HUB_KEY),
+        # A secret pasted after its key, or sent in its place: only a fingerprint is kept.
+        (
+            _refused,
+            [("x-textile-api-key", f"{API_KEY}:{API_SECRET}")],
+            ("api_key_not_found", "NOT_FOUND"),
+            _fingerprint(f"{API_KEY}:{API_SECRET}"),
+        ),
+        (
+            _refused,
+            [("x-textile-api-key", API_SECRET)],
+            ("api_key_not_found", "NOT_FOUND"),
+            _fingerprint(API_SECRET),
+        ),
+        # A repeated header: the key the check read (the first) is the key audited.
+        (_success, [*api_metadata(), ("x-textile-api-key", UNKNOWN_HUB_KEY)], ("success", "OK"), API_KEY),
+        (
+            _refused,
+            [*api_metadata(UNKNOWN_HUB_KEY), *api_metadata()],
+            ("api_key_not_found", "NOT_FOUND"),
+            UNKNOWN_HUB_KEY,
+        ),
+    ],
+    ids=[
+        "success",
+        "success-open-key",
+        "bad-signature",
+        "deadline",
+        "missing-sig",
+        "cancelled",
+        "api-sig-required",
+        "api-sig-bad",
+        "unknown-key",
+        "key-and-secret-pasted",
+        "secret-as-key",
+        "repeated-header-accepted",
+        "repeated-header-refused",
+    ],
+)
+async def test_every_row_names_the_api_key_and_nothing_secret(
+    server, channel, user_key, scenario, metadata, outcome_status, api_key
+):
+    await scenario(channel, user_key, metadata)
+    query = "SELECT * FROM challenges_challengeattempt WHERE public_key = ?"
+    rows = []
+    for _ in range(100):  # a cancelled call's row is written after the caller has gone
+        rows = server.rows(query, (str(user_key.public),))
+        if rows:
+            break
+        await asyncio.sleep(0.05)
+    [(outcome, status, audited)] = server.rows(
+        "SELECT outcome, upstream_status, api_key FROM challenges_challengeattempt WHERE public_key = ?",
+        (str(user_key.public),),
+    )
+    assert (outcome, status) == outcome_status
+    assert audited == api_key
+    secrets = [API_SECRET, *(value for name, value in metadata if name != "x-textile-api-key")]
+    assert not [s for s in secrets if s in repr(rows)]
+
+
+# -- the stream cap ------------------------------------------------------------------
+
+
+async def test_calls_past_the_stream_cap_are_refused_at_once_and_audited(tmp_path):
+    capped = start_authority(tmp_path, "--max-streams", "2", env=authority_env(tmp_path))
+    try:
+        async with grpc.aio.insecure_channel(capped.target) as channel:
+            held = []
+            for _ in range(2):  # hold both slots: each has its challenge, unanswered
+                key = PrivateKey.generate()
+                call = RawCall(channel, api_metadata())
+                await call.send(key_frame(str(key.public)))
+                held.append((call, key, (await call.reply())[1]))
+            over_key = PrivateKey.generate()
+            over = RawCall(channel, api_metadata())
+            started = time.monotonic()
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await over.send(key_frame(str(over_key.public)))
+            assert await over.reply_or_error() is None
+            assert await over.status() == (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "too many concurrent GetToken calls; retry shortly",
+            )
+            # At once: no waiting for a slot (the row's key shows the refusal came on the key).
+            assert time.monotonic() - started < 3.0
+            assert capped.rows(
+                "SELECT outcome, upstream_status, api_key, transport FROM challenges_challengeattempt"
+                " WHERE public_key = ?",
+                (str(over_key.public),),
+            ) == [("too_many_pending", "RESOURCE_EXHAUSTED", API_KEY, "grpc")]
+            # One held call ends (with its token): its slot serves a new call.
+            call, key, challenge = held.pop(0)
+            await _finish(call, key, challenge)
+            await _success(channel, PrivateKey.generate(), api_metadata())
+            call, key, challenge = held.pop()
+            await _finish(call, key, challenge)  # the other held call was never disturbed
+        assert capped.stop() == 0, capped.log()
+        assert re.search(r"at most 2 streams\)", capped.log())
+    finally:
+        capped.stop()

@@ -136,6 +136,8 @@ TOKEN_UPSTREAM = env.str("TOKEN_UPSTREAM", default="local").strip()
 #: The Hub API key (and secret, for keys that need signatures) the grpc relay sends.
 USER_API_KEY = env.str("USER_API_KEY", default="")
 USER_API_SECRET = env.str("USER_API_SECRET", default="")
+#: For grpcs:// upstreams: a PEM bundle of the CAs to trust instead of the system's (a private CA).
+TOKEN_UPSTREAM_CA = env.str("TOKEN_UPSTREAM_CA", default="")
 #: manage.py runauthority: the address it serves GetToken on (the self-hosted hub's port).
 AUTHORITY_ADDRESS = env.str("AUTHORITY_ADDRESS", default="127.0.0.1:3006")
 #: The API keys runauthority accepts: "key:secret,key2:secret2" (a bare key needs no
@@ -143,6 +145,12 @@ AUTHORITY_ADDRESS = env.str("AUTHORITY_ADDRESS", default="127.0.0.1:3006")
 AUTHORITY_API_KEYS = env.str("AUTHORITY_API_KEYS", default="")
 #: Seconds runauthority waits for the signature (the Hub's one minute).
 AUTHORITY_CHALLENGE_DEADLINE = env.float("AUTHORITY_CHALLENGE_DEADLINE", default=60.0)
+#: runauthority's TLS: paths of a PEM certificate chain and its private key (both or neither;
+#: neither: plaintext). Checked by challenges.checks, never printed.
+AUTHORITY_TLS_CERT = env.str("AUTHORITY_TLS_CERT", default="")
+AUTHORITY_TLS_KEY = env.str("AUTHORITY_TLS_KEY", default="")
+#: GetToken calls runauthority serves at once; a call past it ends with RESOURCE_EXHAUSTED.
+AUTHORITY_MAX_STREAMS = env.int("AUTHORITY_MAX_STREAMS", default=1000)
 #: The authority's identity (a private key string); see challenges.checks.
 AUTHORITY_PRIVATE_KEY = env.str("AUTHORITY_PRIVATE_KEY", default="")
 AUTHORITY_KEY_FILE = VAR_DIR / "dev-authority.key"

@@ -5,7 +5,8 @@ with the API-key metadata (``docs/PROTOCOL.md``, "API keys"), sends the
 user's key and waits for the Hub's raw challenge; :meth:`GrpcPending.finish`
 sends the signature, half-closes and returns the Hub's token. One channel per
 upstream, and one upstream per process (built by :mod:`challenges.runtime`),
-reused across flows.
+reused across flows. A ``grpcs`` upstream is verified against the system's CA
+bundle, or the PEM CAs of ``TOKEN_UPSTREAM_CA`` (a private CA) when given.
 
 gRPC failures become :class:`~challenges.errors.UpstreamError` with their own
 codes (:func:`~challenges.rpc.status.upstream_error`); each carries the gRPC
@@ -202,9 +203,20 @@ class GrpcPending:
 class GrpcUpstream:
     """Relay to ``/threads.pb.API/GetToken`` over one lazily created channel."""
 
-    def __init__(self, *, target: str, secure: bool, api_key: str = "", api_secret: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        target: str,
+        secure: bool,
+        api_key: str = "",
+        api_secret: str = "",
+        root_certificates: bytes | None = None,
+    ) -> None:
         self.target = target
         self.secure = secure
+        #: PEM CAs a ``grpcs`` upstream is verified against (``TOKEN_UPSTREAM_CA``);
+        #: None: the system's bundle.
+        self.root_certificates = root_certificates
         self.name = f"{'grpcs' if secure else 'grpc'}://{target}"
         self._api_key = api_key
         self._api_secret = api_secret
@@ -252,7 +264,8 @@ class GrpcUpstream:
     def _get_method(self) -> Any:
         if self._channel is None:
             if self.secure:
-                credentials = grpc.ssl_channel_credentials(root_certificates=_system_roots())
+                roots = self.root_certificates or _system_roots()
+                credentials = grpc.ssl_channel_credentials(root_certificates=roots)
                 self._channel = grpc.aio.secure_channel(self.target, credentials, options=_CHANNEL_OPTIONS)
             else:
                 self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)

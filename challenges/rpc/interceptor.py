@@ -19,7 +19,7 @@ from ..apikeys import API_KEY_HEADER, API_SIG_HEADER, API_SIG_MSG_HEADER, check_
 from ..errors import ApiKeyError, ChallengeError
 from ..services import AuditWriter
 from . import GET_TOKEN_METHODS
-from .audit import caller_of
+from .audit import caller_of, first_values, key_label
 from .status import status_of
 from .threads_pb2 import GetTokenRequest
 
@@ -30,8 +30,9 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """The Hub's API-key check on ``GetToken`` (``docs/PROTOCOL.md``, "API keys").
 
     ``keys`` maps each accepted key to its secret ("" for keys that need no
-    signature). The refusal's reason is logged with the key's first characters;
-    the secret, the signature and its message never are.
+    signature). The refusal's reason is logged, and audited, with the key as
+    :func:`~challenges.rpc.audit.key_label` shows it; the secret, the signature
+    and its message never are.
     """
 
     def __init__(self, keys: Mapping[str, str], *, audit: AuditWriter, worker: str) -> None:
@@ -47,9 +48,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> grpc.RpcMethodHandler:
         if handler_call_details.method not in GET_TOKEN_METHODS:
             return await continuation(handler_call_details)
-        metadata: dict[str, Any] = {}
-        for name, value in handler_call_details.invocation_metadata or ():
-            metadata.setdefault(name, value)
+        metadata = first_values(handler_call_details.invocation_metadata)
         key = _text(metadata.get(API_KEY_HEADER))
         try:
             check_api_key(
@@ -59,7 +58,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 sig=_text(metadata.get(API_SIG_HEADER)),
             )
         except ApiKeyError as error:
-            log.warning("GetToken refused: %s (key %s...)", error.reason, (key or "-")[:8])
+            log.warning("GetToken refused: %s (key %s)", error.reason, key_label(key, self.keys) or "-")
             return self._refusal(error)
         return await continuation(handler_call_details)
 
@@ -73,7 +72,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
                     first = await anext(aiter(request_iterator), None)
-            caller = caller_of(context)
+            caller = caller_of(context, known_keys=self.keys)
             caller.key = _key_of(first)
             record = caller.record(error.code, status=code.name, worker=self.worker, detail=message)
             await self.audit.record_quietly(record)

@@ -8,19 +8,21 @@ and audits each attempt through the same group-committed
 :class:`~challenges.services.AuditWriter`, releasing a token only after its
 row is committed. The Hub's API-key check runs before it, in
 :mod:`challenges.rpc.interceptor`; every failure maps to the Hub's status in
-:mod:`challenges.rpc.status`.
+:mod:`challenges.rpc.status`. A :class:`~challenges.gettoken.StreamCap`
+bounds the calls in progress; with a certificate and key
+(:class:`~challenges.rpc.tls.ServerTls`) the server speaks TLS only.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from ..gettoken import AuthorityConfig, GetTokenCall, Reply, Request
+from ..gettoken import AuthorityConfig, GetTokenCall, Reply, Request, StreamCap
 from ..services import AuditWriter
 from ..tasks import TaskSet
 from .audit import caller_of
@@ -28,22 +30,37 @@ from .interceptor import ApiKeyInterceptor
 from .status import status_of
 from .threads_pb2 import GetTokenReply, GetTokenRequest
 from .threads_pb2_grpc import APIServicer, add_APIServicer_to_server
+from .tls import ServerTls
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AuthorityConfig", "AuthorityServicer", "create_server"]
+__all__ = ["AuthorityConfig", "AuthorityServicer", "ServerTls", "StreamCap", "create_server"]
 
 
 class AuthorityServicer(APIServicer):
     """``GetToken`` of the embedded authority: protobuf in and out of a :class:`GetTokenCall`
     (:mod:`challenges.gettoken`, shared with the gRPC-Web endpoint)."""
 
-    def __init__(self, *, config: AuthorityConfig, audit: AuditWriter) -> None:
+    def __init__(
+        self,
+        *,
+        config: AuthorityConfig,
+        audit: AuditWriter,
+        cap: StreamCap | None = None,
+        known_keys: Collection[str] = (),
+    ) -> None:
         self.config = config
         self.audit = audit
-        #: Streams in progress (what a graceful shutdown waits for).
-        self.active = 0
+        #: Calls in progress, and how many may be (shared with any other transport).
+        self.cap = cap or StreamCap()
+        #: The API keys the server accepts, named in full in the audit (:func:`caller_of`).
+        self.known_keys = frozenset(known_keys)
         self._tasks = TaskSet()
+
+    @property
+    def active(self) -> int:
+        """Streams in progress (what a graceful shutdown waits for)."""
+        return self.cap.active
 
     async def GetToken(  # type: ignore[override]
         self, request_iterator: AsyncIterator[GetTokenRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -67,13 +84,13 @@ class AuthorityServicer(APIServicer):
             )
 
         call = GetTokenCall(
-            config=self.config, audit=self.audit, caller=caller_of(context), tasks=self._tasks
+            config=self.config,
+            audit=self.audit,
+            caller=caller_of(context, known_keys=self.known_keys),
+            tasks=self._tasks,
+            cap=self.cap,
         )
-        self.active += 1
-        try:
-            error = await call.run(receive, send, status_name=lambda error: status_of(error)[0].name)
-        finally:
-            self.active -= 1
+        error = await call.run(receive, send, status_name=lambda error: status_of(error)[0].name)
         if error is not None:
             code, message = status_of(error)
             await context.abort(code, message)
@@ -84,13 +101,18 @@ def create_server(
     *,
     servicer: AuthorityServicer,
     api_keys: Mapping[str, str] | None = None,
+    tls: ServerTls | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A ``grpc.aio`` server answering both ``GetToken`` methods on ``address``.
 
-    With ``api_keys`` (key -> secret) every call must carry an accepted key.
-    Returns the server (not started) and the bound port. Raises
-    :class:`RuntimeError` when the address cannot be bound.
+    With ``api_keys`` (key -> secret) every call must carry an accepted key
+    (and the servicer's audit names those keys in full). With ``tls`` the port
+    speaks TLS only; without it, plaintext, and one log line says so. Returns
+    the server (not started) and the bound port. Raises :class:`RuntimeError`
+    when the address cannot be bound.
     """
+    if api_keys:
+        servicer.known_keys = frozenset(api_keys)
     interceptors = (
         [ApiKeyInterceptor(api_keys, audit=servicer.audit, worker=servicer.config.worker)] if api_keys else []
     )
@@ -111,7 +133,12 @@ def create_server(
         },
     )
     server.add_generic_rpc_handlers((twin,))
-    port = server.add_insecure_port(address)
+    if tls is not None:
+        credentials = grpc.ssl_server_credentials([(tls.private_key, tls.cert_chain)])
+        port = server.add_secure_port(address, credentials)
+    else:
+        log.warning("GetToken on %s is served in plaintext: no TLS certificate and key given", address)
+        port = server.add_insecure_port(address)
     if not port:
         raise RuntimeError(f"cannot listen on {address}")
     return server, port

@@ -24,6 +24,7 @@ STATUS: dict[Code, tuple[grpc.StatusCode, str | None]] = {
     Code.API_KEY_NOT_FOUND: (grpc.StatusCode.NOT_FOUND, None),
     Code.API_SIG_REQUIRED: (grpc.StatusCode.UNAUTHENTICATED, None),
     Code.API_SIG_BAD: (grpc.StatusCode.UNAUTHENTICATED, None),
+    Code.TOO_MANY_PENDING: (grpc.StatusCode.RESOURCE_EXHAUSTED, None),
     Code.SERVER_SHUTDOWN: (grpc.StatusCode.UNAVAILABLE, None),
     Code.INTERNAL_ERROR: (grpc.StatusCode.INTERNAL, None),
 }

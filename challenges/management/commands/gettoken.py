@@ -22,7 +22,11 @@ class Command(BaseCommand):
         parser.add_argument("--key-file", help="file holding a private key string")
         parser.add_argument("--audience", help="expected audience (default: the URL's origin)")
         parser.add_argument("--timeout", type=float, default=30.0)
-        parser.add_argument("--accept-raw", action="store_true", help="sign raw Hub challenges")
+        parser.add_argument(
+            "--accept-raw",
+            action="store_true",
+            help="sign raw Hub challenges (32 random bytes; nothing else labelled raw)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:

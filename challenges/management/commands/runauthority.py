@@ -4,6 +4,7 @@ import asyncio
 import logging
 import signal
 import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -11,9 +12,21 @@ from django.core.management.base import BaseCommand, CommandError
 
 from challenges.apikeys import parse_api_keys
 from challenges.config import RuntimeConfig
+from challenges.gettoken import AuthorityConfig, StreamCap
+from challenges.rpc.tls import ServerTls, load_server_tls
 from challenges.services import AuditWriter
 
 log = logging.getLogger("challenges.rpc.server")
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How the server runs: accepted API keys, TLS (None: plaintext), the stream cap."""
+
+    keys: dict[str, str] = field(repr=False)
+    tls: ServerTls | None
+    cap: StreamCap
+    grace: float
 
 
 class Command(BaseCommand):
@@ -36,6 +49,23 @@ class Command(BaseCommand):
             help="seconds to wait for the signature (default: $AUTHORITY_CHALLENGE_DEADLINE, 60)",
         )
         parser.add_argument(
+            "--tls-cert",
+            default=None,
+            help="PEM certificate chain to serve TLS with (default: $AUTHORITY_TLS_CERT; with --tls-key)",
+        )
+        parser.add_argument(
+            "--tls-key",
+            default=None,
+            help="its PEM private key (default: $AUTHORITY_TLS_KEY); neither: plaintext",
+        )
+        parser.add_argument(
+            "--max-streams",
+            type=int,
+            default=None,
+            help="GetToken calls served at once; past it, RESOURCE_EXHAUSTED (default:"
+            " $AUTHORITY_MAX_STREAMS, 1000)",
+        )
+        parser.add_argument(
             "--grace",
             type=float,
             default=10.0,
@@ -43,9 +73,18 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from challenges.gettoken import AuthorityConfig
-
         keys = self._api_keys()
+        cert = settings.AUTHORITY_TLS_CERT if options["tls_cert"] is None else options["tls_cert"]
+        key = settings.AUTHORITY_TLS_KEY if options["tls_key"] is None else options["tls_key"]
+        try:
+            tls = load_server_tls(cert, key)  # the problem names paths, never contents
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        max_streams = (
+            settings.AUTHORITY_MAX_STREAMS if options["max_streams"] is None else options["max_streams"]
+        )
+        if max_streams < 1:
+            raise CommandError("--max-streams (AUTHORITY_MAX_STREAMS) must be at least 1")
         if not keys:
             if not settings.DEBUG:
                 raise CommandError("no API keys: set AUTHORITY_API_KEYS (or USER_API_KEY/USER_API_SECRET)")
@@ -59,8 +98,9 @@ class Command(BaseCommand):
             worker=settings.WORKER_ID,
         )
         address = options["address"] or settings.AUTHORITY_ADDRESS
+        serving = Serving(keys=keys, tls=tls, cap=StreamCap(max_streams), grace=options["grace"])
         try:
-            asyncio.run(self._serve(address, config, keys, options["grace"]))
+            asyncio.run(self._serve(address, config, serving))
         except RuntimeError as exc:
             raise CommandError(str(exc)) from exc
 
@@ -76,29 +116,31 @@ class Command(BaseCommand):
             raise CommandError(f"bad API key configuration: {exc}") from exc
         return keys
 
-    async def _serve(self, address: str, config: Any, keys: dict[str, str], grace: float) -> None:
+    async def _serve(self, address: str, config: AuthorityConfig, serving: Serving) -> None:
         from challenges.rpc.server import AuthorityServicer, create_server
 
         audit = AuditWriter()
-        servicer = AuthorityServicer(config=config, audit=audit)
-        server, port = create_server(address, servicer=servicer, api_keys=keys)
+        servicer = AuthorityServicer(config=config, audit=audit, cap=serving.cap)
+        server, port = create_server(address, servicer=servicer, api_keys=serving.keys, tls=serving.tls)
         await server.start()
         host = address.rpartition(":")[0] or "0.0.0.0"  # noqa: S104 (only echoes the address given)
         self.stdout.write(f"listening on {host}:{port}")
         sys.stdout.flush()
         log.info(
-            "authority %s serving GetToken on %s:%d (%d API keys, deadline %g s)",
+            "authority %s serving GetToken on %s:%d (%s, %d API keys, deadline %g s, at most %d streams)",
             config.signer.public,
             host,
             port,
-            len(keys),
+            "TLS" if serving.tls else "plaintext",
+            len(serving.keys),
             config.challenge_deadline,
+            serving.cap.limit,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("stopping: %d streams in flight get %g s to finish", servicer.active, grace)
-        await server.stop(grace)
+        log.info("stopping: %d streams in flight get %g s to finish", servicer.active, serving.grace)
+        await server.stop(serving.grace)
         log.info("stopped")
