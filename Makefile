@@ -9,7 +9,7 @@ CHROMIUM ?= /usr/bin/chromium
 # The suite runs twice: on SQLite, then on this PostgreSQL (database `test`, trust auth).
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 
-.PHONY: run serve test lint typecheck pytest pytest-postgres postgres bench soak install install-dev chromium migrate clean proto
+.PHONY: run serve test lint typecheck pytest pytest-postgres postgres bench soak install install-dev chromium deploy-tools migrate clean proto
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,19 @@ chromium:
 	@test -x $(CHROMIUM) || { echo "ERROR: $(CHROMIUM) is missing: run 'apt-get install -y chromium' as root, or set CHROMIUM=/path/to/chromium" >&2; exit 1; }
 	@command -v redis-server >/dev/null || { echo "ERROR: redis-server is missing: apt-get install -y redis-server" >&2; exit 1; }
 
+# tests/test_deploy.py runs Debian's nginx in front of real workers, and checks
+# deploy/tokenprovider.service with systemd-analyze (systemd need not be running).
+deploy-tools:
+	@missing=""; \
+	  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	  command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	  if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's$$missing for the deployment tests"; \
+	    (apt-get install -y -qq $$missing >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq $$missing >/dev/null)); \
+	  fi
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { echo "ERROR: nginx is missing: run 'apt-get install -y nginx' as root" >&2; exit 1; }
+	@command -v systemd-analyze >/dev/null || { echo "ERROR: systemd-analyze is missing: run 'apt-get install -y systemd' as root" >&2; exit 1; }
+
 # @textile/crypto and ws for tests/test_textile_identity.py (Node 20 and npm from the machine).
 node-deps: tests/node/node_modules/.installed
 tests/node/node_modules/.installed: tests/node/package-lock.json
@@ -60,14 +73,14 @@ lint: install-dev
 typecheck: install-dev
 	$(VENV)/bin/mypy challenges tokensite
 
-pytest: install-dev chromium node-deps
+pytest: install-dev chromium node-deps deploy-tools
 	CHROMIUM=$(CHROMIUM) $(PY) -m pytest $(PYTEST_ARGS)
 
 postgres: install-dev
 	@$(PY) -c "import psycopg; psycopg.connect('$(POSTGRES_URL)', connect_timeout=5).close()" 2>/dev/null || { \
 	  echo "ERROR: PostgreSQL is not reachable at $(POSTGRES_URL): start it (pg_ctlcluster ... start) or set POSTGRES_URL" >&2; exit 1; }
 
-pytest-postgres: install-dev chromium node-deps postgres
+pytest-postgres: install-dev chromium node-deps deploy-tools postgres
 	DATABASE_URL=$(POSTGRES_URL) TEST_DATABASE_NAME=test_tokenprovider_$$$$ CHROMIUM=$(CHROMIUM) \
 	  $(PY) -m pytest $(PYTEST_ARGS)
 
