@@ -1,10 +1,12 @@
-"""``python -m bench [options]`` runs the benchmark; ``python -m bench soak --minutes N`` the soak."""
+"""``python -m bench [options]`` runs the benchmark; ``python -m bench soak --minutes N`` the soak;
+``python -m bench profile --out F.svg`` records a flame graph of a server under load."""
 
 from __future__ import annotations
 
 import argparse
 import signal
 import sys
+from pathlib import Path
 
 
 def _bench_parser() -> argparse.ArgumentParser:
@@ -37,11 +39,25 @@ def _soak_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _profile_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench profile", description="A flame graph under load.")
+    parser.add_argument("--config", default="serve", help="serve (make serve), daphne or floor")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--flows", type=int, default=3000)
+    parser.add_argument("--out", type=Path, required=True, help="the SVG to write")
+    return parser
+
+
 def main(argv: list[str]) -> int:
     # A SIGTERM (or a SIGINT to a background job, which ignores it) must still unwind through
     # the finally blocks that stop every server and redis-server this run started.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit)
+    if argv[:1] == ["profile"]:
+        args = _profile_parser().parse_args(argv[1:])
+        from .profile import profile
+
+        return profile(config=args.config, concurrency=args.concurrency, flows=args.flows, out=args.out)
     if argv[:1] == ["soak"]:
         args = _soak_parser().parse_args(argv[1:])
         if not 0 < args.minutes <= 24 * 60 or not 0 < args.sockets <= 5000:

@@ -42,6 +42,14 @@ def bench_env(tmp: Path, *, authority: PrivateKey, redis_url: str = "", **extra:
     )
 
 
+def start_config(tmp: Path, name: str, *, authority: PrivateKey, **extra: str) -> Server:
+    """One server as the benchmark runs it: ``serve`` (``make serve``'s command, uvicorn),
+    ``daphne``, or the ``floor``; production settings, its own SQLite audit."""
+    if name == "floor":
+        return start_floor(tmp, authority=authority)
+    return servers.start(tmp, kind=name, env=bench_env(tmp, authority=authority, **extra))
+
+
 def start_floor(tmp: Path, *, authority: PrivateKey, ready_timeout: float = 20) -> Server:
     """``bench.floor`` (plain ``websockets``) on a free port, ready when it accepts TCP."""
     tmp.mkdir(parents=True, exist_ok=True)

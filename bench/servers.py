@@ -171,6 +171,11 @@ def start(
             "--ws-max-size", str(128 * 1024), "--ws-per-message-deflate", "false",
             "--no-access-log", "--lifespan", "on",
         ]  # fmt: skip
+    elif kind == "serve":  # make serve's command: production settings, WORKERS processes
+        cmd = [
+            sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", env.get("WORKERS", "1"),
+        ]  # fmt: skip
     else:
         raise ValueError(kind)
     process, log_path = launch(cmd, env=env, log_path=tmp / f"{kind}-{port}.log")

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.consumer import get_handler_name
 
 from . import protocol, runtime
 from .errors import ChallengeError, Code, LimitError
@@ -65,6 +66,15 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             too_many = LimitError("too many bad frames; closing", code=Code.TOO_MANY_ERRORS)
             await self._send_frame((await self.runtime.pipeline.refuse(conv, too_many)).frame)
             await self.close(code=CLOSE_POLICY)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels closes old database connections before every message, through a thread
+        # hop (sync_to_async): two hops a flow for a consumer whose handlers never touch the
+        # database (the audit writer keeps its own connection, in its own thread).
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']}")
+        await handler(message)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         # daphne cancels an application still busy 10 s after its client left, and then

@@ -27,9 +27,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from .audit import AuditWriter
 from .errors import ChallengeError, Code, IdentityError, LimitError
 from .identity import PrivateKey, PublicKey, parse_public_key
-from .services import AuditRecord, AuditWriter
+from .services import AuditRecord
 from .tasks import TaskSet
 from .tokens import MintedToken, mint_token
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from .audit import AuditWriter
 from .clients import ClientInfo
 from .clock import Clock
 from .errors import ChallengeError, UpstreamError
 from .models import SUCCESS
 from .refusals import Refusals
-from .services import AuditRecord, AuditWriter
+from .services import AuditRecord
 from .tokens import MintedToken
 
 if TYPE_CHECKING:

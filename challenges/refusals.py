@@ -20,11 +20,10 @@ import logging
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from channels.db import database_sync_to_async
-
+from .audit import AuditWriter
 from .clock import Clock
 from .limits import address_scope
-from .services import AuditRecord, AuditWriter, audit_add_counts
+from .services import AuditRecord, audit_add_counts
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ class Refusals:
                 del self._groups[key]
         if counts:
             try:
-                await database_sync_to_async(audit_add_counts)(counts)
+                await self.audit.call(audit_add_counts, counts)
             except Exception:
                 log.exception("could not add %d refusal counts to the audit", sum(n for _, n, _ in counts))
 

@@ -21,6 +21,7 @@ from functools import cached_property
 from typing import Any
 
 from . import selectors
+from .audit import AuditWriter
 from .clock import Clock, LoopClock
 from .config import RuntimeConfig
 from .flows import FlowService
@@ -34,7 +35,6 @@ from .ratelimit import LocalBuckets, RateLimiter, RedisBuckets
 from .refusals import Refusals
 from .revocation import Blocklist
 from .routing import Router, new_tag
-from .services import AuditWriter
 from .upstream import LocalUpstream, Upstream
 
 log = logging.getLogger(__name__)

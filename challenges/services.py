@@ -1,27 +1,17 @@
-"""Writes: the audit, group-committed.
-
-:class:`AuditWriter` collects rows from concurrent flows and commits them
-together in one transaction (group commit), so a flow waits for at most one
-batch and the database sees one commit per batch instead of one per row. A
-token is released only after the batch holding its row has committed.
+"""Writes: audit rows, a batch per transaction (the group commit of
+:class:`~challenges.audit.AuditWriter` calls these in its own thread).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from channels.db import database_sync_to_async
 from django.db import transaction
 from django.db.models import F
 
-from .errors import ChallengeError, InternalError
 from .models import ChallengeAttempt, IssuedToken
 from .tokens import MintedToken
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -112,84 +102,3 @@ def audit_add_counts(counts: list[tuple[int, int, datetime]]) -> None:
     with transaction.atomic():
         for row_id, n, last in counts:
             ChallengeAttempt.objects.filter(pk=row_id).update(count=F("count") + n, finished_at=last)
-
-
-class AuditWriter:
-    """Group commit of audit records, one writer task per event loop.
-
-    The queue is bounded: when the database falls behind by ``max_queue``
-    rows, new records fail fast with ``internal_error`` instead of piling up.
-    """
-
-    def __init__(self, *, max_queue: int = 10_000, max_batch: int = 200) -> None:
-        self._queue: asyncio.Queue[tuple[AuditRecord, asyncio.Future[int]]] = asyncio.Queue(max_queue)
-        self._max_batch = max_batch
-        self._task: asyncio.Task[None] | None = None
-
-    async def record(self, record: AuditRecord) -> int:
-        """Queue ``record`` and wait until its batch is committed; returns its row id."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait((record, future))
-        except asyncio.QueueFull:
-            log.error("audit queue full; refusing a flow")
-            raise InternalError("the audit log is overloaded; retry shortly") from None
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="audit-writer")
-        return await asyncio.shield(future)
-
-    async def record_quietly(self, record: AuditRecord) -> int | None:
-        """:meth:`record` for outcomes that are already decided: a failure to write
-        the row is logged, not raised (nothing waits on it)."""
-        try:
-            return await self.record(record)
-        except ChallengeError:
-            log.warning("could not audit a %s outcome", record.outcome)
-            return None
-
-    async def close(self, timeout: float = 5.0) -> None:
-        """Write what is queued (for at most ``timeout`` seconds), then stop the writer."""
-        if self._task is None:
-            return
-        try:
-            async with asyncio.timeout(timeout):
-                await self._queue.join()
-        except TimeoutError:
-            log.error("audit: %d rows were not written before shutdown", self._queue.qsize())
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                ids = await database_sync_to_async(audit_write_batch)([r for r, _ in batch])
-            except Exception:
-                if len(batch) == 1:
-                    self._settle(batch, None)
-                    continue
-                # One bad row must not sink its neighbours: retry each on its own.
-                log.warning("audit batch of %d rows failed; writing them one by one", len(batch))
-                for item in batch:
-                    try:
-                        one = await database_sync_to_async(audit_write_batch)([item[0]])
-                    except Exception:
-                        one = None
-                    self._settle([item], one)
-            else:
-                self._settle(batch, ids)
-
-    def _settle(self, items: list[tuple[AuditRecord, asyncio.Future[int]]], ids: list[int] | None) -> None:
-        if ids is None:
-            log.exception("audit row (%s) could not be written", items[0][0].outcome)
-        for position, (_, fut) in enumerate(items):
-            self._queue.task_done()
-            if fut.done():
-                continue
-            if ids is None:
-                fut.set_exception(InternalError("the audit log could not be written; retry shortly"))
-            else:
-                fut.set_result(ids[position])

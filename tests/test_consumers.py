@@ -339,14 +339,14 @@ async def test_database_down_means_no_token_and_a_clear_error(user_key, monkeypa
     client gets internal_error and no token."""
     from django.db import OperationalError
 
-    from challenges import services
+    from challenges import audit
 
     def broken(records):
         raise OperationalError("database is down")
 
     comm = await connect()
     frame = await challenge(comm, user_key)
-    monkeypatch.setattr(services, "audit_write_batch", broken)
+    monkeypatch.setattr(audit, "audit_write_batch", broken)
     reply = await send(comm, sign_frame(user_key, frame))
     assert (reply["type"], reply["code"]) == ("error", "internal_error")
     monkeypatch.undo()

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from challenges.audit import AuditWriter
 from challenges.clients import ClientInfo
 from challenges.errors import ChallengeError, Code
 from challenges.flows import FlowService
@@ -15,7 +16,6 @@ from challenges.identity import PrivateKey
 from challenges.limits import Caps, Limits
 from challenges.outcomes import Outcomes
 from challenges.refusals import Refusals
-from challenges.services import AuditWriter
 from challenges.tokens import MintedToken, verify_token
 from challenges.upstream import LocalUpstream
 from tests.fakeclock import FakeClock

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from channels.layers import InMemoryChannelLayer
 
+from challenges.audit import AuditWriter
 from challenges.clients import ClientInfo
 from challenges.errors import ChallengeError, Code
 from challenges.flows import FlowService
@@ -20,7 +21,6 @@ from challenges.liveness import LocalLiveness
 from challenges.outcomes import Outcomes
 from challenges.refusals import Refusals
 from challenges.routing import PREFIX, Router
-from challenges.services import AuditWriter
 from challenges.tokens import verify_token
 from challenges.upstream import LocalUpstream
 from tests.fakeclock import FakeClock, settle

@@ -18,13 +18,13 @@ from cryptography.x509.oid import NameOID
 from django.core.exceptions import ImproperlyConfigured
 
 from challenges import apikeys, tokens
+from challenges.audit import AuditWriter
 from challenges.config import RuntimeConfig
 from challenges.rpc.client import GrpcUpstream, parse_target
 from challenges.rpc.server import AuthorityConfig, AuthorityServicer
 from challenges.rpc.status import upstream_error
 from challenges.rpc.threads_pb2_grpc import add_APIServicer_to_server
 from challenges.runtime import Runtime
-from challenges.services import AuditWriter
 from challenges.tokens import describe_token
 from tests.rpcutil import API_KEY, API_SECRET
 

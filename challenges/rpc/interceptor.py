@@ -16,8 +16,8 @@ import grpc
 import grpc.aio
 
 from ..apikeys import API_KEY_HEADER, API_SIG_HEADER, API_SIG_MSG_HEADER, check_api_key
+from ..audit import AuditWriter
 from ..errors import ApiKeyError, ChallengeError
-from ..services import AuditWriter
 from . import GET_TOKEN_METHODS
 from .audit import caller_of, first_values, key_label
 from .status import status_of

@@ -22,8 +22,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from ..audit import AuditWriter
 from ..gettoken import AuthorityConfig, GetTokenCall, Reply, Request, StreamCap
-from ..services import AuditWriter
 from ..tasks import TaskSet
 from .audit import caller_of
 from .interceptor import ApiKeyInterceptor

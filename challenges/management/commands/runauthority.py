@@ -11,10 +11,10 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from challenges.apikeys import parse_api_keys
+from challenges.audit import AuditWriter
 from challenges.config import RuntimeConfig
 from challenges.gettoken import AuthorityConfig, StreamCap
 from challenges.rpc.tls import ServerTls, load_server_tls
-from challenges.services import AuditWriter
 
 log = logging.getLogger("challenges.rpc.server")
 
