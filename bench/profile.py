@@ -46,9 +46,8 @@ def profile(*, config: str, concurrency: int, flows: int, out: Path, rate: int =
                 _, err = spy.communicate(timeout=60)
             server.stop()
     rate_seen = result.ok / result.elapsed if result.elapsed else 0
-    print(
-        f"profile: {config} c={concurrency}: {result.ok} flows, {rate_seen:.0f} flows/s, errors {result.errors}"
-    )
+    summary = f"{result.ok} flows, {rate_seen:.0f} flows/s, errors {result.errors}"
+    print(f"profile: {config} c={concurrency}: {summary}")
     print(
         f"profile: wrote {out}" if out.exists() else f"profile: py-spy wrote nothing: {err.decode()[-500:]}"
     )

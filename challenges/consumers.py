@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.consumer import get_handler_name
+from channels.generic.websocket import AsyncWebsocketConsumer
 
 from . import protocol, runtime
 from .errors import ChallengeError, Code, LimitError
