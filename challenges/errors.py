@@ -97,6 +97,10 @@ class Code(StrEnum):
     INVALID_TOKEN = "invalid_token", "the token is malformed, not signed by this authority, or not ours"
     TOKEN_EXPIRED = "token_expired", "the token has expired"
     WRONG_AUDIENCE = "wrong_audience", "the token was issued for another audience"
+    VERIFICATION_UNAVAILABLE = (
+        "verification_unavailable",
+        "this server has no key to check tokens against (AUTHORITY_PRIVATE_KEY is not set)",
+    )
     # -- runauthority refusing a gRPC caller's API key (the caller sees the Hub's status) --
     API_KEY_REQUIRED = "api_key_required", "runauthority: the call carries no API key"
     API_KEY_NOT_FOUND = "api_key_not_found", "runauthority: the API key is unknown"

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .clients import ClientPolicy
+from .clients import ClientPolicy, daphne_forwarded_header
 from .clock import Clock, LoopClock
 from .flows import FlowService
 from .identity import PrivateKey
@@ -57,6 +58,8 @@ class RuntimeConfig:
     max_errors_per_connection: int = 20
     relay_resume_grace: float = 5.0
     route_check_every: float = 1.0
+    #: ``clients.ip_header`` was not configured but implied by daphne's ``--proxy-headers``.
+    implied_ip_header: bool = False
 
     def load_authority_key(self) -> PrivateKey:
         """The authority's signing key (:mod:`challenges.keys`)."""
@@ -68,6 +71,10 @@ class RuntimeConfig:
     def from_settings(cls) -> RuntimeConfig:
         from django.conf import settings
 
+        # daphne --proxy-headers trusts the leftmost entry, which the client writes: read the
+        # one the nearest proxy appended instead, as CLIENT_IP_HEADER would (a warning says so).
+        implied = "" if settings.CLIENT_IP_HEADER else daphne_forwarded_header(sys.argv)
+        ssl_header, ssl_value = settings.SECURE_PROXY_SSL_HEADER or ("", "https")
         return cls(
             debug=settings.DEBUG,
             worker=settings.WORKER_ID,
@@ -90,12 +97,15 @@ class RuntimeConfig:
                 allowed_hosts=tuple(settings.ALLOWED_HOSTS),
                 allowed_origins=tuple(settings.ALLOWED_ORIGINS),
                 audience=settings.TOKEN_AUDIENCE,
-                ip_header=settings.CLIENT_IP_HEADER,
+                ip_header=settings.CLIENT_IP_HEADER or implied,
                 trusted_proxies=settings.TRUSTED_PROXIES,
+                ssl_header=ssl_header.removeprefix("HTTP_").replace("_", "-").lower(),
+                ssl_value=ssl_value,
             ),
             max_errors_per_connection=settings.MAX_ERRORS_PER_CONNECTION,
             relay_resume_grace=settings.RELAY_RESUME_GRACE,
             route_check_every=settings.ROUTE_LIVENESS_CHECK,
+            implied_ip_header=bool(implied),
         )
 
 
@@ -151,6 +161,15 @@ class Runtime:
 
     async def _start(self) -> None:
         await self.router.start()
+        if self.config.implied_ip_header:
+            header = self.config.clients.ip_header
+            log.warning(
+                "daphne runs with --proxy-headers, which takes the leftmost %s entry (the client"
+                " writes it): the client address is the entry your proxy appended instead;"
+                " set CLIENT_IP_HEADER=%s (and TRUSTED_PROXIES) to say so",
+                header,
+                header,
+            )
         log.info(
             "worker %s (tag %s) serving with upstream %s", self.config.worker, self.tag, self.upstream.name
         )

@@ -23,8 +23,9 @@ from django.views.decorators.http import require_GET, require_POST
 from django.views.static import serve as static_serve
 
 from . import protocol, runtime, selectors, tokens
-from .errors import ChallengeError, Code
+from .errors import ChallengeError, Code, FrameError
 from .http import bounded_body, error_response
+from .keys import AuthorityKeyMissing
 from .pipeline import Conversation, Outcome
 
 log = logging.getLogger(__name__)
@@ -165,15 +166,18 @@ async def token_verify(request: HttpRequest) -> JsonResponse:
 
     Answers ``{"active": true, "claims": {...}}`` or ``{"active": false,
     "code": ..., "error": ...}`` (200 either way, as RFC 7662 introspection
-    does); 400 or 413 with ``code: invalid_request`` for a body that is not
-    such JSON. It only reads, so it needs no CSRF token. Checks the signature,
+    does); 400 with ``code: invalid_request`` for a body that is not such
+    JSON, 413 ``frame_too_large`` over 16 KiB, 503 ``verification_unavailable``
+    without a key to check against. It only reads, so it needs no CSRF token. Checks the signature,
     issuer, expiry and (when ``TOKEN_AUDIENCE`` is set) audience with
     :func:`tokens.verify_token`; it does not consult revocation.
     """
     rt = await runtime.get()
     raw = bounded_body(request, MAX_VERIFY_BODY)
-    if raw is None:
-        return _not_verified(Code.INVALID_REQUEST, f"the body is limited to {MAX_VERIFY_BODY} bytes", 413)
+    if raw is None:  # as the HTTP guard answers it in front of a server
+        return error_response(
+            FrameError(f"the body is limited to {MAX_VERIFY_BODY} bytes", code=Code.FRAME_TOO_LARGE)
+        )
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):
@@ -182,7 +186,12 @@ async def token_verify(request: HttpRequest) -> JsonResponse:
     if not isinstance(token, str):
         return _not_verified(Code.INVALID_REQUEST, 'the body must be {"token": "<token>"}', 400)
     try:
-        claims = tokens.verify_token(token, issuer=rt.authority_key.public, audience=rt.config.token_audience)
+        issuer = rt.authority_key.public
+    except AuthorityKeyMissing:  # a relay in production without the key: challenges.E011
+        log.error("POST /api/token/verify: AUTHORITY_PRIVATE_KEY is not set; no token can be verified")
+        return _not_verified(Code.VERIFICATION_UNAVAILABLE, Code.VERIFICATION_UNAVAILABLE.meaning, 503)
+    try:
+        claims = tokens.verify_token(token, issuer=issuer, audience=rt.config.token_audience)
     except ChallengeError as error:
         return _not_verified(error.code, error.message, 200)
     return JsonResponse({"active": True, "claims": claims})

@@ -478,3 +478,24 @@ async def test_one_batch_with_hostile_strings_commits_whole(caplog):
     assert rows[1].user_agent == "neighbour"
     assert "audit batch" not in caplog.text
 
+
+async def test_a_wildcard_host_does_not_choose_the_audience(settings, user_key):
+    """ALLOWED_HOSTS=['*'] without TOKEN_AUDIENCE would let the Host header name the audience
+    of the challenge (an attacker's site): such a Host is refused."""
+    settings.ALLOWED_HOSTS = ["*"]
+    settings.TOKEN_AUDIENCE = ""
+    comm = await connect(host="evil.example")
+    await expect_error(comm, "invalid_host")
+    assert (await comm.receive_output(2))["code"] == 4008
+    assert (await last_row()).outcome == "invalid_host"
+    await runtime.stop()
+    settings.ALLOWED_HOSTS = [".example.com"]
+    comm = await connect(host="tokens.example.com")
+    await expect_error(comm, "invalid_host")
+    await comm.receive_output(2)
+    await runtime.stop()
+    settings.TOKEN_AUDIENCE = "https://app.example"  # the audience no longer comes from Host
+    comm = await connect(host="tokens.example.com")
+    frame = await challenge(comm, user_key)
+    assert authority.parse_challenge_text(bytes(frame["value"]["data"])).audience == "https://app.example"
+    await comm.disconnect()
