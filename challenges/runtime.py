@@ -26,6 +26,7 @@ from typing import Any
 from .clients import ClientPolicy, daphne_forwarded_header
 from .clock import Clock, LoopClock
 from .flows import FlowService
+from .http import DJANGO_UPLOAD_LIMIT, BodyLimits
 from .identity import PrivateKey
 from .keys import load_authority_key
 from .limits import Caps, Limits
@@ -60,6 +61,8 @@ class RuntimeConfig:
     route_check_every: float = 1.0
     #: ``clients.ip_header`` was not configured but implied by daphne's ``--proxy-headers``.
     implied_ip_header: bool = False
+    #: Request bodies: bytes by path, and seconds to arrive (challenges.httpguard).
+    http: BodyLimits = field(default_factory=BodyLimits)
 
     def load_authority_key(self) -> PrivateKey:
         """The authority's signing key (:mod:`challenges.keys`)."""
@@ -106,6 +109,10 @@ class RuntimeConfig:
             relay_resume_grace=settings.RELAY_RESUME_GRACE,
             route_check_every=settings.ROUTE_LIVENESS_CHECK,
             implied_ip_header=bool(implied),
+            http=BodyLimits(
+                other=settings.DATA_UPLOAD_MAX_MEMORY_SIZE or DJANGO_UPLOAD_LIMIT,
+                timeout=settings.HTTP_BODY_TIMEOUT,
+            ),
         )
 
 

@@ -24,7 +24,7 @@ from django.views.static import serve as static_serve
 
 from . import protocol, runtime, selectors, tokens
 from .errors import ChallengeError, Code, FrameError
-from .http import bounded_body, error_response
+from .http import MAX_VERIFY_BODY, bounded_body, error_response
 from .keys import AuthorityKeyMissing
 from .pipeline import Conversation, Outcome
 
@@ -115,8 +115,6 @@ async def _layer_roundtrip(layer: Any) -> None:
 
 # -- the browser client's demo page and its token check -------------------------
 
-#: Bigger than any token verify_token accepts (8 KiB), small enough to read at once.
-MAX_VERIFY_BODY = 16 * 1024
 _ASSETS = Path(__file__).resolve().parent / "static" / "challenges"
 _DEMO_CSP = "; ".join(
     [

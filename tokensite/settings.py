@@ -189,6 +189,9 @@ MAX_ERRORS_PER_CONNECTION = env.int("MAX_ERRORS_PER_CONNECTION", default=20)
 CLIENT_IP_HEADER = env.str("CLIENT_IP_HEADER", default="")
 #: How many proxies of yours append to CLIENT_IP_HEADER; the entry they added is the client.
 TRUSTED_PROXIES = env.int("TRUSTED_PROXIES", default=1)
+#: Seconds a request (its body above all) has to arrive in full (challenges.httpguard). Bodies
+#: are bounded by path: 64 KiB for the API, DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) elsewhere.
+HTTP_BODY_TIMEOUT = env.float("HTTP_BODY_TIMEOUT", default=10.0)
 
 WORKER_ID = env.str("WORKER_ID", default=f"{socket.gethostname()}:{os.getpid()}")
 
