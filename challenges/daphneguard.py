@@ -39,6 +39,8 @@ def install(limits: BodyLimits) -> None:
 
 class GuardedRequest(http_protocol.WebRequest):  # type: ignore[misc]
     limits: ClassVar[BodyLimits] = BodyLimits()
+    _deadline: Any = None
+    _refused = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         from twisted.internet import reactor as installed  # the one daphne installed
@@ -47,9 +49,8 @@ class GuardedRequest(http_protocol.WebRequest):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self._limit = self.limits.other
         self._received = 0
-        self._refused = False
         # From the request's first line: slow headers are as costly as a slow body.
-        self._deadline: Any = reactor.callLater(self.limits.timeout, self._too_slow)
+        self._deadline = reactor.callLater(self.limits.timeout, self._too_slow)
 
     def gotLength(self, length: int | None) -> None:
         path = getattr(self.channel, "_path", None) or b""
