@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -151,8 +151,10 @@ def start(
     env: dict[str, str] | None = None,
     migrate_db: bool = True,
     ready_timeout: float = 30,
+    args: Sequence[str] = (),
 ) -> Server:
-    """Start a server and wait until ``/api/health`` answers."""
+    """Start a server and wait until ``/api/health`` answers; ``args`` are extra
+    command-line options for the server (e.g. daphne's ``--proxy-headers``)."""
     tmp.mkdir(parents=True, exist_ok=True)
     env = env or base_env(tmp)
     if migrate_db:
@@ -161,7 +163,7 @@ def start(
     if kind == "daphne":
         cmd = [
             sys.executable, "-m", "daphne", "-e",
-            f"tcp:port={port}:interface=127.0.0.1:backlog=1024",
+            f"tcp:port={port}:interface=127.0.0.1:backlog=1024", *args,
             "tokensite.asgi:application",
         ]  # fmt: skip
     elif kind == "uvicorn":
@@ -169,7 +171,7 @@ def start(
             sys.executable, "-m", "uvicorn", "tokensite.asgi:application",
             "--host", "127.0.0.1", "--port", str(port), "--ws", "websockets-sansio",
             "--ws-max-size", str(128 * 1024), "--ws-per-message-deflate", "false",
-            "--no-access-log", "--lifespan", "on",
+            "--no-access-log", "--lifespan", "on", *args,
         ]  # fmt: skip
     elif kind == "serve":  # make serve's command: production settings, WORKERS processes
         cmd = [

@@ -1,13 +1,17 @@
-"""System checks: a missing or malformed secret or file is an error, not a crash at first request."""
+"""System checks: a missing or malformed secret or file, or a setting that would make the
+service unsafe or useless, is an error (``manage.py check``), not a crash or a hole at first
+request."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Error, register
+from django.core.checks import CheckMessage, Error, register
+from django.core.checks import Warning as CheckWarning
 
 from .apikeys import decode_secret, parse_api_keys
+from .clients import wildcard_hosts
 from .errors import IdentityError
 from .identity import parse_private_key
 
@@ -62,6 +66,48 @@ def check_secrets(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     return errors
 
 
+@register()
+def check_tokens(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Settings under which tokens or their challenges would be wrong."""
+    messages: list[CheckMessage] = []
+    any_origin = "*" in settings.ALLOWED_ORIGINS
+    if (wildcard_hosts(settings.ALLOWED_HOSTS) or any_origin) and not settings.TOKEN_AUDIENCE:
+        messages.append(
+            Error(
+                "ALLOWED_HOSTS or ALLOWED_ORIGINS has a wildcard and TOKEN_AUDIENCE is not set: the Host"
+                " header, which the client writes, would choose the audience challenges name",
+                hint="Set TOKEN_AUDIENCE to the origin tokens are for, or list the hosts and origins.",
+                id="challenges.E009",
+            )
+        )
+    if any_origin:
+        messages.append(
+            CheckWarning(
+                "ALLOWED_ORIGINS=* lets any web page get tokens from here for its visitors' keys",
+                hint="List the origins of your apps instead.",
+                id="challenges.W001",
+            )
+        )
+    if settings.TOKEN_TTL <= 0:
+        messages.append(
+            Error(
+                "TOKEN_TTL must be a positive number of seconds: tokens would be born expired",
+                id="challenges.E010",
+            )
+        )
+    relay = settings.TOKEN_UPSTREAM.startswith(("grpc://", "grpcs://"))
+    if relay and not settings.DEBUG and not settings.AUTHORITY_PRIVATE_KEY:
+        messages.append(
+            Error(
+                "AUTHORITY_PRIVATE_KEY is not set: POST /api/token/verify has no key to check the"
+                " relayed tokens against",
+                hint="Set the private key of the authority that signs the tokens (runauthority's).",
+                id="challenges.E011",
+            )
+        )
+    return messages
+
+
 def _check_api_keys() -> list[Error]:
     """Malformed API secrets or key lists are named, never quoted."""
     errors: list[Error] = []
@@ -93,10 +139,10 @@ def _check_tls() -> list[Error]:
     errors: list[Error] = []
     problem = server_tls_problem(settings.AUTHORITY_TLS_CERT, settings.AUTHORITY_TLS_KEY)
     if problem:
-        errors.append(Error(problem, id="challenges.E009"))
+        errors.append(Error(problem, id="challenges.E012"))
     problem = ca_problem(settings.TOKEN_UPSTREAM_CA)
     if problem:
-        errors.append(Error(problem, id="challenges.E010"))
+        errors.append(Error(problem, id="challenges.E013"))
     if settings.AUTHORITY_MAX_STREAMS < 1:
-        errors.append(Error("AUTHORITY_MAX_STREAMS must be at least 1", id="challenges.E011"))
+        errors.append(Error("AUTHORITY_MAX_STREAMS must be at least 1", id="challenges.E014"))
     return errors

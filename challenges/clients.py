@@ -7,11 +7,14 @@ its challenges will name. :meth:`ClientPolicy.admit` refuses a Host outside
 ``ALLOWED_HOSTS`` (``invalid_host``) and a browser Origin outside
 ``ALLOWED_ORIGINS`` (``origin_not_allowed``; empty: only the service's own
 origin, same scheme, host and port). Clients that send no Origin (not
-browsers) are admitted.
+browsers) are admitted. Without a fixed audience (``TOKEN_AUDIENCE``), the
+Host names the challenges' audience, so it must match ``ALLOWED_HOSTS``
+exactly, not through a wildcard.
 
 Behind proxies, ``CLIENT_IP_HEADER`` names the header whose entry added by the
 nearest of ``TRUSTED_PROXIES`` proxies is the client address: entries further
-left are written by the client and never trusted.
+left are written by the client and never trusted. A TLS-terminating proxy's
+header (``SECURE_PROXY_SSL_HEADER``) makes the connection's own origin https.
 
 Pure module: no Django settings (the policy is built by the composition
 root), no Channels or grpc.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -56,12 +60,16 @@ class ClientPolicy:
     audience: str = ""
     ip_header: str = ""
     trusted_proxies: int = 1
+    #: A TLS-terminating proxy's header (e.g. ``x-forwarded-proto``) and the value that
+    #: means https (Django's ``SECURE_PROXY_SSL_HEADER``); empty: the connection's scheme.
+    ssl_header: str = ""
+    ssl_value: str = "https"
 
     def describe(self, scope: Mapping[str, Any], *, transport: str) -> ClientInfo:
         """The client record of an ASGI scope. Never raises: refusals are :meth:`admit`'s."""
         headers = _headers(scope)
         host = headers.get("host", "")[:_FIELD]
-        secure = scope.get("scheme") in ("https", "wss")
+        secure = scope.get("scheme") in ("https", "wss") or self._proxied_tls(headers)
         return ClientInfo(
             ip=self.client_ip(scope, headers),
             origin=headers.get("origin", "")[:_FIELD],
@@ -79,6 +87,13 @@ class ClientPolicy:
         domain, _port = split_domain_port(client.host)
         if not domain or not validate_host(domain, list(self.allowed_hosts)):
             raise RefusedError("the Host header is not an allowed host", code=Code.INVALID_HOST)
+        if not self.audience and not validate_host(domain, _exact(self.allowed_hosts)):
+            # The audience would come from a Host the client chose: challenges for any site.
+            raise RefusedError(
+                "the Host header matches ALLOWED_HOSTS only through a wildcard, and TOKEN_AUDIENCE"
+                " is not set: it cannot name the challenge's audience",
+                code=Code.INVALID_HOST,
+            )
         if client.origin and not self.origin_allowed(client.origin, own=client.own_origin):
             raise RefusedError(f"the Origin {client.origin[:100]!r} is not allowed to get tokens here")
 
@@ -87,6 +102,11 @@ class ClientPolicy:
         if self.allowed_origins:
             return "*" in self.allowed_origins or origin in self.allowed_origins
         return _normal(origin) == _normal(own)
+
+    def _proxied_tls(self, headers: Mapping[str, str]) -> bool:
+        """The proxy says the client's connection is https (the first value, as Django reads it)."""
+        value = headers.get(self.ssl_header.lower()) if self.ssl_header else None
+        return value is not None and value.split(",", 1)[0].strip() == self.ssl_value
 
     def client_ip(self, scope: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
         candidate = None
@@ -102,6 +122,34 @@ class ClientPolicy:
             return str(ipaddress.ip_address(candidate)) if candidate else None
         except ValueError:
             return None
+
+
+def daphne_forwarded_header(argv: Sequence[str]) -> str:
+    """The header daphne takes the client address from when this process is daphne run with
+    ``--proxy-headers`` (its leftmost entry, which the client writes), else ``""``."""
+    program = PurePath(argv[0]) if argv else PurePath()
+    if "daphne" not in (program.name, program.parent.name) or "--proxy-headers" not in argv[1:]:
+        return ""
+    header = "X-Forwarded-For"
+    for arg, following in zip(argv[1:], [*argv[2:], ""], strict=True):
+        if arg == "--proxy-headers-host" and following:
+            header = following
+        elif arg.startswith("--proxy-headers-host="):
+            header = arg.partition("=")[2]
+    return header
+
+
+def wildcard_hosts(allowed_hosts: Sequence[str]) -> list[str]:
+    """The ``ALLOWED_HOSTS`` entries that match more than one host: ``*`` and ``.domain``."""
+    return [host for host in allowed_hosts if _wildcard(host)]
+
+
+def _exact(allowed_hosts: Sequence[str]) -> list[str]:
+    return [host for host in allowed_hosts if not _wildcard(host)]
+
+
+def _wildcard(host: str) -> bool:
+    return host == "*" or host.startswith(".")
 
 
 def _headers(scope: Mapping[str, Any]) -> dict[str, str]:

@@ -6,10 +6,12 @@ composition root (:mod:`challenges.runtime`) builds everything from it.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .clients import ClientPolicy
+from .clients import ClientPolicy, daphne_forwarded_header
+from .http import DJANGO_UPLOAD_LIMIT, BodyLimits
 from .identity import PrivateKey
 from .keys import load_authority_key
 from .limits import Caps
@@ -38,6 +40,10 @@ class RuntimeConfig:
     max_errors_per_connection: int = 20
     relay_resume_grace: float = 5.0
     route_check_every: float = 1.0
+    #: ``clients.ip_header`` was not configured but implied by daphne's ``--proxy-headers``.
+    implied_ip_header: bool = False
+    #: Request bodies: bytes by path, and seconds to arrive (challenges.httpguard).
+    http: BodyLimits = field(default_factory=BodyLimits)
     rate: Rate = field(default_factory=Rate)
     rate_redis_grace: float = 30.0
     #: The bearer token introspection callers present (empty: introspection refuses everyone).
@@ -57,6 +63,10 @@ class RuntimeConfig:
     def from_settings(cls) -> RuntimeConfig:
         from django.conf import settings
 
+        # daphne --proxy-headers trusts the leftmost entry, which the client writes: read the
+        # one the nearest proxy appended instead, as CLIENT_IP_HEADER would (a warning says so).
+        implied = "" if settings.CLIENT_IP_HEADER else daphne_forwarded_header(sys.argv)
+        ssl_header, ssl_value = settings.SECURE_PROXY_SSL_HEADER or ("", "https")
         return cls(
             debug=settings.DEBUG,
             worker=settings.WORKER_ID,
@@ -80,8 +90,10 @@ class RuntimeConfig:
                 allowed_hosts=tuple(settings.ALLOWED_HOSTS),
                 allowed_origins=tuple(settings.ALLOWED_ORIGINS),
                 audience=settings.TOKEN_AUDIENCE,
-                ip_header=settings.CLIENT_IP_HEADER,
+                ip_header=settings.CLIENT_IP_HEADER or implied,
                 trusted_proxies=settings.TRUSTED_PROXIES,
+                ssl_header=ssl_header.removeprefix("HTTP_").replace("_", "-").lower(),
+                ssl_value=ssl_value,
             ),
             max_errors_per_connection=settings.MAX_ERRORS_PER_CONNECTION,
             relay_resume_grace=settings.RELAY_RESUME_GRACE,
@@ -91,4 +103,9 @@ class RuntimeConfig:
             introspection_token=settings.INTROSPECTION_TOKEN,
             previous_keys=tuple(settings.AUTHORITY_PREVIOUS_KEYS),
             upstream_public_key=settings.UPSTREAM_PUBLIC_KEY,
+            implied_ip_header=bool(implied),
+            http=BodyLimits(
+                other=settings.DATA_UPLOAD_MAX_MEMORY_SIZE or DJANGO_UPLOAD_LIMIT,
+                timeout=settings.HTTP_BODY_TIMEOUT,
+            ),
         )

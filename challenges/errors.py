@@ -102,6 +102,10 @@ class Code(StrEnum):
     TOKEN_EXPIRED = "token_expired", "the token has expired"
     WRONG_AUDIENCE = "wrong_audience", "the token was issued for another audience"
     TOKEN_REVOKED = "token_revoked", "an operator revoked the token"
+    VERIFICATION_UNAVAILABLE = (
+        "verification_unavailable",
+        "this server has no key to check tokens against (AUTHORITY_PRIVATE_KEY / UPSTREAM_PUBLIC_KEY)",
+    )
     # -- runauthority refusing a gRPC caller's API key (the caller sees the Hub's status) --
     API_KEY_REQUIRED = "api_key_required", "runauthority: the call carries no API key"
     API_KEY_NOT_FOUND = "api_key_not_found", "runauthority: the API key is unknown"
@@ -109,7 +113,6 @@ class Code(StrEnum):
     API_SIG_BAD = "api_sig_bad", "runauthority: the API key signature is wrong or expired"
     # -- our fault --------------------------------------------------------------------
     INTERNAL_ERROR = "internal_error", "the server failed; the request can be retried"
-    NOT_CONFIGURED = "not_configured", "the server lacks a setting this needs (see its system checks)"
     # -- the clients' own codes (never sent by the server) ----------------------------
     CHALLENGE_REFUSED = "challenge_refused", "client: the challenge does not name this service or key"
     TIMEOUT = "timeout", "client: no token within the client's timeout"

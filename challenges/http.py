@@ -2,16 +2,42 @@
 
 Every error an HTTP endpoint answers is the WebSocket's error frame as a JSON
 body, with the status :data:`STATUS` gives its code (400 for any code not
-listed).
+listed). :class:`BodyLimits` is how much body each path takes, and how long a
+body may take to arrive (enforced by :mod:`challenges.httpguard`).
 """
 
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 
 from . import protocol
 from .errors import ChallengeError, Code
+
+#: ``POST /api/token/verify``: bigger than any token verify_token accepts (8 KiB).
+MAX_VERIFY_BODY = 16 * 1024
+#: Django's default ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (2.5 MB).
+DJANGO_UPLOAD_LIMIT = 2_621_440
+
+
+@dataclass(frozen=True, slots=True)
+class BodyLimits:
+    """The bytes a request body may have, by path, and the seconds it has to arrive in full."""
+
+    api: int = protocol.MAX_FRAME_BYTES
+    verify: int = MAX_VERIFY_BODY
+    #: Anything else (the admin): Django's ``DATA_UPLOAD_MAX_MEMORY_SIZE``.
+    other: int = DJANGO_UPLOAD_LIMIT
+    timeout: float = 10.0
+
+    def for_path(self, path: str) -> int:
+        if path.rstrip("/") == "/api/token/verify":
+            return self.verify
+        return self.api if path.startswith("/api/") else self.other
+
 
 STATUS: dict[Code, int] = {
     Code.BAD_SIGNATURE: 401,
@@ -42,7 +68,7 @@ STATUS: dict[Code, int] = {
     Code.UPSTREAM_UNAVAILABLE: 503,
     Code.ROUTING_UNAVAILABLE: 503,
     Code.SERVER_SHUTDOWN: 503,
-    Code.NOT_CONFIGURED: 503,
+    Code.VERIFICATION_UNAVAILABLE: 503,
     Code.UPSTREAM_DEADLINE: 504,
 }
 
@@ -69,3 +95,21 @@ def bounded_body(request: HttpRequest, limit: int) -> bytes | None:
     except (ValueError, RequestDataTooBig):
         return None
     return body if len(body) <= limit else None
+
+
+def refusal(
+    error: ChallengeError, *, status: int | None = None
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """A refusal outside Django (status, headers, body): the error frame, and the connection
+    closed after it (the rest of the request is never read)."""
+    body = json.dumps(protocol.error_frame(error)).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"connection", b"close"),
+    ]
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    return status or status_of(error.code), headers, body

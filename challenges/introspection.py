@@ -31,11 +31,11 @@ class Verdict:
 
 
 async def inspect(token: str, *, keys: AuthorityKeys, audience: str) -> Verdict:
-    """The verdict on ``token``; raises ``not_configured`` when no key can check it."""
+    """The verdict on ``token``; raises ``verification_unavailable`` when no key can check it."""
     if not keys.verifiers:
         raise RefusedError(
             "no key to verify tokens with: set AUTHORITY_PRIVATE_KEY or UPSTREAM_PUBLIC_KEY",
-            code=Code.NOT_CONFIGURED,
+            code=Code.VERIFICATION_UNAVAILABLE,
         )
     try:
         claims = verify_token(token, issuer=keys.verifiers, audience=audience)

@@ -119,6 +119,15 @@ class Runtime:
         await self.router.start()
         await self.blocklist.start()
         self.refusals.start()
+        if self.config.implied_ip_header:
+            header = self.config.clients.ip_header
+            log.warning(
+                "daphne runs with --proxy-headers, which takes the leftmost %s entry (the client"
+                " writes it): the client address is the entry your proxy appended instead;"
+                " set CLIENT_IP_HEADER=%s (and TRUSTED_PROXIES) to say so",
+                header,
+                header,
+            )
         log.info(
             "worker %s (tag %s) serving with upstream %s", self.config.worker, self.tag, self.upstream.name
         )

@@ -39,12 +39,15 @@ class AuditRecord:
     token: MintedToken | None = field(default=None, repr=False)
 
 
-#: Control characters (NUL above all: PostgreSQL refuses it in text) from client input.
-_CONTROL = dict.fromkeys([*range(0x20), 0x7F], "\ufffd")
+#: What no text column takes from client input, replaced by U+FFFD: control characters
+#: (NUL above all: PostgreSQL refuses it in text) and lone surrogates (a JSON "\ud800"
+#: escape decodes to one; no UTF-8 encoder accepts it, on SQLite or PostgreSQL).
+_UNSTORABLE = dict.fromkeys([*range(0x20), 0x7F, *range(0xD800, 0xE000)], "\ufffd")
 
 
 def _clean(text: str, limit: int) -> str:
-    return text[:limit].translate(_CONTROL)
+    """Any Python string as one every database stores: one bad row never sinks a batch."""
+    return text[:limit].translate(_UNSTORABLE)
 
 
 def audit_write_batch(records: list[AuditRecord]) -> list[int]:

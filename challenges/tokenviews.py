@@ -23,12 +23,9 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from . import runtime
-from .errors import ChallengeError, Code
-from .http import bounded_body, error_response
+from .errors import ChallengeError, Code, FrameError
+from .http import MAX_VERIFY_BODY, bounded_body, error_response
 from .introspection import inspect
-
-#: Bigger than any token verify_token accepts (8 KiB), small enough to read at once.
-MAX_VERIFY_BODY = 16 * 1024
 
 
 @require_GET
@@ -71,18 +68,21 @@ async def token_verify(request: HttpRequest) -> JsonResponse:
     """``POST /api/token/verify`` with ``{"token": "..."}``: is this token one of ours, and live?
 
     Answers ``{"active": true, "claims": {...}}`` or ``{"active": false,
-    "code": ..., "error": ...}`` (200 either way); 400 or 413 with
-    ``code: invalid_request`` for a body that is not such JSON. It only reads,
-    so it needs no CSRF token.
+    "code": ..., "error": ...}`` (200 either way); 400 ``invalid_request`` for
+    a body that is not such JSON, 413 ``frame_too_large`` over 16 KiB, 503
+    ``verification_unavailable`` without a key to check against. It only
+    reads, so it needs no CSRF token.
     """
     rt = await runtime.get()
     token, problem = _token_of(request, form=False)
     if problem is not None:
+        if problem[1] == 413:  # as the HTTP guard answers it in front of a server
+            return error_response(FrameError(problem[0], code=Code.FRAME_TOO_LARGE))
         return _not_verified(Code.INVALID_REQUEST, *problem)
     try:
         verdict = await inspect(token, keys=rt.keys, audience=rt.config.token_audience)
     except ChallengeError as error:
-        return error_response(error)
+        return _not_verified(error.code, error.message, 503)
     if not verdict.active:
         return _not_verified(verdict.code or Code.INVALID_TOKEN, verdict.message, 200)
     return JsonResponse({"active": True, "claims": verdict.claims})

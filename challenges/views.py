@@ -25,7 +25,6 @@ from django.views.static import serve as static_serve
 from . import protocol, runtime, selectors
 from .errors import ChallengeError
 from .http import bounded_body, error_response
-from .limits import address_scope
 from .pipeline import Conversation, Outcome
 
 log = logging.getLogger(__name__)
@@ -70,8 +69,7 @@ async def _step(request: HttpRequest, kind: str) -> JsonResponse:
     client = rt.config.clients.describe(_scope(request), transport="http")
     conv = Conversation(client=client, requires_id=True, charge_token_frames=False)
     try:
-        rt.config.clients.admit(client)
-        await rt.limiter.take(address_scope(client.ip))
+        rt.config.clients.admit(client)  # the HTTP guard took the request's rate-limit token
     except ChallengeError as error:
         return _answer(await rt.pipeline.refuse(conv, error))
     body = bounded_body(request, protocol.MAX_FRAME_BYTES)

@@ -7,10 +7,11 @@ import asyncio
 import json
 
 import pytest
-from django.test import AsyncClient
+from channels.testing import HttpCommunicator
 
 from challenges import runtime
 from tests.wsutil import attempts, challenge, connect, send, sign_frame
+from tokensite.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -37,16 +38,23 @@ async def test_token_frames_are_rate_limited_with_retry_after(strict, user_key):
 
 
 async def test_http_requests_are_rate_limited_with_a_retry_after_header(strict, user_key):
-    client = AsyncClient()
-    statuses = []
-    for _ in range(4):
-        response = await client.post(
-            "/api/token/challenge", json.dumps({"pub": str(user_key.public)}), content_type="application/json"
+    """Any HTTP request takes a token (the demo page, the admin, the API): through the whole
+    ASGI application, whose guard charges them before Django runs."""
+    statuses, headers, body = [], {}, {}
+    for path in ("/", "/api/token/challenge", "/api/token/challenge", "/api/token/challenge"):
+        comm = HttpCommunicator(
+            application,
+            "POST" if path.startswith("/api") else "GET",
+            path,
+            body=json.dumps({"pub": str(user_key.public)}).encode(),
+            headers=[(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json")],
         )
-        statuses.append(response.status_code)
+        response = await comm.get_response(timeout=10)
+        statuses.append(response["status"])
+        headers, body = dict(response["headers"]), response["body"]
     assert statuses == [200, 200, 200, 429]
-    body = json.loads(response.content)
-    assert (body["code"], body["retry_after"], response["Retry-After"]) == ("rate_limited", 10, "10")
+    frame = json.loads(body)
+    assert (frame["code"], frame["retry_after"], headers[b"retry-after"]) == ("rate_limited", 10, b"10")
 
 
 async def test_a_flood_of_refusals_is_a_few_rows_and_real_flows_still_get_tokens(settings, user_key):

@@ -421,3 +421,82 @@ async def test_a_cancelled_consumer_releases_its_connection_slot(settings):
     await second.send_to(text_data="[]")
     await expect_error(second, "invalid_frame")  # admitted: the slot was released
     await second.disconnect()
+
+
+async def test_deeply_nested_json_is_invalid_json_not_a_crash(user_key):
+    comm = await connect()
+    for text in ['{"type":"token","pub":' + "[" * 5000, "[" * 5000 + "]" * 5000]:
+        await comm.send_to(text_data=text)
+        await expect_error(comm, "invalid_json")
+        assert (await last_row()).outcome == "invalid_json"
+    frame = await challenge(comm, user_key)  # the socket still serves
+    assert (await send(comm, sign_frame(user_key, frame)))["type"] == "token"
+    await comm.disconnect()
+
+
+@pytest.mark.parametrize("bad", ["\ud800", "a\udfffb\x00", "\U0001f600\ud83d"])
+async def test_lone_surrogates_are_audited_and_harm_no_neighbour(user_key, bad, caplog):
+    """A lone surrogate (a JSON escape) cannot be encoded as UTF-8: the audit batch holding
+    it once failed, was retried row by row, and lost the row. Now it is stored replaced."""
+    good, bad_sock = await connect(), await connect(client=("127.0.0.12", 1))
+    frame = await challenge(good, user_key)
+    await bad_sock.send_to(text_data=json.dumps({"type": "token", "pub": bad}))  # \\ud800 escapes
+    await comm_send(good, sign_frame(user_key, frame))
+    await expect_error(bad_sock, "invalid_pub")
+    assert (await receive(good))["type"] == "token"
+    rows = {r.outcome: r for r in await attempts()}
+    stored = rows["invalid_pub"].public_key
+    assert stored == "".join("\ufffd" if "\ud800" <= c <= "\udfff" or c < " " else c for c in bad)
+    assert rows["invalid_pub"].client_ip == "127.0.0.12"
+    assert SUCCESS in rows
+    assert "audit batch" not in caplog.text
+    assert "could not be written" not in caplog.text
+    await good.disconnect()
+    await bad_sock.disconnect()
+
+
+async def test_one_batch_with_hostile_strings_commits_whole(caplog):
+    """Rows queued together are written in one batch: surrogates, NULs and control
+    characters in any field must not make it fail (and fall back to one row at a time)."""
+    from django.utils import timezone
+
+    from challenges.audit import AuditWriter
+    from challenges.services import AuditRecord
+
+    writer = AuditWriter()
+    now = timezone.now()
+    hostile = "x\ud800\udc00\x00\x1b[31m\u202e\udfff"
+    records = [
+        AuditRecord(outcome="invalid_pub", created_at=now, finished_at=now, public_key=hostile,
+                    detail=hostile, origin=hostile, user_agent=hostile, challenge_id=hostile),
+        AuditRecord(outcome="invalid_json", created_at=now, finished_at=now, user_agent="neighbour"),
+    ]  # fmt: skip
+    await asyncio.gather(*(writer.record(r) for r in records))
+    await writer.close()
+    rows = await attempts()
+    assert [r.outcome for r in rows] == ["invalid_pub", "invalid_json"]
+    assert rows[0].public_key == "x\ufffd\ufffd\ufffd\ufffd[31m\u202e\ufffd"
+    assert rows[1].user_agent == "neighbour"
+    assert "audit batch" not in caplog.text
+
+
+async def test_a_wildcard_host_does_not_choose_the_audience(settings, user_key):
+    """ALLOWED_HOSTS=['*'] without TOKEN_AUDIENCE would let the Host header name the audience
+    of the challenge (an attacker's site): such a Host is refused."""
+    settings.ALLOWED_HOSTS = ["*"]
+    settings.TOKEN_AUDIENCE = ""
+    comm = await connect(host="evil.example")
+    await expect_error(comm, "invalid_host")
+    assert (await comm.receive_output(2))["code"] == 4008
+    assert (await last_row()).outcome == "invalid_host"
+    await runtime.stop()
+    settings.ALLOWED_HOSTS = [".example.com"]
+    comm = await connect(host="tokens.example.com")
+    await expect_error(comm, "invalid_host")
+    await comm.receive_output(2)
+    await runtime.stop()
+    settings.TOKEN_AUDIENCE = "https://app.example"  # the audience no longer comes from Host
+    comm = await connect(host="tokens.example.com")
+    frame = await challenge(comm, user_key)
+    assert authority.parse_challenge_text(bytes(frame["value"]["data"])).audience == "https://app.example"
+    await comm.disconnect()

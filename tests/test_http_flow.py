@@ -145,3 +145,17 @@ async def test_a_malformed_content_length_is_refused_not_a_500(client, user_key)
         content_type="application/json", CONTENT_LENGTH="twelve",
     )  # fmt: skip
     assert (response.status_code, json.loads(response.content)["code"]) == (413, "frame_too_large")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/token/challenge", '{"pub":' + "[" * 5000),
+        ("/api/token/challenge", "[" * 5000),
+        ("/api/token", '{"id": "' + "A" * 32 + '", "sig":' + "[" * 5000 + "]" * 5000 + "}"),
+    ],
+)
+async def test_deeply_nested_json_is_a_400_not_a_500(client, path, body):
+    status, got = await post(client, path, body)
+    assert (status, got["code"]) == (400, "invalid_json")
+    assert [r.outcome for r in await attempts()] == ["invalid_json"]

@@ -86,7 +86,7 @@ def tls_errors() -> dict[str, str]:
     return {e.id: e.msg for e in check_secrets() if e.id in TLS_CHECKS}
 
 
-TLS_CHECKS = {"challenges.E009", "challenges.E010", "challenges.E011"}
+TLS_CHECKS = {"challenges.E012", "challenges.E013", "challenges.E014"}
 
 
 def test_tls_settings_pass_the_checks_when_both_files_make_a_pair(settings, pki):
@@ -121,10 +121,10 @@ def test_tls_checks_name_the_problem_never_the_contents(settings, pki, junk, tmp
     }
     settings.AUTHORITY_TLS_CERT, settings.AUTHORITY_TLS_KEY = paths[cert], paths[key]
     errors = tls_errors()
-    assert set(errors) == {"challenges.E009"}
-    assert says in errors["challenges.E009"]
+    assert set(errors) == {"challenges.E012"}
+    assert says in errors["challenges.E012"]
     for secret in (JUNK, pki.key_pem.decode().splitlines()[1]):
-        assert secret not in errors["challenges.E009"]
+        assert secret not in errors["challenges.E012"]
     # The command refuses to start the same way, before binding anything.
     settings.AUTHORITY_API_KEYS = f"{API_KEY}:{API_SECRET}"
     with pytest.raises(CommandError, match=re.escape(says)) as info:
@@ -147,9 +147,9 @@ def test_tls_options_override_the_settings(settings, pki, junk):
 def test_the_relay_ca_bundle_is_checked(settings, junk, tmp_path, what):
     settings.TOKEN_UPSTREAM_CA = str(junk if what == "junk" else tmp_path / "missing.pem")
     errors = tls_errors()
-    assert set(errors) == {"challenges.E010"}
-    assert "TOKEN_UPSTREAM_CA" in errors["challenges.E010"]
-    assert JUNK not in errors["challenges.E010"]
+    assert set(errors) == {"challenges.E013"}
+    assert "TOKEN_UPSTREAM_CA" in errors["challenges.E013"]
+    assert JUNK not in errors["challenges.E013"]
     settings.TOKEN_UPSTREAM = "grpcs://hub.example.com"
     with pytest.raises(ImproperlyConfigured, match="TOKEN_UPSTREAM_CA"):
         Runtime(RuntimeConfig.from_settings(), layer=None)
@@ -157,7 +157,7 @@ def test_the_relay_ca_bundle_is_checked(settings, junk, tmp_path, what):
 
 def test_the_stream_cap_must_be_positive(settings):
     settings.AUTHORITY_MAX_STREAMS = 0
-    assert set(tls_errors()) == {"challenges.E011"}
+    assert set(tls_errors()) == {"challenges.E014"}
     settings.AUTHORITY_API_KEYS = f"{API_KEY}:{API_SECRET}"
     with pytest.raises(CommandError, match="at least 1"):
         call_command("runauthority", "--address", "127.0.0.1:0")

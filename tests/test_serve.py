@@ -28,6 +28,8 @@ def production_env(tmp: Path, **overrides: str) -> dict[str, str]:
         AUTHORITY_PRIVATE_KEY=str(AUTHORITY),
         ALLOWED_HOSTS="127.0.0.1,localhost",
         REDIS_URL="",
+        # As behind the README's nginx: TLS ends at the proxy, which says so (see post()).
+        SECURE_PROXY_SSL_HEADER="X-Forwarded-Proto",
     )
     env.pop("DEBUG")  # make serve sets it
     env.update(overrides)
@@ -84,7 +86,7 @@ def post(port: int, path: str, body: dict) -> dict:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}",
         data=json.dumps(body).encode(),
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", "x-forwarded-proto": "https"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:  # a new connection each time
         return json.load(response)

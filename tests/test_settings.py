@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import subprocess
 import sys
 
 import pytest
 from django.core.checks import run_checks
 
-from challenges.clients import ClientPolicy
+from challenges.clients import ClientPolicy, daphne_forwarded_header
 from challenges.config import RuntimeConfig
 from challenges.errors import Code
-from challenges.identity import parse_private_key
+from challenges.identity import PrivateKey, parse_private_key
 from challenges.keys import AuthorityKeyMissing
 from tests import servers
 
@@ -137,3 +139,129 @@ def test_client_ip_counts_forwarded_entries_from_the_right(settings, header, pro
     policy = ClientPolicy(ip_header="X-Forwarded-For", trusted_proxies=proxies)
     scope = {"client": ("127.0.0.5", 1)}
     assert policy.client_ip(scope, {"x-forwarded-for": header}) == expected
+
+
+@pytest.mark.parametrize(
+    ("hosts", "origins", "audience", "expected"),
+    [
+        (["*"], [], "", {"challenges.E009"}),
+        ([".example.com"], [], "", {"challenges.E009"}),
+        (["tokens.example.com"], ["*"], "", {"challenges.E009", "challenges.W001"}),
+        (["*"], ["*"], "https://app.example", {"challenges.W001"}),
+        (["*"], [], "https://app.example", set()),
+        (["tokens.example.com"], ["https://app.example"], "", set()),
+    ],
+)
+def test_wildcard_hosts_or_origins_need_a_fixed_audience(settings, hosts, origins, audience, expected):
+    settings.DEBUG = True
+    settings.ALLOWED_HOSTS, settings.ALLOWED_ORIGINS, settings.TOKEN_AUDIENCE = hosts, origins, audience
+    assert errors_ids(settings) == expected
+    levels = {e.id: e.level for e in run_checks() if e.id in expected}
+    assert all((levels[i] >= 40) is i.startswith("challenges.E") for i in expected)
+
+
+@pytest.mark.parametrize("ttl", [0, -5])
+def test_a_token_ttl_that_is_not_positive_is_an_error(settings, ttl):
+    settings.DEBUG = True
+    settings.TOKEN_TTL = ttl
+    assert errors_ids(settings) == {"challenges.E010"}
+
+
+def test_a_relay_in_production_needs_the_verification_key(settings):
+    settings.DEBUG = False
+    settings.SECRET_KEY = "a-long-random-test-secret-" + "x" * 30
+    settings.TOKEN_UPSTREAM = "grpcs://hub.example.com:443"
+    settings.AUTHORITY_PRIVATE_KEY = ""
+    assert errors_ids(settings) == {"challenges.E011"}
+    settings.AUTHORITY_PRIVATE_KEY = str(PrivateKey.generate())
+    assert errors_ids(settings) == set()
+
+
+@pytest.mark.parametrize(
+    ("argv", "header"),
+    [
+        (["/venv/bin/daphne", "--proxy-headers", "tokensite.asgi:application"], "X-Forwarded-For"),
+        (["/venv/lib/python3/site-packages/daphne/__main__.py", "-e", "tcp:port=1", "--proxy-headers", "a:b"],
+         "X-Forwarded-For"),
+        (["/venv/bin/daphne", "--proxy-headers", "--proxy-headers-host", "X-Real-IP", "a:b"], "X-Real-IP"),
+        (["/venv/bin/daphne", "--proxy-headers-host=X-Real-IP", "--proxy-headers", "a:b"], "X-Real-IP"),
+        (["/venv/bin/daphne", "tokensite.asgi:application"], ""),
+        (["/venv/bin/uvicorn", "--proxy-headers", "tokensite.asgi:application"], ""),
+        (["manage.py", "runserver"], ""),
+        ([], ""),
+    ],
+)  # fmt: skip
+def test_daphne_proxy_headers_are_recognised_from_the_command_line(argv, header):
+    assert daphne_forwarded_header(argv) == header
+
+
+def test_daphne_proxy_headers_read_the_client_from_the_right(settings, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/daphne", "--proxy-headers", "tokensite.asgi:application"])
+    settings.CLIENT_IP_HEADER = ""
+    config = RuntimeConfig.from_settings()
+    assert (config.clients.ip_header, config.implied_ip_header) == ("X-Forwarded-For", True)
+    settings.CLIENT_IP_HEADER = "X-Real-IP"  # the operator's choice stands
+    config = RuntimeConfig.from_settings()
+    assert (config.clients.ip_header, config.implied_ip_header) == ("X-Real-IP", False)
+
+
+def readme_production_env() -> dict[str, str]:
+    """The production environment the README gives (its ``<...>`` placeholders are secrets)."""
+    readme = (servers.ROOT / "README.md").read_text()
+    block = readme.split("<!-- production-env -->", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    pairs = [line.split("=", 1) for line in block.splitlines() if line and not line.startswith("#")]
+    return {name: value for name, value in pairs}
+
+
+def test_the_readme_production_environment_passes_check_deploy_without_any_issue(tmp_path):
+    env = readme_production_env()
+    assert env["DEBUG"] == "false"
+    placeholders = {name for name, value in env.items() if value.startswith("<")}
+    assert placeholders == {"SECRET_KEY", "AUTHORITY_PRIVATE_KEY"}
+    env.update(SECRET_KEY=secrets.token_urlsafe(50), AUTHORITY_PRIVATE_KEY=str(PrivateKey.generate()))
+    env.update(PATH=os.environ["PATH"], VAR_DIR=str(tmp_path / "var"))
+    env["DJANGO_SETTINGS_MODULE"] = "tokensite.settings"
+    out = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=servers.ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "System check identified no issues" in out.stdout, out.stdout + out.stderr
+    assert "WARNING" not in out.stderr, out.stderr
+
+
+def security_settings(env: dict[str, str]) -> dict[str, object]:
+    names = [
+        "SECURE_SSL_REDIRECT", "SECURE_REDIRECT_EXEMPT", "SECURE_HSTS_SECONDS",
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD", "SESSION_COOKIE_SECURE",
+        "CSRF_COOKIE_SECURE", "X_FRAME_OPTIONS", "SECURE_REFERRER_POLICY", "SECURE_PROXY_SSL_HEADER",
+    ]  # fmt: skip
+    code = (
+        "from django.conf import settings as s; import json;"
+        f" print(json.dumps({{n: getattr(s, n) for n in {names}}}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "manage.py", "shell", "--no-imports", "-c", code],
+        cwd=servers.ROOT, env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return dict(json.loads(out.stdout.splitlines()[-1]))  # after the shell's own line
+
+
+def test_production_defaults_are_the_secure_ones(tmp_path):
+    """With DEBUG=false and nothing else said: HTTPS redirects (but not the load balancer's
+    plain-http health probe), HSTS for a year, secure cookies, no framing."""
+    assert security_settings(servers.base_env(tmp_path, DEBUG="false")) == {
+        "SECURE_SSL_REDIRECT": True, "SECURE_REDIRECT_EXEMPT": [r"^api/health$"],
+        "SECURE_HSTS_SECONDS": 31536000, "SECURE_HSTS_INCLUDE_SUBDOMAINS": True, "SECURE_HSTS_PRELOAD": True,
+        "SESSION_COOKIE_SECURE": True, "CSRF_COOKIE_SECURE": True, "X_FRAME_OPTIONS": "DENY",
+        "SECURE_REFERRER_POLICY": "same-origin", "SECURE_PROXY_SSL_HEADER": None,
+    }  # fmt: skip
+    chosen = security_settings(
+        servers.base_env(
+            tmp_path, DEBUG="false", SECURE_SSL_REDIRECT="false", SECURE_HSTS_SECONDS="60",
+            SECURE_PROXY_SSL_HEADER="X-Forwarded-Proto",
+        )
+    )  # fmt: skip
+    assert chosen["SECURE_SSL_REDIRECT"] is False
+    assert chosen["SECURE_HSTS_SECONDS"] == 60
+    assert chosen["SECURE_PROXY_SSL_HEADER"] == ["HTTP_X_FORWARDED_PROTO", "https"]

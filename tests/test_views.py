@@ -49,11 +49,28 @@ async def test_verify_says_inactive_with_the_reason(client, authority_signer, us
 
 @pytest.mark.parametrize(
     ("body", "status"),
-    [("nope", 400), ("[]", 400), ('{"token": 5}', 400), ("x" * 20_000, 413)],
+    [("nope", 400), ("[]", 400), ('{"token": 5}', 400), ("[" * 5000, 400), ('{"token":' + "[" * 5000, 400)],
 )
 async def test_verify_refuses_a_body_it_cannot_use(client, body, status):
     got_status, got = await verify(client, body)
     assert (got_status, got["active"], got["code"]) == (status, False, "invalid_request")
+
+
+async def test_verify_refuses_a_body_over_16_kib(client):
+    """The answer the HTTP guard gives in front of a server (tests/test_httpguard.py)."""
+    status, got = await verify(client, "x" * 20_000)
+    assert (status, got["type"], got["code"]) == (413, "error", "frame_too_large")
+
+
+async def test_verify_without_a_verification_key_is_a_clear_503(client, settings):
+    """A relay (grpc upstream) in production without AUTHORITY_PRIVATE_KEY has no key to check
+    tokens against: a 503 that says so, not a 500 traceback."""
+    settings.DEBUG = False
+    settings.AUTHORITY_PRIVATE_KEY = ""
+    settings.TOKEN_UPSTREAM = "grpc://127.0.0.1:9"
+    status, got = await verify(client, json.dumps({"token": "a.b.c"}))
+    assert (status, got["active"], got["code"]) == (503, False, "verification_unavailable")
+    assert "AUTHORITY_PRIVATE_KEY" in got["error"]
 
 
 async def test_the_demo_page_is_served_with_a_strict_policy(client):

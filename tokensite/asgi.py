@@ -1,5 +1,6 @@
-"""ASGI entry point: Django's HTTP app first, then the WebSocket route, inside the
-lifecycle that starts and stops the token flow with the server (challenges.lifecycle)."""
+"""ASGI entry point: Django's HTTP app behind the HTTP guard (challenges.httpguard, and its
+share inside daphne), then the WebSocket route, inside the lifecycle that starts and stops
+the token flow with the server (challenges.lifecycle)."""
 
 import os
 
@@ -11,14 +12,18 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path  # noqa: E402
 
+from challenges import daphneguard  # noqa: E402
+from challenges.config import RuntimeConfig  # noqa: E402
 from challenges.consumers import TokenConsumer  # noqa: E402
+from challenges.httpguard import HttpGuard  # noqa: E402
 from challenges.lifecycle import LifecycleApp, install_reactor_hooks  # noqa: E402
 
 install_reactor_hooks()
+daphneguard.install(RuntimeConfig.from_settings().http)
 application = LifecycleApp(
     ProtocolTypeRouter(
         {
-            "http": django_asgi_app,
+            "http": HttpGuard(django_asgi_app),
             "websocket": URLRouter([path("ws/token", TokenConsumer.as_asgi())]),
         }
     )

@@ -122,6 +122,27 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
+# --- HTTPS: with DEBUG off, the secure choice unless the environment says otherwise ----------
+#: The header a TLS-terminating proxy sets to "https" (e.g. X-Forwarded-Proto; the proxy must
+#: overwrite what the client sent). Makes Django's request.is_secure() and the WebSocket's own
+#: origin (challenges.clients) https. Empty: the scheme of the connection itself.
+_PROXY_SSL_HEADER = env.str("SECURE_PROXY_SSL_HEADER", default="").strip()
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _PROXY_SSL_HEADER.upper().replace("-", "_"), "https") if _PROXY_SSL_HEADER else None
+)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+#: A load balancer's health probe speaks plain http.
+SECURE_REDIRECT_EXEMPT = [r"^api/health$"]
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=not DEBUG)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+SECURE_REFERRER_POLICY = env.str("SECURE_REFERRER_POLICY", default="same-origin")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -194,6 +215,9 @@ RATE_LIMIT_REDIS_GRACE = env.float("RATE_LIMIT_REDIS_GRACE", default=30.0)
 CLIENT_IP_HEADER = env.str("CLIENT_IP_HEADER", default="")
 #: How many proxies of yours append to CLIENT_IP_HEADER; the entry they added is the client.
 TRUSTED_PROXIES = env.int("TRUSTED_PROXIES", default=1)
+#: Seconds a request (its body above all) has to arrive in full (challenges.httpguard). Bodies
+#: are bounded by path: 64 KiB for the API, DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) elsewhere.
+HTTP_BODY_TIMEOUT = env.float("HTTP_BODY_TIMEOUT", default=10.0)
 
 WORKER_ID = env.str("WORKER_ID", default=f"{socket.gethostname()}:{os.getpid()}")
 
