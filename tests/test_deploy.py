@@ -549,6 +549,7 @@ def worker_settings(**extra: str) -> dict[str, str]:
         "ALLOWED_ORIGINS": PUBLIC_ORIGIN,
         "CLIENT_IP_HEADER": "X-Forwarded-For",
         "TRUSTED_PROXIES": "1",
+        "SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto",
         **extra,
     }
 
