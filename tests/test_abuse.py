@@ -50,6 +50,7 @@ async def test_http_requests_are_rate_limited_with_a_retry_after_header(strict, 
             headers=[(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json")],
         )
         response = await comm.get_response(timeout=10)
+        await comm.wait(timeout=5)  # the application's own clean-up (Django closes the body file)
         statuses.append(response["status"])
         headers, body = dict(response["headers"]), response["body"]
     assert statuses == [200, 200, 200, 429]
