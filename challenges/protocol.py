@@ -66,7 +66,10 @@ def check_size(*, text: str | None = None, data: bytes | None = None) -> None:
     if data is not None:
         raise FrameError("binary frames are not accepted; send JSON text", code=Code.BINARY_FRAME)
     # Each character is at least one UTF-8 byte, so a cheap length test first.
-    if text is not None and (len(text) > MAX_FRAME_BYTES or len(text.encode("utf-8")) > MAX_FRAME_BYTES):
+    # surrogatepass: a lone surrogate counts its three bytes instead of failing the count.
+    if text is not None and (
+        len(text) > MAX_FRAME_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_FRAME_BYTES
+    ):
         raise too_large()
 
 

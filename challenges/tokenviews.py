@@ -102,7 +102,7 @@ def _token_of(request: HttpRequest, *, form: bool) -> tuple[str, tuple[str, int]
             return "", ("the body must be JSON" + (" or a form" if form else ""), 400)
         token = body.get("token") if isinstance(body, dict) else None
     if not isinstance(token, str) or not token:
-        return "", ('the body must carry the token: {"token": "<token>"}', 400)
+        return "", ('the body must be {"token": "<token>"}', 400)
     return token, None
 
 
