@@ -5,11 +5,17 @@ share a core with the server under test::
 
     python -m bench.loadgen '{"urls": ["ws://127.0.0.1:8001/ws/token"], "concurrency": 16, "flows": 1000}'
 
-It prints one JSON object (:class:`Result`). With one URL each flow is
-connect, ``token`` frame, challenge, sign, ``challenge`` frame, token, on one
-socket. With two, every flow resumes on the other worker: the challenge comes
-from one socket, which is closed, and the signature goes with the challenge's
-``id`` to the other server on a second socket (directions alternate).
+It prints one JSON object (:class:`Result`). Each flow is, by ``mode``:
+
+* ``one``: connect, ``token`` frame, challenge, sign, ``challenge`` frame,
+  token, on one socket;
+* ``same`` / ``other``: the challenge comes from one socket, which is closed,
+  and the signature goes with the challenge's ``id`` on a second socket to the
+  same server or to the other one (with two URLs; directions alternate), so
+  the only difference between the two is the routing between workers;
+* ``http``: the HTTP two-step, ``POST /api/token/challenge`` then
+  ``POST /api/token``, on one kept-alive connection per client (as an app
+  server would hold one), alternating the servers when there are two.
 
 Latency is from the start of the connect to the token frame; the socket's
 closing handshake follows outside it. Every failure is counted by kind
@@ -27,6 +33,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import nacl.signing
 import websockets
@@ -46,6 +53,8 @@ class Spec:
     issuer: str = ""
     flow_timeout: float = 30.0
     run_timeout: float = 300.0
+    #: one, same, other or http (see the module's docstring).
+    mode: str = "one"
 
 
 @dataclass
@@ -156,6 +165,52 @@ async def _cross(first: str, second: str, who: Identity) -> tuple[str, float]:
     return token, done
 
 
+class Http:
+    """A minimal HTTP/1.1 client: JSON POSTs on one kept-alive connection."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self.streams is None:
+            self.streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self.streams
+        data = json.dumps(body).encode()
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+        )
+        status = int((await reader.readline()).split()[1])
+        length, keep = 0, True
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "connection" and value.strip().lower() == "close":
+                keep = False
+        frame = json.loads(await reader.readexactly(length))
+        if not keep:
+            await self.close()
+        if status != 200:
+            raise FlowFailed(f"error_{frame.get('code')}" if isinstance(frame, dict) else f"http_{status}")
+        return dict(frame)
+
+    async def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
+
+
+async def _http(first: Http, second: Http, who: Identity) -> tuple[str, float]:
+    challenge = await first.post("/api/token/challenge", {"pub": who.pub})
+    value = bytes(challenge["value"]["data"])
+    sig = encode_buffer(who.key.sign(value).signature)
+    token = await second.post("/api/token", {"id": challenge["id"], "sig": sig})
+    return str(token["value"]), time.perf_counter()
+
+
 async def run(spec: Spec) -> Result:
     result = Result()
     counter = itertools.count()
@@ -165,24 +220,32 @@ async def run(spec: Spec) -> Result:
     async def slot() -> None:
         nonlocal checked
         who = Identity.generate()  # one key per client: MAX_PENDING_PER_KEY is never hit
+        clients = [Http(url.replace("ws://", "http://")) for url in spec.urls] if spec.mode == "http" else []
         while (n := next(counter)) < spec.flows:
             started = time.perf_counter()
+            first, other = n % len(spec.urls), (n + 1) % len(spec.urls)
             try:
                 async with asyncio.timeout(spec.flow_timeout):
-                    if len(spec.urls) == 1:
-                        token, done = await _same(spec.urls[0], who, result)
+                    if spec.mode == "one":
+                        token, done = await _same(spec.urls[first], who, result)
+                    elif spec.mode == "http":
+                        token, done = await _http(clients[first], clients[other], who)
                     else:
-                        first, second = spec.urls[n % 2], spec.urls[1 - n % 2]
-                        token, done = await _cross(first, second, who)
+                        second = other if spec.mode == "other" else first
+                        token, done = await _cross(spec.urls[first], spec.urls[second], who)
                 if not checked and spec.issuer:
                     checked = True
                     verify_token(token, issuer=parse_public_key(spec.issuer))
             except Exception as exc:
                 errors[classify(exc)] += 1
                 who = Identity.generate()  # its failed challenge may still be pending
+                for client in clients:
+                    await client.close()
             else:
                 result.ok += 1
                 result.latencies_ms.append((done - started) * 1000)
+        for client in clients:
+            await client.close()
 
     cpu, started = time.process_time(), time.perf_counter()
     try:

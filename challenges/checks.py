@@ -52,17 +52,6 @@ def check_secrets(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     errors += _check_tls()
     if settings.CHALLENGE_TIMEOUT <= 0 or settings.CHALLENGE_TIMEOUT > 600:
         errors.append(Error("CHALLENGE_TIMEOUT must be between 0 and 600 seconds", id="challenges.E005"))
-    layer: Any = settings.CHANNEL_LAYERS["default"]
-    expiry = layer.get("CONFIG", {}).get("expiry", 60)
-    timeout = settings.CHALLENGE_TIMEOUT
-    if timeout >= expiry:
-        errors.append(
-            Error(
-                "CHALLENGE_TIMEOUT must be shorter than the channel layer's message expiry (CHANNEL_EXPIRY),"
-                " or a routed signature can expire before its challenge",
-                id="challenges.E008",
-            )
-        )
     return errors
 
 

@@ -16,6 +16,7 @@ from .identity import PrivateKey
 from .keys import load_authority_key
 from .limits import Caps
 from .ratelimit import Rate
+from .redisconf import RedisTarget
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class RuntimeConfig:
     user_api_secret: str = field(default="", repr=False)
     #: A PEM bundle the grpcs relay trusts (empty: the system's roots).
     token_upstream_ca: str = ""
-    redis_url: str = ""
+    redis: RedisTarget = field(default_factory=RedisTarget)
     caps: Caps = field(default_factory=Caps)
     clients: ClientPolicy = field(default_factory=ClientPolicy)
     max_errors_per_connection: int = 20
@@ -79,7 +80,7 @@ class RuntimeConfig:
             user_api_key=settings.USER_API_KEY,
             user_api_secret=settings.USER_API_SECRET,
             token_upstream_ca=settings.TOKEN_UPSTREAM_CA,
-            redis_url=settings.REDIS_URL,
+            redis=settings.REDIS,
             caps=Caps(
                 pending_per_key=settings.MAX_PENDING_PER_KEY,
                 pending_per_ip=settings.MAX_PENDING_PER_IP,

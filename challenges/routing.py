@@ -19,14 +19,22 @@ it lives, a dead one is dropped within its heartbeat's TTL. A layer that
 cannot be reached is ``routing_unavailable``. Routing errors are audited
 here; an error the owner answered was audited by the owner. Waiting
 requests and running handlers are capped.
+
+The layer delivers at most once (a pub/sub message published while its
+reader is away is lost), so a request still unanswered after ``resend_after``
+seconds is sent again, with the same request id; the owner answers a repeat
+with the answer it already gave (or nothing, while it is still working on
+it), so a challenge is still finished once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import secrets
+from collections import OrderedDict
 from typing import Any
 
 from .clients import ClientInfo
@@ -61,6 +69,7 @@ class Router:
         timeout: float,
         send_timeout: float = 2.0,
         check_every: float = 1.0,
+        resend_after: float = 2.0,
         max_waiting: int = 10_000,
         max_handlers: int = 2_000,
     ) -> None:
@@ -71,12 +80,16 @@ class Router:
         self.timeout = timeout
         self.send_timeout = send_timeout
         self.check_every = check_every
+        self.resend_after = resend_after
         self.max_waiting = max_waiting
         self.tag = service.tag
         self.inbox = PREFIX + self.tag
         self.healthy = True
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._handlers = TaskSet(limit=max_handlers)
+        #: request id -> the answer given (None while working on it): repeats get it again.
+        self._answered: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
+        self._max_answered = max_waiting
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -139,7 +152,8 @@ class Router:
                     "the challenge belongs to another worker and the channel layer is unreachable;"
                     " retry shortly"
                 ) from exc
-            deadline = self.clock.monotonic() + self.timeout
+            deadline = sent = self.clock.monotonic()
+            deadline += self.timeout
             while not reply.done():
                 left = deadline - self.clock.monotonic()
                 if left <= 0:
@@ -147,8 +161,14 @@ class Router:
                         "the worker holding the challenge did not answer in time", code=Code.UPSTREAM_DEADLINE
                     )
                 await _first(reply, self.clock.sleep(min(self.check_every, left)))
-                if not reply.done() and not await self.liveness.alive(owner):
+                if reply.done():
+                    break
+                if not await self.liveness.alive(owner):
                     raise _owner_gone()
+                if self.clock.monotonic() - sent >= self.resend_after:  # lost on the way?
+                    sent = self.clock.monotonic()
+                    with contextlib.suppress(Exception):
+                        await self._send(PREFIX + owner, message)
             return reply.result()
         finally:
             self._waiting.pop(request_id, None)
@@ -206,6 +226,15 @@ class Router:
         if not isinstance(reply_to, str) or not reply_to.startswith(PREFIX) or not request_id:
             log.warning("inbox %s got a request it cannot answer", self.inbox)
             return
+        if request_id in self._answered:  # a repeat: the answer given, if there is one yet
+            given = self._answered[request_id]
+            if given is not None:
+                with contextlib.suppress(Exception):
+                    await self._send(reply_to, given)
+            return
+        self._answered[request_id] = None
+        while len(self._answered) > self._max_answered:
+            self._answered.popitem(last=False)
         flow_id, signature = message.get("id"), message.get("sig")
         try:
             if (
@@ -218,8 +247,9 @@ class Router:
             answer: dict[str, Any] = {"ok": True, "token": token.token}
         except ChallengeError as error:
             answer = {"ok": False, "code": str(error.code), "message": error.message}
+        reply = self._answered[request_id] = {**answer, "type": "flow.reply", "request": request_id}
         try:
-            await self._send(reply_to, {**answer, "type": "flow.reply", "request": request_id})
+            await self._send(reply_to, reply)
         except Exception as exc:
             log.warning("inbox %s could not answer a routed request: %s", self.inbox, type(exc).__name__)
 

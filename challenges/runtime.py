@@ -48,7 +48,7 @@ class Runtime:
         self.layer = layer
         self.clock = clock or LoopClock()
         self.tag = new_tag()
-        self.redis = _redis(config.redis_url) if config.redis_url else None
+        self.redis = config.redis.client() if config.redis.configured else None
         self.upstream = self._upstream()
         self.audit = AuditWriter()
         self.refusals = Refusals(audit=self.audit, clock=self.clock)
@@ -192,24 +192,6 @@ class Runtime:
         if self.redis is None:
             return LocalLiveness(tag=self.tag, registry=PROCESS_WORKERS)
         return RedisLiveness(redis=self.redis, tag=self.tag)
-
-
-def _redis(url: str) -> Any:
-    import redis.asyncio
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-    from redis.exceptions import ConnectionError
-
-    # A pool as large as the layer's: redis-py's default of 100 ran dry under load. One
-    # retry: after a Redis restart, the pool's first connection is a dead one.
-    return redis.asyncio.Redis.from_url(
-        url,
-        socket_timeout=5,
-        socket_connect_timeout=2,
-        max_connections=1000,
-        retry=Retry(NoBackoff(), 1),
-        retry_on_error=[ConnectionError],
-    )
 
 
 _current: Runtime | None = None

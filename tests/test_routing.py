@@ -35,10 +35,15 @@ class Layer(InMemoryChannelLayer):  # type: ignore[misc]
     """The in-memory layer, which can be taken down."""
 
     down = False
+    #: Messages to lose on the way (a pub/sub layer's reader that was away), as sent.
+    lose = 0
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         if self.down:
             raise ConnectionError("the layer is down")
+        if self.lose:
+            self.lose -= 1
+            return
         await super().send(channel, message)
 
 
@@ -197,3 +202,39 @@ async def test_a_local_signature_never_touches_the_layer(cluster, user_key):
         flow_id=flow.id, signature=user_key.sign(flow.challenge.value), client=CLIENT
     )
     assert await outcomes() == [("success", "A")]
+
+
+async def test_a_request_lost_on_the_way_is_sent_again_and_finished_once(cluster, clock, user_key):
+    layer, a, b = cluster
+    flow = await a.service.begin(key=user_key.public, client=CLIENT)
+    layer.lose = 1  # the request never reaches A
+    waiting = asyncio.ensure_future(
+        b.router.finish(flow_id=flow.id, signature=user_key.sign(flow.challenge.value), client=CLIENT)
+    )
+    await clock.advance(1)
+    assert not waiting.done()
+    await clock.advance(1.5)  # past resend_after: sent again
+    token = await asyncio.wait_for(waiting, 5)
+    assert token
+    assert await outcomes() == [("success", "A")]
+
+
+async def test_a_repeated_request_gets_the_same_answer_without_finishing_twice(cluster, clock, user_key):
+    layer, a, b = cluster
+    flow = await a.service.begin(key=user_key.public, client=CLIENT)
+    signature = user_key.sign(flow.challenge.value)
+    request = {
+        "type": "flow.request", "request": "r-1", "reply_to": b.router.inbox, "id": flow.id, "sig": signature,
+        "client": {"ip": "127.0.0.8", "transport": "http"},
+    }  # fmt: skip
+    replies = []
+    b.router._waiting["r-1"] = asyncio.get_running_loop().create_future()
+    await layer.send(a.router.inbox, request)
+    first = await asyncio.wait_for(b.router._waiting["r-1"], 5)
+    b.router._waiting["r-1"] = asyncio.get_running_loop().create_future()
+    await layer.send(a.router.inbox, request)  # the same request again
+    second = await asyncio.wait_for(b.router._waiting["r-1"], 5)
+    replies += [first, second]
+    assert [r["ok"] for r in replies] == [True, True]
+    assert first["token"] == second["token"]
+    assert await outcomes() == [("success", "A")]  # finished once: no unknown_challenge row

@@ -117,12 +117,40 @@ def test_readme_documents_every_error_code_and_variable():
     assert "make test" in readme
 
 
-def test_challenge_timeout_must_be_shorter_than_the_layer_expiry(settings):
-    settings.DEBUG = True
-    settings.CHALLENGE_TIMEOUT = 120
-    assert "challenges.E008" in errors_ids(settings)
-    settings.CHALLENGE_TIMEOUT = 60
-    assert "challenges.E008" not in errors_ids(settings)
+def test_redis_is_one_url_or_a_master_the_sentinels_name():
+    from challenges.redisconf import RedisTarget, parse_sentinels
+
+    one = RedisTarget(url="redis://127.0.0.1:6379/2")
+    assert one.layer_host()["address"] == "redis://127.0.0.1:6379/2"
+    sentinels = parse_sentinels("10.0.0.1:26379, 10.0.0.2:26380,[::1]:26381")
+    assert sentinels == (("10.0.0.1", 26379), ("10.0.0.2", 26380), ("::1", 26381))
+    watched = RedisTarget(url="redis://:pw@ignored:6379/3", sentinels=sentinels, master="tokens")
+    host = watched.layer_host()
+    assert (host["master_name"], host["sentinels"], host["db"], host["password"]) == (
+        "tokens",
+        list(sentinels),
+        3,
+        "pw",
+    )
+    assert watched.configured
+    assert not RedisTarget().configured
+    for bad in ("host", "host:port", ":1"):
+        with pytest.raises(ValueError, match="host:port"):
+            parse_sentinels(bad)
+
+
+def test_sentinels_without_a_master_name_refuse_to_start(tmp_path):
+    env = servers.base_env(tmp_path, REDIS_SENTINELS="127.0.0.1:26379")
+    out = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=servers.ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert "REDIS_SENTINELS needs REDIS_SENTINEL_MASTER" in out.stderr
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,9 @@ import socket
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
+
+from challenges.redisconf import RedisTarget, parse_sentinels
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
@@ -82,37 +85,31 @@ if env.str("TEST_DATABASE_NAME", default=""):
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
-if REDIS_URL:
+#: Redis Sentinel: host:port of each sentinel, and the name of the master they watch.
+REDIS_SENTINELS = env.list("REDIS_SENTINELS", default=[])
+REDIS_SENTINEL_MASTER = env.str("REDIS_SENTINEL_MASTER", default="")
+try:
+    REDIS = RedisTarget(
+        url=REDIS_URL, sentinels=parse_sentinels(REDIS_SENTINELS), master=REDIS_SENTINEL_MASTER
+    )
+except ValueError as exc:
+    raise ImproperlyConfigured(f"REDIS_SENTINELS: {exc}") from None
+if REDIS.sentinels and not REDIS.master:
+    raise ImproperlyConfigured(
+        "REDIS_SENTINELS needs REDIS_SENTINEL_MASTER, the name of the master they watch"
+    )
+if REDIS.configured:
+    # channels-redis's pub/sub layer: a routed signature and its answer are a PUBLISH each
+    # (challenges.redisconf says why).
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                # socket_timeout above the layer's 5 s blocking read: with redis-py 8's
-                # default of 5 s, each idle read timed out and the layer closed an idle
-                # WebSocket with 1011 every ~5 s (django/channels_redis#422).
-                "hosts": [
-                    {
-                        "address": REDIS_URL,
-                        "socket_timeout": 10,
-                        "max_connections": env.int("REDIS_MAX_CONNECTIONS", default=1000),
-                    }
-                ],
-                # Messages per channel before senders get ChannelFull; the per-process
-                # inboxes carry every routed signature, so they get more room.
-                "capacity": env.int("CHANNEL_CAPACITY", default=1000),
-                "channel_capacity": {"tokenflow.*": env.int("INBOX_CAPACITY", default=10000)},
-                # A routed message older than this is dropped; it must outlive a challenge
-                # (CHALLENGE_TIMEOUT, checked by challenges.E008), not much more.
-                "expiry": env.int("CHANNEL_EXPIRY", default=90),
-            },
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS.layer_host()]},
         }
     }
 else:
     CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels.layers.InMemoryChannelLayer",
-            "CONFIG": {"capacity": env.int("CHANNEL_CAPACITY", default=1000), "expiry": 90},
-        }
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}
     }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -225,7 +222,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"quiet_reconnects": {"()": "challenges.redisconf.QuietReconnects"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["quiet_reconnects"]}
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }

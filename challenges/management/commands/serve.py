@@ -5,7 +5,7 @@ port, the ASGI lifespan on (the runtime starts and drains with each worker),
 migrations applied first. It refuses to start, with one line per missing
 setting, without ``SECRET_KEY``, ``AUTHORITY_PRIVATE_KEY`` or
 ``ALLOWED_HOSTS``, with ``DEBUG`` on, or with several workers and no
-``REDIS_URL`` (their challenges could not reach each other).
+``REDIS_URL`` or ``REDIS_SENTINELS`` (their challenges could not reach each other).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _refusals(workers: int) -> list[str]:
         lines.append("ALLOWED_HOSTS is not set: the host names clients use, comma-separated")
     if workers < 1:
         lines.append("WORKERS must be at least 1")
-    elif workers > 1 and not settings.REDIS_URL:
+    elif workers > 1 and not settings.REDIS.configured:
         lines.append(
             f"WORKERS={workers} needs REDIS_URL: workers reach each other's challenges through Redis"
         )
