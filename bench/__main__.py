@@ -44,6 +44,7 @@ def _profile_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default="serve", help="serve (make serve), daphne or floor")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--flows", type=int, default=3000)
+    parser.add_argument("--mode", default="one", help="one (a WebSocket flow) or http (the two-step)")
     parser.add_argument("--out", type=Path, required=True, help="the SVG to write")
     return parser
 
@@ -57,7 +58,9 @@ def main(argv: list[str]) -> int:
         args = _profile_parser().parse_args(argv[1:])
         from .profile import profile
 
-        return profile(config=args.config, concurrency=args.concurrency, flows=args.flows, out=args.out)
+        return profile(
+            config=args.config, concurrency=args.concurrency, flows=args.flows, out=args.out, mode=args.mode
+        )
     if argv[:1] == ["soak"]:
         args = _soak_parser().parse_args(argv[1:])
         if not 0 < args.minutes <= 24 * 60 or not 0 < args.sockets <= 5000:

@@ -38,6 +38,8 @@ def bench_env(tmp: Path, *, authority: PrivateKey, redis_url: str = "", **extra:
         MAX_CONNECTIONS_PER_IP="5000",
         MAX_PENDING_PER_IP="5000",
         RATE_LIMIT_PER_MINUTE="0",
+        # Plain http on loopback (in production a TLS proxy says https): no redirect.
+        SECURE_SSL_REDIRECT="false",
         **extra,
     )
 

@@ -22,7 +22,7 @@ from . import procs, servers
 from .loadgen import Result, Spec
 
 
-def profile(*, config: str, concurrency: int, flows: int, out: Path, rate: int = 250) -> int:
+def profile(*, config: str, concurrency: int, flows: int, out: Path, mode: str = "one", rate: int = 250) -> int:
     authority = PrivateKey.generate()
     with tempfile.TemporaryDirectory(prefix="profile-") as name:
         tmp = Path(name)
@@ -34,7 +34,9 @@ def profile(*, config: str, concurrency: int, flows: int, out: Path, rate: int =
                  "--output", str(out), "--format", "flamegraph", "--threads", "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )  # fmt: skip
-            spec = Spec(urls=[server.ws], concurrency=concurrency, flows=flows, issuer=str(authority.public))
+            spec = Spec(
+                urls=[server.ws], concurrency=concurrency, flows=flows, issuer=str(authority.public), mode=mode
+            )
             run = subprocess.run(
                 [sys.executable, "-m", "bench.loadgen", json.dumps(asdict(spec))],
                 cwd=servers.ROOT, capture_output=True, text=True, timeout=spec.run_timeout + 60, check=True,

@@ -17,7 +17,8 @@ file) before any view runs, and waits for it as long as the client likes.
   ones WebSockets count against (:meth:`FlowService.connection_opened`): none
   free, 429 ``too_many_connections``.
 
-The body it read is replayed to Django. Every refusal is audited through the
+The two-step's endpoints are then answered in ASGI (:mod:`challenges.httpapi`);
+for every other path, the body it read is replayed to Django. Every refusal is audited through the
 runtime, with the client record :class:`~challenges.clients.ClientPolicy`
 builds, as the views' refusals are. Under daphne, which reads a whole body
 before it runs any application, :mod:`challenges.daphneguard` applies the same
@@ -30,7 +31,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from . import runtime
+from . import httpapi, runtime
 from .errors import ChallengeError, Code, FrameError
 from .http import refusal
 from .limits import address_scope
@@ -60,7 +61,9 @@ class HttpGuard:
             return
         try:
             body = await _body(rt, conv, scope, receive, send)
-            if body is not None:
+            if body is not None and httpapi.handles(scope):
+                await httpapi.answer(rt, conv, scope, body, send)  # the two-step: no Django
+            elif body is not None:
                 await self.app(scope, _replay(body, receive), send)
         finally:
             rt.service.connection_closed(conv.client.ip)

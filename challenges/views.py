@@ -1,10 +1,8 @@
-"""HTTP endpoints: health, the two-step token flow, the demo page and its assets.
+"""Django's HTTP endpoints: health, the demo page and its assets.
 
-The two-step flow runs the same step pipeline as the WebSocket
-(:mod:`challenges.pipeline`): same validation, codes, audit rows and
-upstreams; errors are the error frame as a JSON body with the status
-:mod:`challenges.http` gives its code. The endpoints apps check tokens with
-are in :mod:`challenges.tokenviews`.
+The two-step token flow is answered before Django, in ASGI
+(:mod:`challenges.httpapi`); the endpoints apps check tokens with are in
+:mod:`challenges.tokenviews`.
 """
 
 from __future__ import annotations
@@ -18,14 +16,10 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import render
-from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET
 from django.views.static import serve as static_serve
 
-from . import protocol, runtime, selectors
-from .errors import ChallengeError
-from .http import bounded_body, error_response
-from .pipeline import Conversation, Outcome
+from . import runtime, selectors
 
 log = logging.getLogger(__name__)
 
@@ -41,54 +35,6 @@ async def health(request: HttpRequest) -> JsonResponse:
         {"status": "ok" if ok else "degraded", "database": database, "channel_layer": layer},
         status=200 if ok else 503,
     )
-
-
-@csrf_exempt
-@require_POST
-async def token_challenge(request: HttpRequest) -> JsonResponse:
-    """``POST /api/token/challenge`` ``{"pub": "<public key string>"}``: step 1.
-
-    Answers the WebSocket's challenge frame as JSON: ``id``, ``value``
-    (Buffer JSON), ``expires_at`` and ``raw``.
-    """
-    return await _step(request, "token")
-
-
-@csrf_exempt
-@require_POST
-async def token(request: HttpRequest) -> JsonResponse:
-    """``POST /api/token`` ``{"id": "...", "sig": <Buffer JSON | int array | base64>}``: step 2.
-
-    The id may belong to a challenge issued by any worker.
-    """
-    return await _step(request, "challenge")
-
-
-async def _step(request: HttpRequest, kind: str) -> JsonResponse:
-    rt = await runtime.get()
-    client = rt.config.clients.describe(_scope(request), transport="http")
-    conv = Conversation(client=client, requires_id=True, charge_token_frames=False)
-    try:
-        rt.config.clients.admit(client)  # the HTTP guard took the request's rate-limit token
-    except ChallengeError as error:
-        return _answer(await rt.pipeline.refuse(conv, error))
-    body = bounded_body(request, protocol.MAX_FRAME_BYTES)
-    return _answer(await rt.pipeline.body(conv, body, kind=kind))
-
-
-def _answer(outcome: Outcome) -> JsonResponse:
-    if outcome.error is not None:
-        return error_response(outcome.error)
-    return JsonResponse(outcome.frame)
-
-
-def _scope(request: HttpRequest) -> dict[str, Any]:
-    """The ASGI scope behind a request (a WSGI request gets one built from its META)."""
-    scope = getattr(request, "scope", None)
-    if scope is not None:
-        return dict(scope)
-    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in request.headers.items()]
-    return {"headers": headers, "client": (request.META.get("REMOTE_ADDR"), 0), "scheme": request.scheme}
 
 
 async def _check(probe) -> str:  # type: ignore[no-untyped-def]

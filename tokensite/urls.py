@@ -6,8 +6,6 @@ from challenges import tokenviews, views
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/health", views.health, name="health"),
-    path("api/token/challenge", views.token_challenge, name="token-challenge"),
-    path("api/token", views.token, name="token"),
     path("", views.demo, name="demo"),
     path("api/token/verify", tokenviews.token_verify, name="token-verify"),
     path("api/token/introspect", tokenviews.introspect, name="token-introspect"),
