@@ -10,21 +10,30 @@ from pathlib import Path
 
 
 def _bench_parser() -> argparse.ArgumentParser:
+    from .run import CONFIGS
+
     parser = argparse.ArgumentParser(prog="python -m bench", description="Token-flow load benchmark.")
     parser.add_argument("--flows", type=int, default=1000, help="flows per point (default 1000)")
-    parser.add_argument("--quick", action="store_true", help="200 flows per point, 300 idle sockets")
+    parser.add_argument(
+        "--quick", action="store_true", help="200 flows per point, 300 idle sockets held 10 s, load 128"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs per point; the median is reported")
     parser.add_argument("--concurrency", default="1,16,128", help="comma-separated client counts")
     parser.add_argument(
-        "--configs",
-        default="floor,daphne,uvicorn,two-workers",
-        help="comma-separated subset of floor,daphne,uvicorn,two-workers",
+        "--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {','.join(CONFIGS)}"
     )
-    parser.add_argument("--idle", type=int, default=1000, help="idle sockets for the memory figure (0: skip)")
+    parser.add_argument(
+        "--idle", type=int, default=10_000, help="idle sockets for the memory figure (0: skip)"
+    )
+    parser.add_argument("--hold", type=float, default=300, help="seconds make serve holds them (default 300)")
+    parser.add_argument("--load", type=int, default=512, help="one more point at this many clients (0: skip)")
     parser.add_argument(
         "--no-pin", action="store_true", help="do not pin servers and client to separate CPUs"
     )
     parser.add_argument("--no-report", action="store_true", help="print only; leave bench/REPORT.md alone")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where REPORT.md and the charts go (default bench/)"
+    )
     return parser
 
 
@@ -79,12 +88,17 @@ def main(argv: list[str]) -> int:
     options = Options(
         flows=200 if args.quick else args.flows,
         idle=min(args.idle, 300) if args.quick else args.idle,
+        hold=min(args.hold, 10) if args.quick else args.hold,
         repeats=args.repeats,
         concurrency=[int(c) for c in args.concurrency.split(",") if c],
         configs=[c for c in args.configs.split(",") if c],
+        load=min(args.load, 128) if args.quick else args.load,
         pin=not args.no_pin,
         write_report=not args.no_report,
     )
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        options.out = args.out
     return bench(options)
 
 

@@ -180,7 +180,8 @@ class Http:
         data = json.dumps(body).encode()
         writer.write(
             f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+            f"Content-Length: {len(data)}\r\n\r\n".encode()
+            + data
         )
         status = int((await reader.readline()).split()[1])
         length, keep = 0, True

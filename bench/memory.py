@@ -4,6 +4,8 @@ Each server is started fresh (so earlier load has not pre-grown its heap),
 warmed up with a few flows, and read (``VmRSS``) before the sockets open,
 while they are held, and after they have closed again; once with a client
 that offers permessage-deflate as browsers do, once with one that does not.
+``make serve``'s server holds them ``hold`` seconds, and every socket must
+still be open and answer a ping at the end.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from websockets.asyncio.client import ClientConnection
 
 from challenges.identity import PrivateKey
 
-from . import procs, servers
+from . import procs
 from .loadgen import classify, open_socket
 from .servers import Server
 
@@ -36,6 +38,7 @@ class IdleMemory:
     before_kib: int = 0
     held_kib: int = 0
     closed_kib: int = 0
+    held_seconds: float = 0.0
     errors: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -47,7 +50,7 @@ class IdleMemory:
         return (self.held_kib - self.before_kib) / self.sockets if self.sockets else 0.0
 
 
-async def _hold(server: Server, count: int, result: IdleMemory) -> None:
+async def _hold(server: Server, count: int, result: IdleMemory, hold: float = 0.0) -> None:
     gate = asyncio.Semaphore(OPEN_AT_ONCE)
     pid = server.process.pid
 
@@ -71,6 +74,11 @@ async def _hold(server: Server, count: int, result: IdleMemory) -> None:
         result.sockets = len(socks)
         await asyncio.sleep(SETTLE_SECONDS)
         result.held_kib = await asyncio.to_thread(procs.rss_kib, pid)
+        if hold:
+            await asyncio.sleep(hold)
+            result.held_seconds = hold
+            pongs = await asyncio.gather(*(_ping(ws) for ws in socks))
+            result.errors.update(p for p in pongs if p)
         for ws in socks:
             if ws.close_code is not None:
                 result.errors[f"closed_{ws.close_code}"] += 1
@@ -82,22 +90,32 @@ async def _hold(server: Server, count: int, result: IdleMemory) -> None:
     result.closed_kib = await asyncio.to_thread(procs.rss_kib, pid)
 
 
-def measure(tmp: Path, *, authority: PrivateKey, count: int) -> list[IdleMemory]:
+async def _ping(ws: ClientConnection) -> str | None:
+    try:
+        async with asyncio.timeout(30):
+            await (await ws.ping())
+    except Exception as exc:
+        return f"ping_{classify(exc)}"
+    return None
+
+
+def measure(tmp: Path, *, authority: PrivateKey, count: int, hold: float = 0.0) -> list[IdleMemory]:
     from .run import Target, drive
 
     results: list[IdleMemory] = []
-    for kind, compression in itertools.product(("floor", "daphne", "uvicorn"), (True, False)):
+    for kind, compression in itertools.product(("floor", "daphne", "serve"), (True, False)):
         where = tmp / f"{kind}-{'deflate' if compression else 'plain'}"
-        if kind == "floor":
-            server = procs.start_floor(where, authority=authority)
-        else:
-            server = servers.start(where, kind=kind, env=procs.bench_env(where, authority=authority))
+        extra = {"MAX_CONNECTIONS_PER_IP": str(count * 2)} if kind != "floor" else {}
+        server = procs.start_config(where, kind, authority=authority, **extra)
         try:
             target = Target(kind, [server.ws], [server.process.pid], [server.log_path])
             warm = drive(target, concurrency=4, flows=40, cpu=None, issuer=str(authority.public))
             result = IdleMemory(server=kind, sockets=0, compression=compression)
             result.errors.update({f"warm-up {k}": v for k, v in warm.errors.items()})
-            asyncio.run(_hold(server, count, result))
+            held = (
+                hold if kind == "serve" and not compression else 0.0
+            )  # the long hold: make serve's own setup
+            asyncio.run(_hold(server, count, result, held))
             if server.process.poll() is not None:
                 result.errors["server_exited"] += 1
             results.append(result)

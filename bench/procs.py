@@ -16,6 +16,7 @@ import socket
 import sys
 from pathlib import Path
 
+from challenges.apikeys import new_api_key
 from challenges.identity import PrivateKey
 
 from . import servers
@@ -26,22 +27,21 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 def bench_env(tmp: Path, *, authority: PrivateKey, redis_url: str = "", **extra: str) -> dict[str, str]:
     """Production settings for a server under test; ``redis_url`` selects the Redis layer."""
-    return servers.base_env(
-        tmp,
-        DEBUG="false",
-        SECRET_KEY=secrets.token_urlsafe(40),
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-        AUTHORITY_PRIVATE_KEY=str(authority),
-        REDIS_URL=redis_url,
-        # All the load comes from one address (1,000 idle sockets, 128 clients): lift its caps
-        # and its rate limit.
-        MAX_CONNECTIONS_PER_IP="5000",
-        MAX_PENDING_PER_IP="5000",
-        RATE_LIMIT_PER_MINUTE="0",
+    settings = {
+        "DEBUG": "false",
+        "SECRET_KEY": secrets.token_urlsafe(40),
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "AUTHORITY_PRIVATE_KEY": str(authority),
+        "REDIS_URL": redis_url,
+        # All the load comes from one address (10,000 idle sockets, 512 clients): lift its
+        # caps and its rate limit, as a deployment behind many addresses would see.
+        "MAX_CONNECTIONS_PER_IP": "5000",
+        "MAX_PENDING_PER_IP": "5000",
+        "RATE_LIMIT_PER_MINUTE": "0",
         # Plain http on loopback (in production a TLS proxy says https): no redirect.
-        SECURE_SSL_REDIRECT="false",
-        **extra,
-    )
+        "SECURE_SSL_REDIRECT": "false",
+    }
+    return servers.base_env(tmp, **{**settings, **extra})
 
 
 def start_config(tmp: Path, name: str, *, authority: PrivateKey, **extra: str) -> Server:
@@ -50,6 +50,35 @@ def start_config(tmp: Path, name: str, *, authority: PrivateKey, **extra: str) -
     if name == "floor":
         return start_floor(tmp, authority=authority)
     return servers.start(tmp, kind=name, env=bench_env(tmp, authority=authority, **extra))
+
+
+def start_relay(tmp: Path, *, authority: PrivateKey) -> tuple[Server, Server]:
+    """``runauthority`` (with an API key) and a ``make serve`` provider relaying to it over gRPC."""
+    api = new_api_key()
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = bench_env(tmp, authority=authority, AUTHORITY_API_KEYS=f"{api.key}:{api.secret}")
+    servers.migrate(env)
+    process, log_path = servers.launch(
+        [sys.executable, "manage.py", "runauthority", "--address", "127.0.0.1:0"],
+        env=env,
+        log_path=tmp / "authority.log",
+    )
+
+    def listening() -> int | None:
+        found = re.search(r"^listening on 127\.0\.0\.1:(\d+)$", log_path.read_text(), re.MULTILINE)
+        return int(found.group(1)) if found else None
+
+    port = servers.wait_ready(process, log_path, listening, timeout=30, what="runauthority")
+    hub = Server(process=process, port=port, env=env, log_path=log_path)
+    relay_env = bench_env(
+        tmp / "provider",
+        authority=authority,
+        TOKEN_UPSTREAM=f"grpc://127.0.0.1:{port}",
+        USER_API_KEY=api.key,
+        USER_API_SECRET=api.secret,
+    )
+    (tmp / "provider").mkdir(exist_ok=True)
+    return hub, servers.start(tmp / "provider", kind="serve", env=relay_env)
 
 
 def start_floor(tmp: Path, *, authority: PrivateKey, ready_timeout: float = 20) -> Server:

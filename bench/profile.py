@@ -22,7 +22,9 @@ from . import procs, servers
 from .loadgen import Result, Spec
 
 
-def profile(*, config: str, concurrency: int, flows: int, out: Path, mode: str = "one", rate: int = 250) -> int:
+def profile(
+    *, config: str, concurrency: int, flows: int, out: Path, mode: str = "one", rate: int = 250
+) -> int:
     authority = PrivateKey.generate()
     with tempfile.TemporaryDirectory(prefix="profile-") as name:
         tmp = Path(name)
@@ -35,7 +37,11 @@ def profile(*, config: str, concurrency: int, flows: int, out: Path, mode: str =
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )  # fmt: skip
             spec = Spec(
-                urls=[server.ws], concurrency=concurrency, flows=flows, issuer=str(authority.public), mode=mode
+                urls=[server.ws],
+                concurrency=concurrency,
+                flows=flows,
+                issuer=str(authority.public),
+                mode=mode,
             )
             run = subprocess.run(
                 [sys.executable, "-m", "bench.loadgen", json.dumps(asdict(spec))],

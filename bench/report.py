@@ -69,76 +69,149 @@ def render_bench(
     points: list[Any],
     logs: dict[str, dict[str, int]],
     idle: list[Any],
-    options: dict[str, Any],
+    options: Any,
     facts: str,
-    names: dict[str, str],
+    configs: dict[str, Any],
+    charts: list[tuple[str, str]],
 ) -> str:
-    """The benchmark section: summary, details, CPU breakdown, memory, logs, method (Markdown)."""
-    concurrency: list[int] = options["concurrency"]
-    configs = [n for n in names if n in options["configs"]]
+    """The benchmark section: targets, summary, details, charts, CPU, memory, logs, method."""
+    concurrency: list[int] = options.concurrency
+    names = [n for n in configs if n in options.configs]
     by = {(p.config, p.concurrency): p for p in points}
 
+    def ratio_value(name: str, c: int, attr: str = "rate", base: str | None = None) -> float | None:
+        """Median over repeats of (this run / its baseline's run of the same repeat)."""
+        base = base or configs[name].baseline
+        if base is None or (base, c) not in by or (name, c) not in by:
+            return None
+        pairs = zip(by[(name, c)].runs, by[(base, c)].runs, strict=False)
+        ratios = [getattr(r, attr) / getattr(b, attr) for r, b in pairs if getattr(b, attr)]
+        return statistics.median(ratios) if ratios else None
+
     def ratio(name: str, c: int, attr: str = "rate") -> str:
-        """Median over repeats of (this run / the floor's run of the same repeat)."""
-        floor = by.get(("floor", c))
-        if floor is None:
-            return "-"
-        pairs = zip(by[(name, c)].runs, floor.runs, strict=False)
-        ratios = [getattr(r, attr) / getattr(f, attr) for r, f in pairs if getattr(f, attr)]
-        return f"{statistics.median(ratios):.2f}" if ratios else "-"
+        value = ratio_value(name, c, attr)
+        return "-" if value is None else f"{value:.2f}"
 
     lines = [
         "## Token flows",
         "",
         f"Machine: {facts}.",
         "",
-        f"{options['flows']} flows per point, {options['repeats']} runs each; flows/s (median) and, in"
-        " brackets, the ratio to the floor (median of the runs' ratios: each run's floor ran alongside).",
+        *_targets(by, idle, options, ratio_value),
         "",
-        "| configuration | " + " | ".join(f"c={c}" for c in concurrency) + " |",
-        "|---|" + "---|" * len(concurrency),
+        f"{options.flows} flows per point, {options.repeats} runs each: flows/s (median) and, in brackets,"
+        " the ratio to the configuration's baseline measured in the same run (median of the runs' ratios).",
+        "",
+        "| configuration | baseline | " + " | ".join(f"c={c}" for c in concurrency) + " |",
+        "|---|---|" + "---|" * len(concurrency),
     ]
-    for name in configs:
+    for name in names:
         cells = [f"{by[(name, c)].median('rate'):,.0f} ({ratio(name, c)})" for c in concurrency]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {configs[name].baseline or '-'} | " + " | ".join(cells) + " |")
+    lines += ["", *[f"![{title}]({file})" for title, file in charts], ""]
     lines += [
-        "",
-        "| configuration | c | flows/s | range of runs | ratio to floor | p50 ms | p99 ms"
-        " | server CPU ms/flow | CPU ratio to floor | client CPU | flows ok | failures |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| configuration | c | flows/s | range of runs | ratio to baseline | p50 ms | p99 ms"
+        " | server CPU ms/flow | client CPU | flows ok | failures |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in concurrency:
-        for name in configs:
+        for name in names:
             p = by[(name, c)]
             rates = [r.rate for r in p.runs]
             failures = ", ".join(f"{k} {v}" for k, v in sorted(p.errors.items())) or "0"
             lines.append(
                 f"| {name} | {c} | {p.median('rate'):,.0f} | {min(rates):,.0f}-{max(rates):,.0f}"
                 f" | {ratio(name, c)} | {p.median('p50'):.1f} | {p.median('p99'):.1f}"
-                f" | {p.median('server_cpu_ms'):.2f} | {ratio(name, c, 'server_cpu_ms')}"
-                f" | {p.median('client_cpu'):.0%} | {sum(r.ok for r in p.runs)} | {failures} |"
+                f" | {p.median('server_cpu_ms'):.2f} | {p.median('client_cpu'):.0%}"
+                f" | {sum(r.ok for r in p.runs)} | {failures} |"
             )
     lines += ["", "Configurations:", ""]
-    for name in configs:
+    for name in names:
         exts = sorted({r.extensions for p in points if p.config == name for r in p.runs} - {""})
-        lines.append(f"- **{name}**: {names[name]} (negotiated extensions: {', '.join(exts) or '-'}).")
+        lines.append(
+            f"- **{name}**: {configs[name].description} (negotiated extensions: {', '.join(exts) or '-'})."
+        )
     lines += _breakdown(points, concurrency)
     lines += _memory(idle)
-    lines += [
-        "",
-        "## Server logs",
-        "",
-        "| configuration | tracebacks | 'Timeout reading' | inbox read failures | warm-up failures |",
-        "|---|---|---|---|---|",
-    ]
-    for name in configs:
+    lines += ["", "## Server logs", "", "| configuration | tracebacks | warm-up failures |", "|---|---|---|"]
+    for name in names:
         counts = logs.get(name, {})
-        lines.append(
-            f"| {name} | {counts.get('tracebacks', 0)} | {counts.get('timeout_reading', 0)}"
-            f" | {counts.get('inbox_read_failures', 0)} | {counts.get('warm-up errors', 0)} |"
-        )
+        lines.append(f"| {name} | {counts.get('tracebacks', 0)} | {counts.get('warm-up errors', 0)} |")
     lines += ["", *METHOD]
     return "\n".join(lines)
+
+
+def _targets(by: dict[Any, Any], idle: list[Any], options: Any, ratio: Any) -> list[str]:
+    """The figures the benchmark is held to, each with what this run measured."""
+    rows: list[tuple[str, str, bool | None]] = []
+
+    def check(what: str, value: float | None, ok: Any, shown: str) -> None:
+        rows.append(
+            (what, "-" if value is None else shown.format(value), None if value is None else bool(ok(value)))
+        )
+
+    for c in (16, 128):
+        check(f"make serve at c={c}: >= 0.45x the floor", ratio("serve", c), lambda v: v >= 0.45, "{:.2f}x")
+    if ("serve", 16) in by:
+        check(
+            "make serve p99 at c=16: <= 30 ms",
+            by[("serve", 16)].median("p99"),
+            lambda v: v <= 30,
+            "{:.1f} ms",
+        )
+    for c in (16, 128):
+        check(
+            f"answers on the other worker at c={c}: >= 0.8x the same worker",
+            ratio("other", c),
+            lambda v: v >= 0.8,
+            "{:.2f}x",
+        )
+    for c, bound in ((1, 5), (16, 10)):
+        if ("other", c) in by and ("same", c) in by:
+            extra = by[("other", c)].median("p50") - by[("same", c)].median("p50")
+            check(f"routed p50 at c={c}: at most +{bound} ms", extra, lambda v, b=bound: v <= b, "{:+.1f} ms")
+    commands = [
+        p.median("redis_commands")
+        for key, p in by.items()
+        if key[0] == "other" and p.runs and p.runs[0].redis_commands is not None
+    ]
+    if commands:
+        check(
+            "Redis commands per routed answer: <= 6", statistics.median(commands), lambda v: v <= 6, "{:.1f}"
+        )
+    for c in (16, 128):
+        check(
+            f"HTTP two-step at c={c}: >= 0.8x the WebSocket flow",
+            ratio("http", c),
+            lambda v: v >= 0.8,
+            "{:.2f}x",
+        )
+        check(
+            f"gRPC relay at c={c}: >= 0.6x the local upstream",
+            ratio("relay", c),
+            lambda v: v >= 0.6,
+            "{:.2f}x",
+        )
+    load = by.get(("serve", options.load))
+    if options.load and load is not None and options.load not in options.concurrency:
+        check(
+            f"{options.load} concurrent clients: no error",
+            float(sum(load.errors.values())),
+            lambda v: v == 0,
+            "{:.0f} errors",
+        )
+    for m in idle:
+        if m.server == "serve" and m.held_seconds:
+            check(
+                f"{m.sockets:,} idle sockets held {m.held_seconds / 60:.0f} min: none dropped, <= 30 KB each",
+                m.per_socket_kib * 1.024,
+                lambda v, m=m: v <= 30 and not m.failures,
+                "{:.1f} KB, " + f"{sum(m.errors.values())} dropped",
+            )
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    for what, measured, ok in rows:
+        lines.append(f"| {what} | {measured} | {'-' if ok is None else 'yes' if ok else '**no**'} |")
+    return lines
 
 
 def _breakdown(points: list[Any], concurrency: list[int]) -> list[str]:
@@ -193,9 +266,11 @@ METHOD = [
     "- A flow is connect, `token` frame, challenge, Ed25519 signature, `challenge` frame, token; latency runs"
     " from the connect to the token frame (the closing handshake follows outside it). Each client slot has"
     " its own key; the first token of every run is verified against the authority key.",
-    "- `two-workers`: the challenge comes from one worker on a first socket, which is closed; the signature"
-    " goes with the challenge's `id` to the other worker on a second socket (directions alternate), so every"
-    " flow crosses the Redis channel layer.",
+    "- `same` / `other`: the challenge comes from one worker on a first socket, which is closed; the"
+    " signature goes with the challenge's `id` on a second socket to the same worker, or to the other one"
+    " (directions alternate), so the two differ only by the routing through Redis.",
+    "- `http`: the two-step, `POST /api/token/challenge` then `POST /api/token`, on one kept-alive"
+    " connection per client.",
     "- Servers run with `DEBUG=false`, SQLite audit (group-committed), the per-address caps lifted"
     " (`MAX_CONNECTIONS_PER_IP`, `MAX_PENDING_PER_IP`: all load comes from 127.0.0.1); all"
     " server-side processes (both workers and redis-server included) are pinned to the first CPU, the load"

@@ -3,8 +3,10 @@
 All servers under test run at once, pinned to the server CPU(s); the load
 generator runs in its own process on the remaining CPU. Each repeat visits
 every concurrency and, within it, every configuration in turn, so slow drifts
-of a shared machine fall on all configurations alike, and the floor measured
-alongside gives each figure a ratio that is steadier than the figure itself.
+of a shared machine fall on all configurations alike; each configuration's
+figure is compared with its baseline's **in the same run** (the floor for a
+server, the same-worker answers for routed ones, one WebSocket flow for the
+HTTP two-step and the relay), a ratio steadier than the figure itself.
 """
 
 from __future__ import annotations
@@ -21,15 +23,56 @@ from pathlib import Path
 
 from challenges.identity import PrivateKey
 
-from . import memory, procs, report, servers
+from . import charts, memory, procs, report, servers
 from .loadgen import Result, Spec
 from .servers import ROOT, Server
 
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    description: str
+    #: The servers it runs against (started once, shared by the configurations that name them).
+    group: str
+    #: The load generator's mode (bench.loadgen).
+    mode: str = "one"
+    #: The configuration its figures are compared with, in the same run.
+    baseline: str | None = None
+
+
 CONFIGS = {
-    "floor": "plain `websockets` server (the floor)",
-    "daphne": "daphne, one worker, in-memory layer",
-    "uvicorn": "uvicorn `--ws websockets-sansio`, one worker, in-memory layer",
-    "two-workers": "daphne A + uvicorn B + redis-server, every flow resumes on the other worker",
+    c.name: c
+    for c in (
+        Config("floor", "plain `websockets` server doing the same flow (the floor)", "floor"),
+        Config("serve", "`make serve`: uvicorn, one worker, in-memory layer", "serve", baseline="floor"),
+        Config("daphne", "daphne (what `make run` serves), one worker", "daphne", baseline="floor"),
+        Config(
+            "http",
+            "`make serve`, the HTTP two-step on one kept-alive connection per client",
+            "serve",
+            "http",
+            "serve",
+        ),
+        Config(
+            "same",
+            "two `make serve` workers + Redis; the answer on a second socket to the same worker",
+            "cluster",
+            "same",
+        ),
+        Config(
+            "other",
+            "the same two workers; the answer on a second socket to the other worker (routed through Redis)",
+            "cluster",
+            "other",
+            "same",
+        ),
+        Config(
+            "relay",
+            "`make serve` relaying every flow to `runauthority` over gRPC",
+            "relay",
+            baseline="serve",
+        ),
+    )
 }
 WARMUP_FLOWS = 100
 
@@ -37,12 +80,17 @@ WARMUP_FLOWS = 100
 @dataclass
 class Options:
     flows: int = 1000
-    idle: int = 1000
+    idle: int = 10_000
+    #: Seconds the idle sockets of make serve are held (none may drop).
+    hold: float = 300.0
     repeats: int = 3
     concurrency: list[int] = field(default_factory=lambda: [1, 16, 128])
     configs: list[str] = field(default_factory=lambda: list(CONFIGS))
+    #: One extra point at this many clients against make serve (0: skip).
+    load: int = 512
     pin: bool = True
     write_report: bool = True
+    out: Path = report.REPORT.parent
 
 
 @dataclass
@@ -55,6 +103,7 @@ class Target:
     #: What each of ``pids`` is, for the CPU breakdown.
     roles: list[str] = field(default_factory=list)
     redis_port: int | None = None
+    mode: str = "one"
 
 
 @dataclass
@@ -100,7 +149,9 @@ def percentile(values: list[float], q: float) -> float:
 
 def drive(target: Target, *, concurrency: int, flows: int, cpu: int | None, issuer: str) -> Run:
     """One point: the load generator in its own process; server CPU read around it."""
-    spec = Spec(urls=target.urls, concurrency=concurrency, flows=flows, cpu=cpu, issuer=issuer)
+    spec = Spec(
+        urls=target.urls, concurrency=concurrency, flows=flows, cpu=cpu, issuer=issuer, mode=target.mode
+    )
     before = [procs.cpu_seconds(pid) for pid in target.pids]
     commands = procs.redis_commands(target.redis_port) if target.redis_port else 0
     out = subprocess.run(
@@ -132,49 +183,54 @@ def drive(target: Target, *, concurrency: int, flows: int, cpu: int | None, issu
     )
 
 
-def _start_targets(
-    stack: contextlib.ExitStack, tmp: Path, names: list[str], authority: PrivateKey, cpus: set[int] | None
+def _start_groups(
+    stack: contextlib.ExitStack, tmp: Path, groups: set[str], authority: PrivateKey, cpus: set[int] | None
 ) -> dict[str, Target]:
-    targets: dict[str, Target] = {}
+    """The servers of each group, started once: a template Target per group."""
 
     def started(server: Server) -> Server:
         stack.callback(server.stop)
         procs.pin(server.process.pid, cpus)
         return server
 
-    def single(name: str) -> Target:
-        server = started(
-            servers.start(tmp / name, kind=name, env=procs.bench_env(tmp / name, authority=authority))
-        )
-        return Target(name, [server.ws], [server.process.pid], [server.log_path], [name])
-
-    for name in names:
-        if name == "floor":
-            floor = started(procs.start_floor(tmp / name, authority=authority))
-            targets[name] = Target(name, [floor.ws], [floor.process.pid], [floor.log_path], [name])
-        elif name in ("daphne", "uvicorn"):
-            targets[name] = single(name)
-        elif name == "two-workers":
-            redis = stack.enter_context(servers.redis_server(tmp / "redis"))
+    found: dict[str, Target] = {}
+    for group in sorted(groups):
+        where = tmp / group
+        if group in ("floor", "serve", "daphne"):
+            server = started(procs.start_config(where, group, authority=authority))
+            found[group] = Target(group, [server.ws], [server.process.pid], [server.log_path], [group])
+        elif group == "cluster":
+            redis = stack.enter_context(servers.redis_server(where / "redis"))
             assert redis.process is not None
             procs.pin(redis.process.pid, cpus)
-            (tmp / "cluster").mkdir(parents=True, exist_ok=True)
-            env = procs.bench_env(tmp / "cluster", authority=authority, redis_url=redis.url)
-            a = started(servers.start(tmp / "a", kind="daphne", env=dict(env, WORKER_ID="A")))
+            where.mkdir(parents=True, exist_ok=True)
+            env = procs.bench_env(where, authority=authority, redis_url=redis.url)
+            a = started(servers.start(where / "a", kind="serve", env=dict(env, WORKER_ID="A")))
             b = started(
-                servers.start(tmp / "b", kind="uvicorn", env=dict(env, WORKER_ID="B"), migrate_db=False)
+                servers.start(where / "b", kind="serve", env=dict(env, WORKER_ID="B"), migrate_db=False)
             )
-            targets[name] = Target(
-                name,
+            found[group] = Target(
+                group,
                 [a.ws, b.ws],
                 [a.process.pid, b.process.pid, redis.process.pid],
                 [a.log_path, b.log_path],
-                ["worker A (daphne)", "worker B (uvicorn)", "redis-server"],
+                ["worker A", "worker B", "redis-server"],
                 redis.port,
             )
+        elif group == "relay":
+            hub, relay = procs.start_relay(where, authority=authority)
+            started(hub)
+            started(relay)
+            found[group] = Target(
+                group,
+                [relay.ws],
+                [relay.process.pid, hub.process.pid],
+                [relay.log_path, hub.log_path],
+                ["provider", "runauthority"],
+            )
         else:
-            raise SystemExit(f"unknown configuration {name!r}; known: {', '.join(CONFIGS)}")
-    return targets
+            raise SystemExit(f"unknown server group {group!r}")
+    return found
 
 
 def _flows(
@@ -183,25 +239,45 @@ def _flows(
     server_cpus, client_cpus = procs.cpu_split(not options.pin)
     cpu = min(client_cpus) if client_cpus else None
     issuer = str(authority.public)
-    points = {(c, n): Point(n, c) for c in options.concurrency for n in options.configs}
+    configs = [CONFIGS[name] for name in options.configs]
+    points = {(c, cfg.name): Point(cfg.name, c) for c in options.concurrency for cfg in configs}
     with contextlib.ExitStack() as stack:
-        targets = _start_targets(stack, tmp, options.configs, authority, server_cpus)
+        groups = _start_groups(stack, tmp, {cfg.group for cfg in configs}, authority, server_cpus)
+        targets = {
+            cfg.name: Target(**{**asdict(groups[cfg.group]), "name": cfg.name, "mode": cfg.mode})
+            for cfg in configs
+        }
         warmup: dict[str, dict[str, int]] = {}
         for name, target in targets.items():
-            warm = drive(target, concurrency=16, flows=WARMUP_FLOWS, cpu=cpu, issuer=issuer)
-            warmup[name] = warm.errors
+            warmup[name] = drive(target, concurrency=16, flows=WARMUP_FLOWS, cpu=cpu, issuer=issuer).errors
         for repeat in range(options.repeats):
             for c in options.concurrency:
                 for name, target in targets.items():
                     run = drive(target, concurrency=c, flows=options.flows, cpu=cpu, issuer=issuer)
                     points[(c, name)].runs.append(run)
                     print(
-                        f"bench: run {repeat + 1}/{options.repeats} c={c:<3} {name:<11}"
+                        f"bench: run {repeat + 1}/{options.repeats} c={c:<3} {name:<7}"
                         f" {run.rate:7.0f} flows/s  p50 {run.p50:6.1f} ms  p99 {run.p99:6.1f} ms"
                         f"  server {run.server_cpu_ms:.2f} ms/flow"
                         f"  client cpu {run.client_cpu:.0%}  errors {run.errors or 0}",
                         file=sys.stderr,
                     )
+        if options.load and "serve" in targets:
+            load = Point("serve", options.load)
+            load.runs.append(
+                drive(
+                    targets["serve"],
+                    concurrency=options.load,
+                    flows=max(options.flows, options.load * 4),
+                    cpu=cpu,
+                    issuer=issuer,
+                )
+            )
+            points[(options.load, "load")] = load
+            print(
+                f"bench: load c={options.load}: {load.runs[0].rate:.0f} flows/s errors {load.errors or 0}",
+                file=sys.stderr,
+            )
     logs = {name: procs.log_counts(*t.logs) for name, t in targets.items()}
     for name, errors in warmup.items():
         logs[name]["warm-up errors"] = sum(errors.values())
@@ -209,7 +285,7 @@ def _flows(
 
 
 def bench(options: Options) -> int:
-    """Run everything, print the Markdown report, write bench/REPORT.md; 1 if any flow failed."""
+    """Run everything, print the Markdown report, write REPORT.md and the charts; 1 if a flow failed."""
     procs.raise_fd_limit()
     authority = PrivateKey.generate()
     facts = report.machine_facts()
@@ -218,18 +294,19 @@ def bench(options: Options) -> int:
         try:
             points, logs = _flows(options, tmp, authority)
             idle = (
-                memory.measure(tmp / "memory", authority=authority, count=options.idle)
+                memory.measure(tmp / "memory", authority=authority, count=options.idle, hold=options.hold)
                 if options.idle
                 else []
             )
         finally:
             servers.drop_server_databases()
+    drawn = charts.draw(points=points, idle=idle, options=options, names=CONFIGS, out=options.out)
     text = report.render_bench(
-        points=points, logs=logs, idle=idle, options=asdict(options), facts=facts, names=CONFIGS
+        points=points, logs=logs, idle=idle, options=options, facts=facts, configs=CONFIGS, charts=drawn
     )
     print(text)
     if options.write_report:
-        report.write_section("bench", text)
+        report.write_section("bench", text, path=options.out / "REPORT.md")
     failed = sum(sum(p.errors.values()) for p in points) + sum(m.failures for m in idle)
     failed += sum(counts.get("warm-up errors", 0) for counts in logs.values())
     return 1 if failed else 0
