@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from django.db import transaction
+from django.db import connection, models, transaction
 from django.db.models import F
 
 from .models import ChallengeAttempt, IssuedToken
@@ -51,53 +52,70 @@ def _clean(text: str, limit: int) -> str:
 
 
 def audit_write_batch(records: list[AuditRecord]) -> list[int]:
-    """Write a batch of audit records in one transaction; returns their row ids."""
-    with transaction.atomic():
-        attempts = ChallengeAttempt.objects.bulk_create(
-            [
-                ChallengeAttempt(
-                    outcome=r.outcome,
-                    created_at=r.created_at,
-                    finished_at=r.finished_at,
-                    public_key=_clean(r.public_key, 128),
-                    challenge_id=_clean(r.challenge_id, 64),
-                    detail=_clean(r.detail, 200),
-                    client_ip=r.client_ip,
-                    origin=_clean(r.origin, 200),
-                    user_agent=_clean(r.user_agent, 200),
-                    transport=r.transport,
-                    worker=_clean(r.worker, 100),
-                    upstream=_clean(r.upstream, 100),
-                    upstream_status=_clean(r.upstream_status, 40),
-                    latency_ms=r.latency_ms,
-                    challenged_at=r.challenged_at,
-                    answered_at=r.answered_at,
-                    api_key=_clean(r.api_key, 64),
-                    count=r.count,
-                )
-                for r in records
-            ]
+    """Write a batch of audit records in one transaction; returns their row ids.
+
+    Two statements, whatever the batch's size: one multi-row ``INSERT ... RETURNING id``
+    for the attempts, one for their tokens. The ORM's ``bulk_create`` built a model
+    instance and compiled its SQL per row: most of the writer's time at a few
+    thousand rows a second.
+    """
+    ops = connection.ops
+    when, ip = ops.adapt_datetimefield_value, ops.adapt_ipaddressfield_value
+    attempts = [
+        (
+            r.outcome[:32], when(r.created_at), when(r.finished_at), _clean(r.detail, 200),
+            _clean(r.public_key, 128), _clean(r.challenge_id, 64), ip(r.client_ip), _clean(r.origin, 200),
+            _clean(r.user_agent, 200), r.transport[:8], _clean(r.worker, 100), _clean(r.upstream, 100),
+            _clean(r.upstream_status, 40), r.latency_ms, when(r.challenged_at), when(r.answered_at),
+            _clean(r.api_key, 64), r.count,
         )
-        IssuedToken.objects.bulk_create(
-            [
-                IssuedToken(
-                    attempt=attempt,
-                    jti=r.token.jti,
-                    token_sha256=r.token.sha256,
-                    public_key=r.token.subject,
-                    issuer=r.token.issuer,
-                    audience=r.token.audience,
-                    issued_at=r.token.issued_at,
-                    expires_at=r.token.expires_at,
-                )
-                for r, attempt in zip(records, attempts, strict=True)
-                if r.token is not None
-            ],
+        for r in records
+    ]  # fmt: skip
+    with transaction.atomic(), connection.cursor() as cursor:
+        ids = _insert(cursor, ChallengeAttempt, _ATTEMPT_COLUMNS, attempts, returning=True)
+        tokens = [
+            (
+                attempt_id, r.token.jti, r.token.sha256, r.token.subject, r.token.issuer,
+                r.token.audience, when(r.token.issued_at), when(r.token.expires_at),
+            )
+            for r, attempt_id in zip(records, ids, strict=True)
+            if r.token is not None
+        ]  # fmt: skip
+        if tokens:
             # A relay sharing its database with the authority it relays to (runauthority)
             # releases the very token the authority already recorded: one row is enough.
-            ignore_conflicts=True,
-        )
-    return [attempt.pk for attempt in attempts]
+            _insert(cursor, IssuedToken, _TOKEN_COLUMNS, tokens, returning=False)
+    return ids
+
+
+_ATTEMPT_COLUMNS = (
+    "outcome", "created_at", "finished_at", "detail", "public_key", "challenge_id", "client_ip", "origin",
+    "user_agent", "transport", "worker", "upstream", "upstream_status", "latency_ms", "challenged_at",
+    "answered_at", "api_key", "count",
+)  # fmt: skip
+_TOKEN_COLUMNS = (
+    "attempt_id", "jti", "token_sha256", "public_key", "issuer", "audience", "issued_at", "expires_at",
+)  # fmt: skip
+
+
+def _insert(
+    cursor: Any,
+    model: type[models.Model],
+    columns: tuple[str, ...],
+    rows: list[tuple[Any, ...]],
+    *,
+    returning: bool,
+) -> list[int]:
+    quote = connection.ops.quote_name
+    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    # Only identifiers of ours and placeholders are formatted in; every value is a parameter.
+    sql = (
+        f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(c) for c in columns)})"  # noqa: S608
+        f" VALUES {', '.join([one] * len(rows))}"
+        + (" RETURNING id" if returning else " ON CONFLICT DO NOTHING")
+    )
+    cursor.execute(sql, [value for row in rows for value in row])
+    return [row[0] for row in cursor.fetchall()] if returning else []
 
 
 def audit_add_counts(counts: list[tuple[int, int, datetime]]) -> None:
