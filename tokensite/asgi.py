@@ -1,7 +1,12 @@
-"""ASGI entry point: Django's HTTP app first, then the WebSocket route, inside the
-lifecycle that starts and stops the token flow with the server (challenges.lifecycle)."""
+"""ASGI entry point: Django's HTTP app first, then the WebSocket routes, inside the
+lifecycle that starts and stops the token flow with the server (challenges.lifecycle).
+
+WebSockets: ``/ws/token`` (the tutorial's JSON protocol), ``GetToken`` over gRPC-Web
+for the Hub's JavaScript client (any path ending in ``/threads.pb.API/GetToken`` or
+``/threads.net.pb.API/GetToken``), and every other path refused at the handshake."""
 
 import os
+from typing import Any, cast
 
 from django.core.asgi import get_asgi_application
 
@@ -9,8 +14,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tokensite.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.urls import path  # noqa: E402
+from django.urls import path, re_path  # noqa: E402
 
+from challenges import grpcweb_consumer  # noqa: E402
 from challenges.consumers import TokenConsumer  # noqa: E402
 from challenges.lifecycle import LifecycleApp, install_reactor_hooks  # noqa: E402
 
@@ -19,7 +25,13 @@ application = LifecycleApp(
     ProtocolTypeRouter(
         {
             "http": django_asgi_app,
-            "websocket": URLRouter([path("ws/token", TokenConsumer.as_asgi())]),
+            "websocket": URLRouter(
+                [
+                    path("ws/token", TokenConsumer.as_asgi()),
+                    re_path(grpcweb_consumer.PATH, cast(Any, grpcweb_consumer.GetTokenSocket())),
+                    re_path(r"", cast(Any, grpcweb_consumer.refuse_handshake)),
+                ]
+            ),
         }
     )
 )
