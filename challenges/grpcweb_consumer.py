@@ -46,9 +46,13 @@ from .limits import address_scope
 log = logging.getLogger(__name__)
 
 TRANSPORT = "grpc-web"
-#: The route: any prefix (an app's host may carry a path), either service name.
-PATH = r"^(?:.*/)?threads(?:\.net)?\.pb\.API/GetToken$"
-#: Seconds a new connection has to send its metadata block (the client sends it on open).
+#: The route (the router strips the leading slashes): any prefix (an app's host may carry a
+#: path), either service name. A host given with a trailing slash makes the client ask for
+#: ``//threads.pb.API/GetToken``, which daphne (autobahn) reads as a network-path reference,
+#: host ``threads.pb.API``, path ``/GetToken``: so that path alone is taken too.
+PATH = r"^(?:(?:.*/)?threads(?:\.net)?\.pb\.API/)?GetToken$"
+#: Seconds a new connection has to send its metadata block, and then its first request (the
+#: client sends both on open): a call waiting for them holds a slot of the stream cap.
 METADATA_WAIT = 10.0
 #: Messages a connection may leave unread (the Hub's client sends at most five).
 MAX_QUEUED = 16
@@ -100,6 +104,7 @@ class _Connection:
         self.requests: collections.deque[Request | None] = collections.deque()
         self.headers_sent = False
         self.closed = False
+        self.first = True
 
     # -- the caller's side ----------------------------------------------------------
 
@@ -129,9 +134,15 @@ class _Connection:
         return bytes(item)
 
     async def receive(self) -> Request | None:
-        """The call's next request (None: the half-close); raises a coded error."""
-        while not self.requests:
-            self.requests.extend(self.reader.feed(await self._next()))
+        """The call's next request (None: the half-close); raises a coded error. The first
+        must come within :data:`METADATA_WAIT` (the signature has the call's deadline)."""
+        first, self.first = self.first, False
+        try:
+            async with asyncio.timeout(METADATA_WAIT if first else None):
+                while not self.requests:
+                    self.requests.extend(self.reader.feed(await self._next()))
+        except TimeoutError:
+            raise ChallengeError(f"no request within {METADATA_WAIT:g} s", code=Code.MISSING_PUB) from None
         return self.requests.popleft()
 
     async def _metadata(self, wait: float) -> dict[str, str]:

@@ -7,6 +7,7 @@ half-close, and the empty request it sends when the application's callback throw
 
 from __future__ import annotations
 
+import re
 import struct
 import urllib.parse
 
@@ -256,3 +257,24 @@ def test_one_status_table_for_grpc_and_grpc_web(error, status, message):
 
 def test_every_status_in_the_table_is_a_code_the_server_can_raise():
     assert all(isinstance(code, Code) for code in STATUS)
+
+
+@pytest.mark.parametrize(
+    ("path", "routed"),
+    [
+        ("threads.pb.API/GetToken", True),
+        ("threads.net.pb.API/GetToken", True),
+        ("hub/v1/threads.pb.API/GetToken", True),  # a host with a path
+        ("GetToken", True),  # daphne's reading of //threads.pb.API/GetToken (a host ending in /)
+        ("threads.pb.API/GetTokens", False),
+        ("threads.pb.API/GetToken/", False),
+        ("xthreads.pb.API/GetToken", False),
+        ("threads.pb.APIs/GetToken", False),
+        ("hub/GetToken", False),
+        ("ws/token", False),
+    ],
+)
+def test_the_route_takes_the_paths_the_client_asks_for(path, routed):
+    from challenges.grpcweb_consumer import PATH
+
+    assert bool(re.match(PATH, path)) is routed
