@@ -46,7 +46,8 @@ chromium:
 	@test -x $(CHROMIUM) || { echo "ERROR: $(CHROMIUM) is missing: run 'apt-get install -y chromium' as root, or set CHROMIUM=/path/to/chromium" >&2; exit 1; }
 	@command -v redis-server >/dev/null || { echo "ERROR: redis-server is missing: apt-get install -y redis-server" >&2; exit 1; }
 
-# @textile/crypto and ws for tests/test_textile_identity.py (Node 20 and npm from the machine).
+# @textile/crypto, @textile/hub and ws for the Node tests (tests/test_textile_identity.py, tests/test_hub_client.py,
+# tests/test_tutorial.py); Node 20 and npm from the machine.
 node-deps: tests/node/node_modules/.installed
 tests/node/node_modules/.installed: tests/node/package-lock.json
 	@command -v npm >/dev/null || { echo "ERROR: npm is missing: apt-get install -y nodejs npm" >&2; exit 1; }

@@ -1,0 +1,151 @@
+"""The real ``@textile/hub`` 6.3.4 client, as an app server built on the Textile tutorial uses
+it, against this service under daphne and uvicorn: ``Client.withKeyInfo({key, secret},
+<service>)`` then ``getTokenChallenge(publicKey, callback)`` (``tests/node/hub-client.mjs``).
+
+The token verifies against the service's published key set (``/.well-known/jwks.json``, by
+its ``kid``) and with ``challenges.tokens.verify_token``. Each failure gets the message the
+Hub gave, within the time the Hub took, and an audit row.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from challenges import tokens
+from challenges.identity import format_public_key, parse_public_key, verify_signature
+from tests import servers
+from tests.rpcutil import API_KEY, API_SECRET
+
+pytestmark = pytest.mark.server
+NODE_DIR = servers.ROOT / "tests" / "node"
+AUDIENCE = "https://app.example"
+DEADLINE = 2.0
+
+
+def node_ready() -> None:
+    if not shutil.which("node") or not (NODE_DIR / "node_modules" / "@textile" / "hub").is_dir():
+        raise RuntimeError("node and tests/node/node_modules are needed: run `make node-deps` (npm ci)")
+
+
+@pytest.fixture(scope="module", params=["daphne", "uvicorn"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[servers.Server]:
+    node_ready()
+    tmp = tmp_path_factory.mktemp(f"hub-{request.param}")
+    env = servers.base_env(
+        tmp,
+        AUTHORITY_API_KEYS=f"{API_KEY}:{API_SECRET}",
+        AUTHORITY_CHALLENGE_DEADLINE=str(DEADLINE),
+        TOKEN_AUDIENCE=AUDIENCE,
+        TOKEN_TTL="3600",
+    )
+    with servers.running(tmp, kind=request.param, env=env) as running:
+        yield running
+    log = running.log()
+    assert "Traceback" not in log
+    assert API_SECRET not in log
+
+
+def hub_client(
+    server: servers.Server, scenario: str, *, key: str = API_KEY, secret: str = API_SECRET, count: int = 1
+) -> dict[str, Any]:
+    out = subprocess.run(
+        ["node", "hub-client.mjs", scenario, server.http, key, secret, str(count)],
+        cwd=NODE_DIR, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.stdout, out.stderr
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def b64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def check_against_the_key_set(server: servers.Server, token: str, pub: str) -> dict[str, Any]:
+    """The token's signature checked with the published key its ``kid`` names, then its claims."""
+    with urllib.request.urlopen(f"{server.http}/.well-known/jwks.json", timeout=5) as response:
+        keys = json.load(response)["keys"]
+    head, body, signature = token.split(".")
+    header = json.loads(b64url(head))
+    [published] = [key for key in keys if key["kid"] == header["kid"]]
+    assert (published["kty"], published["crv"], header["alg"]) == ("OKP", "Ed25519", "Ed25519")
+    raw = b64url(published["x"])
+    verify_signature(public_key=raw, message=f"{head}.{body}".encode(), signature=b64url(signature))
+    claims = tokens.verify_token(token, issuer=parse_public_key(format_public_key(raw)), audience=AUDIENCE)
+    assert claims["sub"] == pub
+    return claims
+
+
+def audited(server: servers.Server, pub: str) -> tuple[Any, ...]:
+    query = (
+        "SELECT outcome, upstream_status, transport, api_key, detail FROM challenges_challengeattempt"
+        " WHERE public_key = ?"
+    )
+    assert servers.wait_for(lambda: server.rows(query, (pub,)), timeout=5), f"no audit row for {pub}"
+    [row] = server.rows(query, (pub,))
+    return row
+
+
+def test_the_hub_client_gets_a_token_the_key_set_verifies(server):
+    result = hub_client(server, "token")
+    assert "token" in result, result
+    claims = check_against_the_key_set(server, result["token"], result["pub"])
+    assert set(claims) == {"iat", "iss", "sub", "exp", "jti", "aud"}
+    assert claims["exp"] - claims["iat"] == 3600
+    assert audited(server, result["pub"]) == ("success", "OK", "grpc-web", API_KEY, "")
+    [(jti,)] = server.rows("SELECT jti FROM challenges_issuedtoken WHERE public_key = ?", (result["pub"],))
+    assert jti == claims["jti"]
+
+
+UNKNOWN_KEY = "b" + "z" * 26
+
+
+@pytest.mark.parametrize(
+    ("scenario", "key", "message", "row"),
+    [
+        ("wrong-signature", API_KEY, "bad signature", ("bad_signature", "UNKNOWN", API_KEY)),
+        ("no-key", API_KEY, "Session or API key required", ("api_key_required", "UNAUTHENTICATED", "")),
+        (
+            "token",
+            UNKNOWN_KEY,
+            "API key not found or is invalid",
+            ("api_key_not_found", "NOT_FOUND", UNKNOWN_KEY),
+        ),
+        ("expired-signature", API_KEY, "Bad API key signature", ("api_sig_bad", "UNAUTHENTICATED", API_KEY)),
+        # The app's own error reaches it; the Hub's answer to the empty request is in the audit.
+        (
+            "callback-throws",
+            API_KEY,
+            "the user declined to sign",
+            ("missing_sig", "INVALID_ARGUMENT", API_KEY),
+        ),
+    ],
+    ids=["wrong-signature", "missing-api-key", "wrong-api-key", "expired-api-signature", "callback-throws"],
+)
+def test_each_failure_is_the_hubs_at_once(server, scenario, key, message, row):
+    result = hub_client(server, scenario, key=key)
+    assert result.get("error") == message, result
+    assert result["ms"] < 1500
+    outcome, status, transport, api_key, detail = audited(server, result["pub"])
+    assert (outcome, status, api_key) == row
+    assert transport == "grpc-web"
+    # The audit keeps the reason (the caller sees only the Hub's fixed message).
+    reasons = {"callback-throws": "Signature is required", "wrong-signature": "the signature does not verify"}
+    assert detail == reasons.get(scenario, message)
+
+
+def test_a_challenge_left_unanswered_ends_at_the_deadline(server):
+    result = hub_client(server, "unanswered")
+    assert result.get("error") == "Challenge deadline exceeded", result
+    assert DEADLINE * 1000 - 100 <= result["ms"] < DEADLINE * 1000 + 1500
+    assert audited(server, result["pub"])[:3] == ("challenge_timeout", "DEADLINE_EXCEEDED", "grpc-web")
