@@ -2,14 +2,19 @@
 
 It frames what ``@textile/hub`` sends (docs/PROTOCOL.md, "GetToken over gRPC-Web") without
 the codec under test: the metadata block, ``00`` + a gRPC frame per request, ``01``; and
-it splits what the server sends into its blocks, one list per WebSocket message.
+it splits what the server sends into its blocks, one list per WebSocket message. And
+:func:`check_against_the_key_set` checks a token as an app would: with the key the service
+publishes at ``/.well-known/jwks.json`` under the token's ``kid``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import struct
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -17,6 +22,9 @@ from typing import Any
 import websockets
 from websockets.exceptions import ConnectionClosed
 
+from challenges import tokens
+from challenges.identity import format_public_key, parse_public_key, verify_signature
+from tests import servers
 from tests.rpcutil import API_KEY, API_SECRET, api_metadata, key_frame, parse_reply, signature_frame
 
 PATH = "/threads.pb.API/GetToken"
@@ -144,3 +152,24 @@ class Call:
             pass
         self.ended.close_code = self.ws.close_code
         return self.ended
+
+
+def b64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def check_against_the_key_set(
+    server: servers.Server, token: str, pub: str, *, audience: str | None = None
+) -> dict[str, Any]:
+    """The token's signature checked with the published key its ``kid`` names, then its claims."""
+    with urllib.request.urlopen(f"{server.http}/.well-known/jwks.json", timeout=5) as response:
+        keys = json.load(response)["keys"]
+    head, body, signature = token.split(".")
+    header = json.loads(b64url(head))
+    [published] = [key for key in keys if key["kid"] == header["kid"]]
+    assert (published["kty"], published["crv"], header["alg"]) == ("OKP", "Ed25519", "Ed25519")
+    raw = b64url(published["x"])
+    verify_signature(public_key=raw, message=f"{head}.{body}".encode(), signature=b64url(signature))
+    claims = tokens.verify_token(token, issuer=parse_public_key(format_public_key(raw)), audience=audience)
+    assert claims["sub"] == pub
+    return claims

@@ -9,19 +9,16 @@ Hub gave, within the time the Hub took, and an audit row.
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from challenges import tokens
-from challenges.identity import format_public_key, parse_public_key, verify_signature
 from tests import servers
+from tests.grpcwebutil import check_against_the_key_set
 from tests.rpcutil import API_KEY, API_SECRET
 
 pytestmark = pytest.mark.server
@@ -67,25 +64,6 @@ def hub_client(
     return result
 
 
-def b64url(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def check_against_the_key_set(server: servers.Server, token: str, pub: str) -> dict[str, Any]:
-    """The token's signature checked with the published key its ``kid`` names, then its claims."""
-    with urllib.request.urlopen(f"{server.http}/.well-known/jwks.json", timeout=5) as response:
-        keys = json.load(response)["keys"]
-    head, body, signature = token.split(".")
-    header = json.loads(b64url(head))
-    [published] = [key for key in keys if key["kid"] == header["kid"]]
-    assert (published["kty"], published["crv"], header["alg"]) == ("OKP", "Ed25519", "Ed25519")
-    raw = b64url(published["x"])
-    verify_signature(public_key=raw, message=f"{head}.{body}".encode(), signature=b64url(signature))
-    claims = tokens.verify_token(token, issuer=parse_public_key(format_public_key(raw)), audience=AUDIENCE)
-    assert claims["sub"] == pub
-    return claims
-
-
 def audited(server: servers.Server, pub: str) -> tuple[Any, ...]:
     query = (
         "SELECT outcome, upstream_status, transport, api_key, detail FROM challenges_challengeattempt"
@@ -99,7 +77,7 @@ def audited(server: servers.Server, pub: str) -> tuple[Any, ...]:
 def test_the_hub_client_gets_a_token_the_key_set_verifies(server):
     result = hub_client(server, "token")
     assert "token" in result, result
-    claims = check_against_the_key_set(server, result["token"], result["pub"])
+    claims = check_against_the_key_set(server, result["token"], result["pub"], audience=AUDIENCE)
     assert set(claims) == {"iat", "iss", "sub", "exp", "jti", "aud"}
     assert claims["exp"] - claims["iat"] == 3600
     assert audited(server, result["pub"]) == ("success", "OK", "grpc-web", API_KEY, "")
