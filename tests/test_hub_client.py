@@ -10,13 +10,16 @@ Hub gave, within the time the Hub took, and an audit row.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from challenges import tokens
 from tests import servers
 from tests.grpcwebutil import check_against_the_key_set
 from tests.rpcutil import API_KEY, API_SECRET
@@ -127,3 +130,47 @@ def test_a_challenge_left_unanswered_ends_at_the_deadline(server):
     assert result.get("error") == "Challenge deadline exceeded", result
     assert DEADLINE * 1000 - 100 <= result["ms"] < DEADLINE * 1000 + 1500
     assert audited(server, result["pub"])[:3] == ("challenge_timeout", "DEADLINE_EXCEEDED", "grpc-web")
+
+
+def test_fifty_concurrent_hub_clients_under_make_serve_with_two_workers(tmp_path, capsys):
+    """``make serve`` (uvicorn, DEBUG off) with two workers and a Redis of the test's own."""
+    from tests.test_serve import AUTHORITY, _group_alive, _health, make_serve, production_env
+
+    node_ready()
+    with servers.redis_server(tmp_path / "redis") as redis:
+        env = production_env(tmp_path, REDIS_URL=redis.url, AUTHORITY_API_KEYS=f"{API_KEY}:{API_SECRET}")
+        port = servers.free_port()
+        process, log_path = make_serve(env, port, workers=2)
+        try:
+            servers.wait_ready(
+                process,
+                log_path,
+                lambda: 200 if _health(port) == 200 else None,
+                timeout=60,
+                what="make serve",
+            )
+            serve = servers.Server(process=process, port=port, env=env, log_path=log_path)
+            result = hub_client(serve, "concurrent", count=50)
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(15)
+            assert servers.wait_for(lambda: not _group_alive(process.pid), timeout=12)
+    assert result["errors"] == []
+    assert len(result["tokens"]) == 50
+    for item in result["tokens"]:
+        assert tokens.verify_token(item["token"], issuer=AUTHORITY.public)["sub"] == item["pub"]
+    rows = servers.query(
+        env["DATABASE_URL"],
+        "SELECT worker, COUNT(*) FROM challenges_challengeattempt"
+        " WHERE transport = 'grpc-web' AND outcome = 'success' GROUP BY worker",
+    )
+    assert sum(count for _, count in rows) == 50
+    assert len(rows) == 2, f"both workers should have served calls: {rows}"
+    with capsys.disabled():
+        print(
+            f"\n50 concurrent @textile/hub calls under make serve (2 workers): {result['seconds']:.2f} s,"
+            f" {50 / result['seconds']:.1f} flows/s; per worker {sorted(count for _, count in rows)}"
+        )
+    log = log_path.read_text()
+    assert "Traceback" not in log
+    assert API_SECRET not in log
