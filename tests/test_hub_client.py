@@ -1,6 +1,8 @@
 """The real ``@textile/hub`` 6.3.4 client, as an app server built on the Textile tutorial uses
 it, against this service under daphne and uvicorn: ``Client.withKeyInfo({key, secret},
-<service>)`` then ``getTokenChallenge(publicKey, callback)`` (``tests/node/hub-client.mjs``).
+<service>)`` then ``getTokenChallenge(publicKey, callback)`` (``tests/node/hub-client.mjs``),
+its WebSocket transport on the ``ws`` 7.5.14 a fresh install of the package resolves (an
+override in ``tests/node/package.json``; this folder's own ``ws`` is 8).
 
 The token verifies against the service's published key set (``/.well-known/jwks.json``, by
 its ``kid``) and with ``challenges.tokens.verify_token``. Each failure gets the message the
