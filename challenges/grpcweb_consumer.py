@@ -55,7 +55,9 @@ PATH = r"^(?:(?:.*/)?threads(?:\.net)?\.pb\.API/)?GetToken$"
 #: client sends both on open): a call waiting for them holds a slot of the stream cap.
 METADATA_WAIT = 10.0
 #: Messages a connection may leave unread (the Hub's client sends at most five).
-MAX_QUEUED = 16
+MAX_QUEUED = 8
+#: A message larger than this is refused unread (a metadata block or a frame over 64 KiB).
+MAX_QUEUED_BYTES = grpcweb.MAX_MESSAGE_BYTES + 6
 _SHUTDOWN = object()
 
 
@@ -118,6 +120,9 @@ class _Connection:
             self.closed = True
         elif data is None:
             self.inbox.put_nowait(grpcweb.invalid("a text message: gRPC-Web messages are binary"))
+        elif len(data) > MAX_QUEUED_BYTES:
+            self.inbox.put_nowait(grpcweb.too_large(len(data)))
+            self.closed = True
         else:
             self.inbox.put_nowait(data)
 

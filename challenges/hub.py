@@ -156,7 +156,7 @@ class GetTokenService:
 
         return untrack
 
-    async def drain(self, timeout: float = 5.0) -> int:
+    async def drain(self, timeout: float = 3.0) -> int:
         """Refuse new calls, end every call in progress (each ends with ``server_shutdown``,
         audited, told to its caller) and wait for them, at most ``timeout`` seconds.
         Returns how many were ended."""
@@ -167,5 +167,5 @@ class GetTokenService:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
-        await self._tasks.wait(1.0)
+        await self._tasks.wait(0.5)
         return len(stops)
