@@ -6,7 +6,8 @@ override in ``tests/node/package.json``; this folder's own ``ws`` is 8).
 
 The token verifies against the service's published key set (``/.well-known/jwks.json``, by
 its ``kid``) and with ``challenges.tokens.verify_token``. Each failure gets the message the
-Hub gave, within the time the Hub took, and an audit row.
+Hub gave, within the time the Hub took, and an audit row. The same client also gets tokens
+from ``manage.py runserver`` and, 50 calls at once, from ``make serve`` with two workers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +27,7 @@ from challenges import tokens
 from tests import servers
 from tests.grpcwebutil import check_against_the_key_set
 from tests.rpcutil import API_KEY, API_SECRET
+from tests.test_serve import AUTHORITY, _group_alive, _health, make_serve, production_env
 
 pytestmark = pytest.mark.server
 NODE_DIR = servers.ROOT / "tests" / "node"
@@ -136,8 +139,6 @@ def test_a_challenge_left_unanswered_ends_at_the_deadline(server):
 
 def test_fifty_concurrent_hub_clients_under_make_serve_with_two_workers(tmp_path, capsys):
     """``make serve`` (uvicorn, DEBUG off) with two workers and a Redis of the test's own."""
-    from tests.test_serve import AUTHORITY, _group_alive, _health, make_serve, production_env
-
     node_ready()
     with servers.redis_server(tmp_path / "redis") as redis:
         env = production_env(tmp_path, REDIS_URL=redis.url, AUTHORITY_API_KEYS=f"{API_KEY}:{API_SECRET}")
@@ -176,3 +177,31 @@ def test_fifty_concurrent_hub_clients_under_make_serve_with_two_workers(tmp_path
     log = log_path.read_text()
     assert "Traceback" not in log
     assert API_SECRET not in log
+
+
+def test_the_hub_client_gets_a_token_from_manage_py_runserver(tmp_path):
+    """``make run``'s server: daphne's ``runserver``, on the same port as ``/ws/token``."""
+    node_ready()
+    env = servers.base_env(tmp_path, AUTHORITY_API_KEYS=f"{API_KEY}:{API_SECRET}")
+    servers.migrate(env)
+    port = servers.free_port()
+    process, log_path = servers.launch(
+        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+        env=env,
+        log_path=tmp_path / "runserver.log",
+    )
+    runserver = servers.Server(process=process, port=port, env=env, log_path=log_path)
+    try:
+        servers.wait_ready(
+            process,
+            log_path,
+            lambda: _health(port) == 200 or None,
+            timeout=30,
+            what="runserver",
+        )
+        result = hub_client(runserver, "token")
+    finally:
+        runserver.stop()
+    assert "token" in result, result
+    assert audited(runserver, result["pub"])[:4] == ("success", "OK", "grpc-web", API_KEY)
+    assert "Traceback" not in log_path.read_text()
