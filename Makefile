@@ -59,7 +59,8 @@ deploy-tools:
 	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { echo "ERROR: nginx is missing: run 'apt-get install -y nginx' as root" >&2; exit 1; }
 	@command -v systemd-analyze >/dev/null || { echo "ERROR: systemd-analyze is missing: run 'apt-get install -y systemd' as root" >&2; exit 1; }
 
-# @textile/crypto and ws for tests/test_textile_identity.py (Node 20 and npm from the machine).
+# @textile/crypto, @textile/hub and ws for the Node tests (tests/test_textile_identity.py, tests/test_hub_client.py,
+# tests/test_tutorial.py); Node 20 and npm from the machine.
 node-deps: tests/node/node_modules/.installed
 tests/node/node_modules/.installed: tests/node/package-lock.json
 	@command -v npm >/dev/null || { echo "ERROR: npm is missing: apt-get install -y nodejs npm" >&2; exit 1; }

@@ -180,6 +180,18 @@ def parse_api_keys(text: str) -> dict[str, str]:
     return keys
 
 
+def configured_api_keys(
+    authority_api_keys: str, *, user_api_key: str = "", user_api_secret: str = ""
+) -> dict[str, str]:
+    """The keys a ``GetToken`` server accepts: ``AUTHORITY_API_KEYS``, or when it is empty
+    the relay's own ``USER_API_KEY`` (with ``USER_API_SECRET``, if set). Raises
+    :class:`ValueError` as :func:`parse_api_keys` does."""
+    keys = parse_api_keys(authority_api_keys)
+    if not keys and user_api_key:
+        keys = parse_api_keys(f"{user_api_key}:{user_api_secret}" if user_api_secret else user_api_key)
+    return keys
+
+
 def format_date(moment: datetime) -> str:
     """RFC 3339 in UTC with milliseconds, as JavaScript's ``toISOString``."""
     moment = moment.astimezone(UTC)

@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .apikeys import configured_api_keys
 from .clients import ClientPolicy, daphne_forwarded_header
 from .http import DJANGO_UPLOAD_LIMIT, BodyLimits
 from .identity import PrivateKey
@@ -53,11 +54,24 @@ class RuntimeConfig:
     previous_keys: tuple[str, ...] = ()
     #: With a grpc upstream: the public key string of the authority that signs its tokens.
     upstream_public_key: str = ""
+    #: ``GetToken`` served here (gRPC-Web) and by ``runauthority``: the accepted API keys
+    #: (``key:secret,...``), the seconds a challenge waits for its signature, the calls at once.
+    authority_api_keys: str = field(default="", repr=False)
+    authority_challenge_deadline: float = 60.0
+    authority_max_streams: int = 1000
 
     def load_authority_key(self) -> PrivateKey:
         """The authority's signing key (:mod:`challenges.keys`)."""
         return load_authority_key(
             configured=self.authority_private_key, debug=self.debug, dev_key_file=self.dev_key_file
+        )
+
+    def api_keys(self) -> dict[str, str]:
+        """The API keys ``GetToken`` accepts (key -> secret, "" for none): ``AUTHORITY_API_KEYS``,
+        else ``USER_API_KEY``/``USER_API_SECRET``. Raises :class:`ValueError` (never quoting a
+        secret) when malformed."""
+        return configured_api_keys(
+            self.authority_api_keys, user_api_key=self.user_api_key, user_api_secret=self.user_api_secret
         )
 
     @classmethod
@@ -109,4 +123,7 @@ class RuntimeConfig:
                 other=settings.DATA_UPLOAD_MAX_MEMORY_SIZE or DJANGO_UPLOAD_LIMIT,
                 timeout=settings.HTTP_BODY_TIMEOUT,
             ),
+            authority_api_keys=settings.AUTHORITY_API_KEYS,
+            authority_challenge_deadline=settings.AUTHORITY_CHALLENGE_DEADLINE,
+            authority_max_streams=settings.AUTHORITY_MAX_STREAMS,
         )

@@ -41,7 +41,7 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         try:
             rt.config.clients.admit(client)
             await rt.limiter.take(address_scope(client.ip))
-            rt.service.connection_opened(client.ip)
+            rt.limits.open_connection(client.ip)
         except ChallengeError as error:
             outcome = await rt.pipeline.refuse(conv, error)
             await self._send_frame(outcome.frame)
@@ -94,7 +94,7 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             if conv.watcher is not None:
                 service.unwatch(conv.flow_id, conv.watcher)
             service.abandoned(conv.flow_id, grace=self.runtime.config.relay_resume_grace)
-            service.connection_closed(conv.client.ip)
+            self.runtime.limits.close_connection(conv.client.ip)
 
     async def _event(self, flow_id: str, event: MintedToken | ChallengeError) -> None:
         """A challenge of ours ended elsewhere: it expired, another connection answered it,

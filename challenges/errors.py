@@ -4,8 +4,8 @@ Every failure a client can see is a :class:`ChallengeError` subclass whose
 ``code`` is a member of :class:`Code`. The class decides its code (a default
 per class, or one of its family passed at the raise site); the transports
 map codes in one place each: an error frame for WebSocket
-(``protocol.error_frame``), an HTTP status in the HTTP edge (``http``), a
-gRPC status in the gRPC edge (``rpc.status``).
+(``protocol.error_frame``), an HTTP status in the HTTP edge (``http``), the
+Hub's status for ``GetToken`` over gRPC and gRPC-Web (``hubstatus``).
 
 ::
 
@@ -63,6 +63,11 @@ class Code(StrEnum):
     UNKNOWN_TYPE = "unknown_type", "the frame's 'type' is not 'token' or 'challenge'"
     BINARY_FRAME = "binary_frame", "binary frames are not accepted; send JSON text"
     FRAME_TOO_LARGE = "frame_too_large", "the frame is larger than the limit (64 KiB)"
+    INVALID_GRPC_WEB = (
+        "invalid_grpc_web",
+        "gRPC-Web: a message is not the metadata block, a whole gRPC frame of a GetTokenRequest"
+        " or the half-close",
+    )
     # -- keys and signatures ------------------------------------------------
     MISSING_PUB = "missing_pub", "a 'token' frame needs 'pub', the public key string"
     INVALID_PUB = "invalid_pub", "'pub' is not an Ed25519 public key string"
@@ -113,6 +118,7 @@ class Code(StrEnum):
     API_SIG_BAD = "api_sig_bad", "runauthority: the API key signature is wrong or expired"
     # -- our fault --------------------------------------------------------------------
     INTERNAL_ERROR = "internal_error", "the server failed; the request can be retried"
+    NOT_CONFIGURED = "not_configured", "the server lacks a setting this needs (its system checks say which)"
     # -- the clients' own codes (never sent by the server) ----------------------------
     CHALLENGE_REFUSED = "challenge_refused", "client: the challenge does not name this service or key"
     TIMEOUT = "timeout", "client: no token within the client's timeout"

@@ -215,15 +215,6 @@ class FlowService:
             flow.grace.cancel()
         flow.grace = self.clock.call_later(grace, self._give_up, flow.id)
 
-    # -- connections (the per-address cap) -----------------------------------------
-
-    def connection_opened(self, ip: str | None) -> None:
-        """Count a connection; raises ``too_many_connections`` (not audited: the edge does)."""
-        self.limits.open_connection(ip)
-
-    def connection_closed(self, ip: str | None) -> None:
-        self.limits.close_connection(ip)
-
     # -- shutdown ----------------------------------------------------------------
 
     async def shutdown(self, *, timeout: float = 5.0) -> int:

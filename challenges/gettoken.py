@@ -10,7 +10,11 @@ sequence (``docs/PROTOCOL.md``, "GetToken"): the caller sends its key, gets
 gets a token, which is released only after its audit row is committed.
 
 A call the caller cancels (or whose transport goes away) is audited with
-status ``CANCELLED`` and the step it was at.
+status ``CANCELLED`` and the step it was at. A transport's ``receive`` may
+raise a coded error instead of giving a message (the message was malformed,
+or the server is shutting down): the call ends with it, audited. A call the
+transport refuses before it starts (``refusal``: the API key, say) reads the
+caller's first message, for the key in the audit, and ends with the refusal.
 
 :class:`StreamCap` bounds the calls in progress; one cap is shared by every
 transport a process serves ``GetToken`` on. A call past it is refused at
@@ -23,12 +27,12 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .audit import AuditWriter
-from .errors import ChallengeError, Code, IdentityError, LimitError
+from .errors import ChallengeError, Code, IdentityError, LimitError, RefusedError
 from .identity import PrivateKey, PublicKey, parse_public_key
 from .services import AuditRecord
 from .tasks import TaskSet
@@ -96,6 +100,7 @@ class Caller:
 
     ip: str | None = None
     user_agent: str = ""
+    origin: str = ""
     transport: str = "grpc"
     api_key: str = ""
     key: str = ""
@@ -114,6 +119,7 @@ class Caller:
             public_key=self.key,
             detail=detail,
             client_ip=self.ip,
+            origin=self.origin,
             user_agent=self.user_agent,
             transport=self.transport,
             worker=worker,
@@ -136,11 +142,14 @@ class GetTokenCall:
         caller: Caller,
         tasks: TaskSet,
         cap: StreamCap | None = None,
+        blocked: Container[str] = frozenset(),
     ) -> None:
         self.config = config
         self.audit = audit
         self.caller = caller
         self.cap = cap
+        #: Public keys an operator blocked: refused once read.
+        self.blocked = blocked
         self._tasks = tasks
 
     async def run(
@@ -149,19 +158,25 @@ class GetTokenCall:
         send: Callable[[Reply], Awaitable[None]],
         *,
         status_name: Callable[[ChallengeError], str],
+        refusal: ChallengeError | None = None,
     ) -> ChallengeError | None:
-        """Drive the call: ``receive()`` gives the next message (None: the caller half-closed),
-        ``send`` answers; ``status_name`` names the status an error ends the call with, for
-        the audit."""
-        admitted = self.cap is None or self.cap.acquire()
+        """Drive the call: ``receive()`` gives the next message (None: the caller half-closed)
+        or raises a coded error, ``send`` answers; ``status_name`` names the status an error
+        ends the call with, for the audit. With ``refusal``, the call is refused at once."""
+        admitted = refusal is None and (self.cap is None or self.cap.acquire())
         try:
             if not admitted:
-                return await self._over_cap(receive, status_name)
+                busy = LimitError(
+                    "too many concurrent GetToken calls; retry shortly", code=Code.TOO_MANY_PENDING
+                )
+                return await self._refused(receive, status_name, refusal or busy)
             return await self._run(receive, send, status_name)
+        except ChallengeError as error:  # from receive(): a malformed message, a shutdown
+            return await self._refuse(error, status_name)
         except asyncio.CancelledError:
             if not self.caller.recorded:
                 if not admitted:
-                    code = Code.TOO_MANY_PENDING
+                    code = refusal.code if refusal is not None else Code.TOO_MANY_PENDING
                 elif self.caller.challenged is not None:
                     code = Code.MISSING_SIG
                 else:
@@ -173,10 +188,11 @@ class GetTokenCall:
             if admitted and self.cap is not None:
                 self.cap.release()
 
-    async def _over_cap(
+    async def _refused(
         self,
         receive: Callable[[], Awaitable[Request | None]],
         status_name: Callable[[ChallengeError], str],
+        error: ChallengeError,
     ) -> ChallengeError:
         # Read the caller's key first (see FIRST_MESSAGE_WAIT); nothing else is done for it.
         with contextlib.suppress(Exception):
@@ -184,8 +200,7 @@ class GetTokenCall:
                 first = await receive()
                 if first is not None and first[0] == "key":
                     self.caller.key = str(first[1])[:128]
-        busy = LimitError("too many concurrent GetToken calls; retry shortly", code=Code.TOO_MANY_PENDING)
-        return await self._refuse(busy, status_name)
+        return await self._refuse(error, status_name)
 
     async def _run(
         self,
@@ -202,6 +217,9 @@ class GetTokenCall:
             key = parse_public_key(first[1])
         except IdentityError as bad_key:
             return await self._refuse(bad_key, status_name)
+        if str(key) in self.blocked:
+            blocked = RefusedError("this public key is blocked", code=Code.KEY_BLOCKED)
+            return await self._refuse(blocked, status_name)
         challenge = secrets.token_bytes(CHALLENGE_BYTES)
         self.caller.challenged = time.monotonic()
         await send(Reply(challenge=challenge))

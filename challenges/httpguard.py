@@ -10,11 +10,11 @@ file) before any view runs, and waits for it as long as the client likes.
   at most the limit and the chunk that crosses it are ever held;
 * a body not complete within the limits' timeout is answered 408
   ``invalid_request``, and the connection closed;
-* every request takes a token from its address's rate limit
-  (:mod:`challenges.ratelimit`): none left, 429 ``rate_limited`` with
-  ``Retry-After``;
+* every request but ``GET /api/health`` (a load balancer's probe) takes a
+  token from its address's rate limit (:mod:`challenges.ratelimit`): none
+  left, 429 ``rate_limited`` with ``Retry-After``;
 * while it runs, a request holds one of its address's connection slots, the
-  ones WebSockets count against (:meth:`FlowService.connection_opened`): none
+  ones WebSockets count against (:class:`~challenges.limits.Limits`): none
   free, 429 ``too_many_connections``.
 
 The two-step's endpoints are then answered in ASGI (:mod:`challenges.httpapi`);
@@ -37,6 +37,7 @@ from .http import refusal
 from .limits import address_scope
 from .pipeline import Conversation
 
+HEALTH = "/api/health"
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -54,8 +55,9 @@ class HttpGuard:
         rt = await runtime.get()
         conv = Conversation(client=rt.config.clients.describe(scope, transport="http"))
         try:
-            await rt.limiter.take(address_scope(conv.client.ip))
-            rt.service.connection_opened(conv.client.ip)
+            if scope.get("path") != HEALTH:  # a load balancer's probe is not a client's request
+                await rt.limiter.take(address_scope(conv.client.ip))
+            rt.limits.open_connection(conv.client.ip)
         except ChallengeError as error:
             await _refuse(rt, conv, send, error)
             return
@@ -66,7 +68,7 @@ class HttpGuard:
             elif body is not None:
                 await self.app(scope, _replay(body, receive), send)
         finally:
-            rt.service.connection_closed(conv.client.ip)
+            rt.limits.close_connection(conv.client.ip)
 
 
 async def _body(

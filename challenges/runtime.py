@@ -25,6 +25,8 @@ from .audit import AuditWriter
 from .clock import Clock, LoopClock
 from .config import RuntimeConfig
 from .flows import FlowService
+from .gettoken import AuthorityConfig, StreamCap
+from .hub import ApiKeyCheck, GetTokenService
 from .identity import PrivateKey
 from .keys import AuthorityKeys
 from .limits import Limits
@@ -58,6 +60,8 @@ class Runtime:
             if self.redis is not None
             else LocalBuckets(config.rate, clock=self.clock)
         )
+        #: The caps: pending challenges (the service's) and connections per address (the edges').
+        self.limits = Limits(config.caps)
         self.service = FlowService(
             upstream=self.upstream,
             outcomes=Outcomes(
@@ -67,7 +71,7 @@ class Runtime:
                 worker=config.worker,
                 upstream=self.upstream.name,
             ),
-            limits=Limits(config.caps),
+            limits=self.limits,
             clock=self.clock,
             timeout=config.challenge_timeout,
             worker=config.worker,
@@ -108,6 +112,33 @@ class Runtime:
             upstream=self.config.upstream_public_key,
         )
 
+    @cached_property
+    def hub(self) -> GetTokenService:
+        """``GetToken`` for the gRPC-Web endpoint: the embedded authority's key, ``TOKEN_TTL``,
+        ``TOKEN_AUDIENCE``, the API keys and one stream cap, as ``runauthority`` serves it.
+        Raises (and is built again on the next call) when the authority key or the API keys
+        cannot be read."""
+        config = self.config
+        keys = config.api_keys()
+        if not keys:
+            log.warning(
+                "GetToken over gRPC-Web: no API keys are configured (AUTHORITY_API_KEYS): %s",
+                "every caller is accepted (DEBUG)" if config.debug else "every call is refused",
+            )
+        return GetTokenService(
+            authority=AuthorityConfig(
+                signer=self.authority_key,
+                ttl=config.token_ttl,
+                audience=config.token_audience,
+                challenge_deadline=config.authority_challenge_deadline,
+                worker=config.worker,
+            ),
+            audit=self.audit,
+            keys=ApiKeyCheck(keys, accept_all=not keys and config.debug),
+            cap=StreamCap(config.authority_max_streams),
+            blocked=self.blocklist,
+        )
+
     async def start(self) -> None:
         """Start routing (once; concurrent callers wait for the same start)."""
         if self._started is None:
@@ -134,8 +165,11 @@ class Runtime:
 
     async def drain(self) -> int:
         """Stop accepting flows and end every pending one with ``server_shutdown``
-        (each told to whoever waits, audited, its upstream stream cancelled)."""
+        (each told to whoever waits, audited, its upstream stream cancelled), and every
+        gRPC-Web ``GetToken`` call in progress likewise."""
         ended = await self.service.shutdown()
+        if "hub" in self.__dict__:  # built: gRPC-Web calls may be in progress
+            ended += await self.hub.drain()
         if ended:
             log.info("shutting down: ended %d pending challenges", ended)
         return ended

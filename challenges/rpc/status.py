@@ -1,7 +1,8 @@
-"""The Hub's status contract, both directions, in one place (``docs/PROTOCOL.md``, "GetToken").
+"""The Hub's status contract for the native gRPC transport, both directions.
 
-* :func:`status_of`: what ``runauthority`` answers for an error code (the Hub's
-  status and, where the Hub had a fixed one, its message);
+* :func:`status_of`: what ``runauthority`` answers for an error code: the
+  table of :mod:`challenges.hubstatus` (shared with the gRPC-Web endpoint) as a
+  ``grpc.StatusCode``;
 * :func:`upstream_error`: what the relay makes of a Hub's status, by the
   phase of the stream it came in.
 """
@@ -11,28 +12,12 @@ from __future__ import annotations
 import grpc
 
 from ..errors import ChallengeError, Code, UpstreamError
-
-#: Error code -> the Hub's status. ``None`` keeps the error's own message.
-STATUS: dict[Code, tuple[grpc.StatusCode, str | None]] = {
-    Code.MISSING_PUB: (grpc.StatusCode.INVALID_ARGUMENT, "Key is required"),
-    Code.INVALID_PUB: (grpc.StatusCode.UNKNOWN, None),
-    Code.MISSING_SIG: (grpc.StatusCode.INVALID_ARGUMENT, "Signature is required"),
-    Code.CHALLENGE_TIMEOUT: (grpc.StatusCode.DEADLINE_EXCEEDED, "Challenge deadline exceeded"),
-    Code.BAD_SIGNATURE: (grpc.StatusCode.UNKNOWN, "bad signature"),
-    Code.INVALID_SIG_LENGTH: (grpc.StatusCode.UNKNOWN, "bad signature"),
-    Code.API_KEY_REQUIRED: (grpc.StatusCode.UNAUTHENTICATED, None),
-    Code.API_KEY_NOT_FOUND: (grpc.StatusCode.NOT_FOUND, None),
-    Code.API_SIG_REQUIRED: (grpc.StatusCode.UNAUTHENTICATED, None),
-    Code.API_SIG_BAD: (grpc.StatusCode.UNAUTHENTICATED, None),
-    Code.TOO_MANY_PENDING: (grpc.StatusCode.RESOURCE_EXHAUSTED, None),
-    Code.SERVER_SHUTDOWN: (grpc.StatusCode.UNAVAILABLE, None),
-    Code.INTERNAL_ERROR: (grpc.StatusCode.INTERNAL, None),
-}
+from ..hubstatus import status_of as hub_status_of
 
 
 def status_of(error: ChallengeError) -> tuple[grpc.StatusCode, str]:
-    code, message = STATUS.get(error.code, (grpc.StatusCode.INTERNAL, None))
-    return code, message or error.message
+    status, message = hub_status_of(error)
+    return grpc.StatusCode[status.name], message
 
 
 def upstream_error(

@@ -26,7 +26,9 @@ class Command(BaseCommand):
             api = new_api_key()
             self.stdout.write(f"USER_API_KEY={api.key}")
             self.stdout.write(f"USER_API_SECRET={api.secret}")
-            self.stderr.write("# runauthority accepts it with AUTHORITY_API_KEYS=<key>:<secret>")
+            self.stderr.write(
+                "# runauthority and the gRPC-Web endpoint accept it with AUTHORITY_API_KEYS=<key>:<secret>"
+            )
             return
         key = PrivateKey.generate()
         self.stdout.write(f"AUTHORITY_PRIVATE_KEY={key}")

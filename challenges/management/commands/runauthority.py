@@ -10,7 +10,6 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from challenges.apikeys import parse_api_keys
 from challenges.audit import AuditWriter
 from challenges.config import RuntimeConfig
 from challenges.gettoken import AuthorityConfig, StreamCap
@@ -106,15 +105,9 @@ class Command(BaseCommand):
 
     def _api_keys(self) -> dict[str, str]:
         try:
-            keys = parse_api_keys(settings.AUTHORITY_API_KEYS)
-            if not keys and settings.USER_API_KEY:
-                entry = settings.USER_API_KEY
-                if settings.USER_API_SECRET:
-                    entry += ":" + settings.USER_API_SECRET
-                keys = parse_api_keys(entry)
+            return RuntimeConfig.from_settings().api_keys()
         except ValueError as exc:
             raise CommandError(f"bad API key configuration: {exc}") from exc
-        return keys
 
     async def _serve(self, address: str, config: AuthorityConfig, serving: Serving) -> None:
         from challenges.rpc.server import AuthorityServicer, create_server
