@@ -15,7 +15,9 @@ It prints one JSON object (:class:`Result`). Each flow is, by ``mode``:
   the only difference between the two is the routing between workers;
 * ``http``: the HTTP two-step, ``POST /api/token/challenge`` then
   ``POST /api/token``, on one kept-alive connection per client (as an app
-  server would hold one), alternating the servers when there are two.
+  server would hold one), alternating the servers when there are two;
+* ``grpcweb``: ``GetToken`` over gRPC-Web on a WebSocket, framed as the Hub's
+  JavaScript client frames it, with the API key ``api_key``.
 
 Latency is from the start of the connect to the token frame; the socket's
 closing handshake follows outside it. Every failure is counted by kind
@@ -53,8 +55,10 @@ class Spec:
     issuer: str = ""
     flow_timeout: float = 30.0
     run_timeout: float = 300.0
-    #: one, same, other or http (see the module's docstring).
+    #: one, same, other, http or grpcweb (see the module's docstring).
     mode: str = "one"
+    #: The API key a grpcweb flow sends (one the server takes without a signature).
+    api_key: str = ""
 
 
 @dataclass
@@ -212,6 +216,52 @@ async def _http(first: Http, second: Http, who: Identity) -> tuple[str, float]:
     return str(token["value"]), time.perf_counter()
 
 
+def _grpc_frame(message: bytes) -> bytes:
+    return b"\x00" + b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+async def _grpcweb(url: str, who: Identity, api_key: str) -> tuple[str, float]:
+    """The Hub client's framing: metadata, key, (challenge), signature and half-close, (token)."""
+    base = url.rsplit("/ws/token", 1)[0]
+    async with connect(
+        base + "/threads.pb.API/GetToken",
+        subprotocols=["grpc-websockets"],
+        ping_interval=None,
+        max_size=2**16,
+    ) as ws:
+        metadata = (
+            f"content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\nx-textile-api-key: {api_key}\r\n"
+        )
+        key = who.pub.encode()
+        await ws.send(metadata.encode())
+        await ws.send(_grpc_frame(b"\x0a" + bytes([len(key)]) + key))
+        challenge = await _grpc_data(ws)
+        if challenge[:2] != b"\x0a\x20":
+            raise FlowFailed("grpc_no_challenge")
+        sig = who.key.sign(challenge[2:]).signature
+        await ws.send(_grpc_frame(b"\x12\x40" + sig))
+        await ws.send(b"\x01")
+        token = await _grpc_data(ws)
+        done = time.perf_counter()
+        if token[:1] != b"\x12":
+            raise FlowFailed("grpc_no_token")
+        return token[2:].decode() if token[1] < 0x80 else token[3:].decode(), done
+
+
+async def _grpc_data(ws: ClientConnection) -> bytes:
+    """The next data frame's message; a trailer block instead is the call's error."""
+    while True:
+        message = await ws.recv()
+        if not isinstance(message, bytes) or not message:
+            continue
+        if message[0] & 0x80:
+            block = message[5:].decode("latin-1")
+            if "grpc-status" in block and "grpc-status: 0" not in block:
+                raise FlowFailed("grpc_" + block.split("grpc-message:")[-1].strip().replace(" ", "_")[:40])
+            continue
+        return message[5 : 5 + int.from_bytes(message[1:5], "big")]
+
+
 async def run(spec: Spec) -> Result:
     result = Result()
     counter = itertools.count()
@@ -231,6 +281,8 @@ async def run(spec: Spec) -> Result:
                         token, done = await _same(spec.urls[first], who, result)
                     elif spec.mode == "http":
                         token, done = await _http(clients[first], clients[other], who)
+                    elif spec.mode == "grpcweb":
+                        token, done = await _grpcweb(spec.urls[first], who, spec.api_key)
                     else:
                         second = other if spec.mode == "other" else first
                         token, done = await _cross(spec.urls[first], spec.urls[second], who)

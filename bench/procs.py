@@ -25,6 +25,10 @@ from .servers import Server
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+#: The API key gRPC-Web flows send: a bare key, which needs no signature (AUTHORITY_API_KEYS).
+BENCH_API_KEY = "bbenchbenchbenchbenchbench"
+
+
 def bench_env(tmp: Path, *, authority: PrivateKey, redis_url: str = "", **extra: str) -> dict[str, str]:
     """Production settings for a server under test; ``redis_url`` selects the Redis layer."""
     settings = {

@@ -192,6 +192,15 @@ def _targets(by: dict[Any, Any], idle: list[Any], options: Any, ratio: Any) -> l
             lambda v: v >= 0.6,
             "{:.2f}x",
         )
+    for c in (16, 128):
+        value = ratio("grpcweb", c)
+        rows.append(
+            (
+                f"gRPC-Web GetToken at c={c}: its ratio to /ws/token",
+                "-" if value is None else f"{value:.2f}x",
+                None,
+            )
+        )
     load = by.get(("serve", options.load))
     if options.load and load is not None and options.load not in options.concurrency:
         check(

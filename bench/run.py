@@ -67,6 +67,13 @@ CONFIGS = {
             "same",
         ),
         Config(
+            "grpcweb",
+            "`make serve`, `GetToken` over gRPC-Web as the Hub's JavaScript client frames it",
+            "serve",
+            "grpcweb",
+            "serve",
+        ),
+        Config(
             "relay",
             "`make serve` relaying every flow to `runauthority` over gRPC",
             "relay",
@@ -104,6 +111,7 @@ class Target:
     roles: list[str] = field(default_factory=list)
     redis_port: int | None = None
     mode: str = "one"
+    api_key: str = ""
 
 
 @dataclass
@@ -150,7 +158,13 @@ def percentile(values: list[float], q: float) -> float:
 def drive(target: Target, *, concurrency: int, flows: int, cpu: int | None, issuer: str) -> Run:
     """One point: the load generator in its own process; server CPU read around it."""
     spec = Spec(
-        urls=target.urls, concurrency=concurrency, flows=flows, cpu=cpu, issuer=issuer, mode=target.mode
+        urls=target.urls,
+        concurrency=concurrency,
+        flows=flows,
+        cpu=cpu,
+        issuer=issuer,
+        mode=target.mode,
+        api_key=target.api_key,
     )
     before = [procs.cpu_seconds(pid) for pid in target.pids]
     commands = procs.redis_commands(target.redis_port) if target.redis_port else 0
@@ -197,8 +211,16 @@ def _start_groups(
     for group in sorted(groups):
         where = tmp / group
         if group in ("floor", "serve", "daphne"):
-            server = started(procs.start_config(where, group, authority=authority))
-            found[group] = Target(group, [server.ws], [server.process.pid], [server.log_path], [group])
+            extra = {"AUTHORITY_API_KEYS": procs.BENCH_API_KEY} if group != "floor" else {}
+            server = started(procs.start_config(where, group, authority=authority, **extra))
+            found[group] = Target(
+                group,
+                [server.ws],
+                [server.process.pid],
+                [server.log_path],
+                [group],
+                api_key=procs.BENCH_API_KEY,
+            )
         elif group == "cluster":
             redis = stack.enter_context(servers.redis_server(where / "redis"))
             assert redis.process is not None
