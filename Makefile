@@ -100,7 +100,7 @@ proto: install-dev
 
 # The load benchmark (a few minutes; writes bench/REPORT.md), and the idle-socket soak.
 bench: install-dev
-	$(PY) -m bench $(BENCH_ARGS)
+	$(PY) -m bench --postgres $(POSTGRES_URL) $(BENCH_ARGS)
 
 SOAK_MINUTES ?= 10
 soak: install-dev

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -27,6 +28,15 @@ def _bench_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--hold", type=float, default=300, help="seconds make serve holds them (default 300)")
     parser.add_argument("--load", type=int, default=512, help="one more point at this many clients (0: skip)")
+    parser.add_argument(
+        "--audit-rows",
+        type=int,
+        default=20_000,
+        help="audit rows per database for the audit figure (0: skip)",
+    )
+    parser.add_argument(
+        "--postgres", default=os.environ.get("POSTGRES_URL", ""), help="PostgreSQL URL for the audit figure"
+    )
     parser.add_argument(
         "--no-pin", action="store_true", help="do not pin servers and client to separate CPUs"
     )
@@ -95,6 +105,8 @@ def main(argv: list[str]) -> int:
         load=min(args.load, 128) if args.quick else args.load,
         pin=not args.no_pin,
         write_report=not args.no_report,
+        audit_rows=min(args.audit_rows, 2000) if args.quick else args.audit_rows,
+        postgres=args.postgres,
     )
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

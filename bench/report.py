@@ -69,6 +69,7 @@ def render_bench(
     points: list[Any],
     logs: dict[str, dict[str, int]],
     idle: list[Any],
+    audit: list[Any],
     options: Any,
     facts: str,
     configs: dict[str, Any],
@@ -133,6 +134,7 @@ def render_bench(
         )
     lines += _breakdown(points, concurrency)
     lines += _memory(idle)
+    lines += _audit(audit)
     lines += ["", "## Server logs", "", "| configuration | tracebacks | warm-up failures |", "|---|---|---|"]
     for name in names:
         counts = logs.get(name, {})
@@ -242,6 +244,27 @@ def _breakdown(points: list[Any], concurrency: list[int]) -> list[str]:
         commands = [r.redis_commands for r in p.runs if r.redis_commands is not None]
         redis = f"{statistics.median(commands):.1f}" if commands else "-"
         lines.append(f"| {p.config} | {p.concurrency} | " + " | ".join(cells) + f" | {redis} |")
+    return lines
+
+
+def _audit(audit: list[Any]) -> list[str]:
+    if not audit:
+        return []
+    lines = [
+        "",
+        "## Audit rows per second",
+        "",
+        "One process pushes rows through the workers' audit writer from 500 concurrent flows (half of them"
+        " with a token row, each waiting for its commit) while a `make serve` worker on the same database"
+        " serves 16 clients' flows.",
+        "",
+        "| database | rows | seconds | rows/s | flows served meanwhile |",
+        "|---|---|---|---|---|",
+    ]
+    for a in audit:
+        lines.append(
+            f"| {a.database} | {a.rows:,} | {a.seconds:.1f} | {a.per_second:,.0f} | {a.flows_meanwhile:,} |"
+        )
     return lines
 
 

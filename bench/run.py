@@ -23,7 +23,7 @@ from pathlib import Path
 
 from challenges.identity import PrivateKey
 
-from . import charts, memory, procs, report, servers
+from . import auditrate, charts, memory, procs, report, servers
 from .loadgen import Result, Spec
 from .servers import ROOT, Server
 
@@ -98,6 +98,10 @@ class Options:
     pin: bool = True
     write_report: bool = True
     out: Path = report.REPORT.parent
+    #: Audit rows pushed per database for the audit-rate figure (0: skip).
+    audit_rows: int = 20_000
+    #: A PostgreSQL server URL for the audit figure (empty: SQLite only).
+    postgres: str = ""
 
 
 @dataclass
@@ -320,11 +324,25 @@ def bench(options: Options) -> int:
                 if options.idle
                 else []
             )
+            audit = (
+                auditrate.measure(
+                    tmp / "audit", authority=authority, postgres=options.postgres, rows=options.audit_rows
+                )
+                if options.audit_rows
+                else []
+            )
         finally:
             servers.drop_server_databases()
     drawn = charts.draw(points=points, idle=idle, options=options, names=CONFIGS, out=options.out)
     text = report.render_bench(
-        points=points, logs=logs, idle=idle, options=options, facts=facts, configs=CONFIGS, charts=drawn
+        points=points,
+        logs=logs,
+        idle=idle,
+        audit=audit,
+        options=options,
+        facts=facts,
+        configs=CONFIGS,
+        charts=drawn,
     )
     print(text)
     if options.write_report:
