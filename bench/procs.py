@@ -165,6 +165,11 @@ def cpu_split(no_pin: bool) -> tuple[set[int] | None, set[int] | None]:
 
 def redis_commands(port: int) -> int:
     """Commands a redis-server has run (``INFO commandstats``), not counting this query."""
+    return sum(redis_commandstats(port).values())
+
+
+def redis_commandstats(port: int) -> dict[str, int]:
+    """Calls per command a redis-server has run (``INFO commandstats``), ``info`` left out."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"INFO commandstats\r\n")
         data = b""
@@ -173,8 +178,8 @@ def redis_commands(port: int) -> int:
             if not chunk:
                 break
             data += chunk
-    calls = re.findall(rb"^cmdstat_(\w+):calls=(\d+)", data, re.MULTILINE)
-    return sum(int(n) for name, n in calls if name != b"info")
+    calls = re.findall(rb"^cmdstat_([\w|]+):calls=(\d+)", data, re.MULTILINE)
+    return {name.decode(): int(n) for name, n in calls if name != b"info"}
 
 
 def _bulk_end(data: bytes) -> int:

@@ -82,19 +82,23 @@ class LocalBuckets:
         self._buckets.clear()
 
 
-#: KEYS[1]: the bucket; ARGV: tokens per millisecond, burst. Returns the wait in ms (0: taken).
+#: KEYS[1]: the bucket, a string "tokens:ms"; ARGV: now (ms, the worker's wall clock), tokens
+#: per ms, burst. Returns the wait in ms (0: taken). Two commands inside (GET, SET): a charge
+#: is three in Redis's counts, which matters on a path that also routes an answer. A worker
+#: whose clock runs behind another's sees no time pass (never negative), so clock skew
+#: between workers gives at most that skew's worth of tokens, not a second refill.
 _SCRIPT = """
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local state = redis.call('HMGET', KEYS[1], 't', 'n')
-local last, n = tonumber(state[1]), tonumber(state[2])
-if n == nil then n, last = burst, now end
+local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local n, last = burst, now
+local state = redis.call('GET', KEYS[1])
+if state then
+  local sep = string.find(state, ':', 1, true)
+  n, last = tonumber(string.sub(state, 1, sep - 1)), tonumber(string.sub(state, sep + 1))
+end
 n = math.min(burst, n + math.max(0, now - last) * rate)
 local wait = 0
 if n >= 1 then n = n - 1 else wait = math.ceil((1 - n) / rate) end
-redis.call('HSET', KEYS[1], 't', now, 'n', tostring(n))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
+redis.call('SET', KEYS[1], tostring(n) .. ':' .. tostring(math.max(now, last)), 'PX', math.ceil(burst / rate) + 1000)
 return wait
 """
 
@@ -116,7 +120,12 @@ class RedisBuckets:
             return
         try:
             wait_ms = await self._script(
-                keys=[self.PREFIX + scope], args=[self.rate.per_minute / 60_000, self.rate.burst]
+                keys=[self.PREFIX + scope],
+                args=[
+                    int(self.clock.now().timestamp() * 1000),
+                    self.rate.per_minute / 60_000,
+                    self.rate.burst,
+                ],
             )
         except Exception as exc:
             await self._fallback(scope, exc)

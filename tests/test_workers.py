@@ -14,10 +14,12 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 
 import pytest
 import websockets
 
+from bench import procs
 from challenges import authority
 from challenges.client import get_token_async
 from challenges.identity import PrivateKey, encode_buffer
@@ -354,3 +356,50 @@ async def test_grpc_upstream_across_workers(tmp_path):
         hub.stop()
     for log in (a.log(), b.log(), hub.log()):
         assert "Traceback" not in log, log
+
+
+async def test_a_routed_answer_costs_at_most_six_redis_commands(tmp_path):
+    """Counted with ``INFO commandstats`` on the test's own Redis, with the rate limits on
+    (their buckets are in Redis too; Redis counts the script and the two commands inside
+    it). Answering on B a challenge that A owns costs at most 6: B's rate-limit charge for
+    the answer's socket (3), at most one heartbeat lookup (cached for half a second) and one
+    PUBLISH each way. The workers' heartbeats (a ``SET`` each a second) are left out: every
+    other ``SET`` is a rate-limit script's, one per ``EVALSHA``."""
+    with servers.redis_server(tmp_path / "redis") as redis:
+        env = servers.base_env(
+            tmp_path,
+            AUTHORITY_PRIVATE_KEY=str(AUTHORITY),
+            REDIS_URL=redis.url,
+            RATE_LIMIT_PER_MINUTE="100000",
+        )
+        a = servers.start(tmp_path / "a", kind="uvicorn", env=dict(env, WORKER_ID="A"))
+        b = servers.start(tmp_path / "b", kind="uvicorn", env=dict(env, WORKER_ID="B"), migrate_db=False)
+        try:
+            user, flows = PrivateKey.generate(), 40
+            frame = await ask(a.ws, user)  # warm-up: subscriptions made, scripts loaded
+            assert (await answer(b.ws, user, frame))["type"] == "token"
+            asked: Counter[str] = Counter()
+            answered: Counter[str] = Counter()
+            before = Counter(procs.redis_commandstats(redis.port))
+            for _ in range(flows):
+                frame = await ask(a.ws, user)
+                mid = Counter(procs.redis_commandstats(redis.port))
+                reply = await answer(b.ws, user, frame)
+                after = Counter(procs.redis_commandstats(redis.port))
+                assert reply["type"] == "token", reply
+                asked += _routing_commands(mid - before)
+                answered += _routing_commands(after - mid)
+                before = after
+        finally:
+            a.stop()
+            b.stop()
+    per_answer, per_flow = answered.total() / flows, (asked + answered).total() / flows
+    print(f"Redis commands per routed answer {per_answer:.2f} {dict(answered)}, per flow {per_flow:.2f}")
+    assert answered["publish"] == 2 * flows, answered
+    assert per_answer <= 6, f"{per_answer:.2f} commands per routed answer: {dict(answered)}"
+
+
+def _routing_commands(delta: Counter[str]) -> Counter[str]:
+    """The commands of a flow: the heartbeats' ``SET`` left out (the rest are one per script)."""
+    delta["set"] = min(delta["set"], delta["evalsha"])
+    return +delta
