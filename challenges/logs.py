@@ -3,8 +3,8 @@
 :class:`JsonFormatter` (``tokensite.settings`` ``LOGGING``) makes every record,
 ours and third-party ones alike, one JSON object on one line: ``time`` (UTC,
 ISO 8601), ``level``, ``logger``, ``message``, every structured field the
-record carries (``extra=``) as a key of its own, and ``exc`` / ``stack`` when
-there is a traceback.
+record carries (``extra=``) as a key of its own (an object that is not data,
+by its type's name), and ``exc`` / ``stack`` when there is a traceback.
 
 :func:`outcome` writes the line of one flow outcome on the logger
 ``challenges.flows.outcome``: the challenge id, a fingerprint of the key
@@ -31,6 +31,9 @@ _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", 
 #: Fields some libraries add that say nothing new (uvicorn's message with terminal colours).
 _DROPPED = _STANDARD | {"color_message"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
+#: Field values written as they are; any other object by its type's name only (Django's
+#: ``request``, whose text would carry the URL's query string).
+_DATA = (str, int, float, bool, type(None), list, tuple, dict)
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,7 +52,7 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in record.__dict__.items():
             if key not in _DROPPED and key not in entry:
-                entry[key] = value
+                entry[key] = value if isinstance(value, _DATA) else type(value).__name__
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:

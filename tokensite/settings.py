@@ -249,6 +249,9 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
+        # Django's records through our handler only (its default console handler, with DEBUG,
+        # printed them a second time, unformatted).
+        "django": {"handlers": [], "propagate": True},
         "django.channels.server": {"level": "WARNING"},
         # uvicorn's records through our handler, in LOG_FORMAT, not its command line's handler.
         # Not "uvicorn" itself (configuring it would reset uvicorn.access, which serve and
