@@ -102,11 +102,15 @@ _CLASSES = {
     "internal_error": "server",
     "server_shutdown": "server",
     "routing_unavailable": "upstream",
+    # The upstream said no to the client's key or signature: the client's answer, not a failure.
+    "upstream_bad_signature": "rejected",
+    "upstream_rejected_key": "rejected",
 }
 
 
 def outcome_class(outcome: str) -> str:
-    """``success``, ``timeout``, ``upstream``, ``server``, or ``rejected`` (the client's answer)."""
+    """``success``, ``timeout``, ``upstream`` (it failed), ``server``, or ``rejected`` (the
+    client's answer, refused here or upstream)."""
     return _CLASSES.get(outcome) or ("upstream" if outcome.startswith("upstream_") else "rejected")
 
 

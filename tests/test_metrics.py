@@ -22,7 +22,8 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
 from challenges.identity import PrivateKey, encode_buffer
-from tests import servers
+from tests import rpcutil, servers
+from tests.rpcutil import API_KEY, API_SECRET
 from tests.test_serve import _group_alive, _health, make_serve, production_env, workers_started
 
 pytestmark = pytest.mark.server
@@ -301,3 +302,53 @@ def _scenario(port: int, env: dict[str, str]) -> int:
 
 def _assert_settled(check: Callable[[], list[str]]) -> None:
     assert settle(check, timeout=10) == []
+
+
+async def relay_flows(port: int) -> None:
+    """A token, a bad signature and an expired challenge, relayed to the authority."""
+    assert (await ws_flow(port, ALLOWED))["type"] == "token"
+    assert (await ws_flow(port, ALLOWED, good=False))["code"] == "upstream_bad_signature"
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws/token") as sock:
+        await sock.send(json.dumps({"type": "token", "pub": str(PrivateKey.generate().public)}))
+        assert json.loads(await asyncio.wait_for(sock.recv(), 10))["type"] == "challenge"
+        assert json.loads(await asyncio.wait_for(sock.recv(), 10))["code"] == "challenge_timeout"
+
+
+def test_one_daphne_process_serves_its_own_metrics_with_the_upstream_statuses(tmp_path: Path) -> None:
+    """make run's path: daphne, DEBUG, nothing configured for /metrics (loopback may look), a
+    relay to runauthority whose calls are counted by the status they ended with."""
+    hub_env = servers.base_env(tmp_path / "hub", AUTHORITY_API_KEYS=f"{API_KEY}:{API_SECRET}")
+    with rpcutil.authority(tmp_path / "hub", env=hub_env) as hub:
+        env = servers.base_env(
+            tmp_path / "relay",
+            TOKEN_UPSTREAM=f"grpc://{hub.target}",
+            USER_API_KEY=API_KEY,
+            USER_API_SECRET=API_SECRET,
+            CHALLENGE_TIMEOUT="1",
+        )
+        with servers.running(tmp_path / "relay", kind="daphne", env=env) as relay:
+            asyncio.run(relay_flows(relay.port))
+            seen = scrape(relay.port)
+            assert scrape(relay.port, source=OTHER)  # all of loopback, with DEBUG
+    upstream = f"grpc://{hub.target}"
+    assert by_label(seen, "tokenprovider_upstream_status_total", "status") == {
+        "OK": 1,
+        "UNKNOWN": 1,  # the authority's answer to a bad signature
+        "CANCELLED": 1,  # the expired challenge's stream
+    }
+    assert by_label(seen, "tokenprovider_flows_finished_total", "outcome") == {
+        "success": 1,
+        "upstream_bad_signature": 1,
+        "challenge_timeout": 1,
+    }
+    assert by_label(seen, "tokenprovider_flows_finished_total", "upstream") == {upstream: 3}
+    assert total(seen, "tokenprovider_flows_started_total", transport="ws", upstream=upstream) == 3
+    assert by_label(seen, "tokenprovider_flow_latency_seconds_count", "outcome_class") == {
+        "success": 1,
+        "rejected": 1,  # the authority refused the signature: the client's answer
+        "timeout": 1,
+    }
+    assert total(seen, "tokenprovider_pending_challenges") == 0
+    assert total(seen, "tokenprovider_websocket_connections") == 0
+    assert "process_cpu_seconds_total" in seen  # the process's own registry
+    assert not (Path(env["VAR_DIR"]) / "metrics").exists()
