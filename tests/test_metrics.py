@@ -191,6 +191,11 @@ def test_metrics_add_up_across_two_workers(tmp_path: Path) -> None:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(15)
             assert servers.wait_for(lambda: not _group_alive(process.pid), timeout=12)
+    # Each stopping worker took its gauges out (their totals would count it as alive); its
+    # counters stay, as they should.
+    files = sorted(os.listdir(Path(env["VAR_DIR"]) / "metrics" / str(port)))
+    assert not [name for name in files if name.startswith("gauge_livesum_")], files
+    assert len([name for name in files if name.startswith("counter_")]) == 2, files
     log = log_path.read_text()
     assert "Traceback" not in log
     # Every line one JSON object (uvicorn's, in the parent and both workers, too), except what
