@@ -54,7 +54,7 @@ FLOW_LATENCY = Histogram(
 )
 PENDING = Gauge(
     "tokenprovider_pending_challenges",
-    "Challenges issued and not yet answered or expired",
+    "Challenges issued (or being issued) and not yet answered or expired",
     multiprocess_mode="livesum",
 )
 WEBSOCKETS = Gauge(

@@ -154,6 +154,15 @@ async def test_the_endpoint_answers_the_allowed_and_refuses_the_rest(settings):
     assert (await get("/metrics/", "127.0.0.1"))["status"] == 400  # not the endpoint: Django's (its Host)
 
 
+@pytest.mark.django_db(transaction=True)
+async def test_in_production_with_neither_setting_no_one_may_read(settings):
+    settings.DEBUG = False
+    settings.METRICS_ALLOWED_IPS, settings.METRICS_TOKEN = [], ""
+    assert (await get("/metrics", "127.0.0.1"))["status"] == 403
+    anything = [(b"authorization", b"Bearer ")]
+    assert (await get("/metrics", "127.0.0.1", headers=anything))["status"] == 403
+
+
 def value(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
