@@ -12,12 +12,16 @@ connection for the writer's lifetime (SQLite's pragmas run once, PostgreSQL's
 session is reused): opening and closing a connection per batch cost a third
 of a busy worker's CPU. A connection that fails is closed, and the next
 batch opens a new one.
+
+Each batch's size and commit time, and each failed batch, are counted
+(:mod:`challenges.metrics`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -25,6 +29,7 @@ from typing import Any, TypeVar
 from django.db import DatabaseError, connection
 
 from .errors import ChallengeError, InternalError
+from .metrics import DEFAULT, Metrics
 from .services import AuditRecord, audit_write_batch
 
 log = logging.getLogger(__name__)
@@ -38,7 +43,8 @@ class AuditWriter:
     rows, new records fail fast with ``internal_error`` instead of piling up.
     """
 
-    def __init__(self, *, max_queue: int = 10_000, max_batch: int = 200) -> None:
+    def __init__(self, *, max_queue: int = 10_000, max_batch: int = 200, metrics: Metrics = DEFAULT) -> None:
+        self.metrics = metrics
         self._queue: asyncio.Queue[tuple[AuditRecord, asyncio.Future[int]]] = asyncio.Queue(max_queue)
         self._max_batch = max_batch
         self._task: asyncio.Task[None] | None = None
@@ -97,9 +103,11 @@ class AuditWriter:
             batch = [await self._queue.get()]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            started = time.monotonic()
             try:
                 ids = await self.call(audit_write_batch, [r for r, _ in batch])
             except Exception:
+                self.metrics.audit_failed()
                 if len(batch) == 1:
                     self._settle(batch, None)
                     continue
@@ -112,6 +120,7 @@ class AuditWriter:
                         one = None
                     self._settle([item], one)
             else:
+                self.metrics.audit_batch(len(batch), time.monotonic() - started)
                 self._settle(batch, ids)
 
     def _settle(self, items: list[tuple[AuditRecord, asyncio.Future[int]]], ids: list[int] | None) -> None:

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, register
 from django.core.checks import Warning as CheckWarning
 
+from .access import parse_networks
 from .apikeys import decode_secret, parse_api_keys
 from .clients import wildcard_hosts
 from .errors import IdentityError
@@ -95,6 +96,24 @@ def check_tokens(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
             )
         )
     return messages
+
+
+@register()
+def check_metrics(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Who may read /metrics: a malformed address is an error; no one at all, a warning."""
+    try:
+        parse_networks(settings.METRICS_ALLOWED_IPS)
+    except ValueError as exc:
+        return [Error(f"METRICS_ALLOWED_IPS is invalid: {exc}", id="challenges.E015")]
+    if not settings.DEBUG and not settings.METRICS_ALLOWED_IPS and not settings.METRICS_TOKEN:
+        return [
+            CheckWarning(
+                "/metrics refuses everyone: neither METRICS_ALLOWED_IPS nor METRICS_TOKEN is set",
+                hint="Set METRICS_ALLOWED_IPS to your Prometheus server's address, or METRICS_TOKEN.",
+                id="challenges.W002",
+            )
+        ]
+    return []
 
 
 def _check_api_keys() -> list[Error]:

@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .access import MetricsAccess
 from .apikeys import configured_api_keys
 from .clients import ClientPolicy, daphne_forwarded_header
 from .http import DJANGO_UPLOAD_LIMIT, BodyLimits
@@ -59,6 +60,8 @@ class RuntimeConfig:
     authority_api_keys: str = field(default="", repr=False)
     authority_challenge_deadline: float = 60.0
     authority_max_streams: int = 1000
+    #: Who may read /metrics (challenges.access).
+    metrics: MetricsAccess = field(default_factory=MetricsAccess)
 
     def load_authority_key(self) -> PrivateKey:
         """The authority's signing key (:mod:`challenges.keys`)."""
@@ -82,6 +85,12 @@ class RuntimeConfig:
         # one the nearest proxy appended instead, as CLIENT_IP_HEADER would (a warning says so).
         implied = "" if settings.CLIENT_IP_HEADER else daphne_forwarded_header(sys.argv)
         ssl_header, ssl_value = settings.SECURE_PROXY_SSL_HEADER or ("", "https")
+        try:
+            metrics = MetricsAccess.build(settings.METRICS_ALLOWED_IPS, settings.METRICS_TOKEN)
+        except ValueError as exc:  # the system check says so first (challenges.E015)
+            from django.core.exceptions import ImproperlyConfigured
+
+            raise ImproperlyConfigured(f"METRICS_ALLOWED_IPS: {exc}") from exc
         return cls(
             debug=settings.DEBUG,
             worker=settings.WORKER_ID,
@@ -119,6 +128,7 @@ class RuntimeConfig:
             previous_keys=tuple(settings.AUTHORITY_PREVIOUS_KEYS),
             upstream_public_key=settings.UPSTREAM_PUBLIC_KEY,
             implied_ip_header=bool(implied),
+            metrics=metrics,
             http=BodyLimits(
                 other=settings.DATA_UPLOAD_MAX_MEMORY_SIZE or DJANGO_UPLOAD_LIMIT,
                 timeout=settings.HTTP_BODY_TIMEOUT,

@@ -49,6 +49,7 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         self.conv = conv
         self.errors = 0
+        rt.metrics.websocket_opened()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         conv = self.conv
@@ -95,6 +96,7 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 service.unwatch(conv.flow_id, conv.watcher)
             service.abandoned(conv.flow_id, grace=self.runtime.config.relay_resume_grace)
             self.runtime.limits.close_connection(conv.client.ip)
+            self.runtime.metrics.websocket_closed()
 
     async def _event(self, flow_id: str, event: MintedToken | ChallengeError) -> None:
         """A challenge of ours ended elsewhere: it expired, another connection answered it,

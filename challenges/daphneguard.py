@@ -9,17 +9,21 @@ arrive: a declared ``Content-Length`` over the path's limit, or a streamed
 body passing it, is answered 413 ``frame_too_large`` and the connection
 closed without reading more; a request not received in full within the
 timeout of its first line is answered 408 ``invalid_request`` and closed.
-Each refusal is audited through the runtime, like the ASGI guard's.
+Each refusal is audited through the runtime, like the ASGI guard's. With
+``access_records``, daphne's access log (lines it writes to stdout itself)
+becomes records of the logger ``daphne.access``, so ``LOG_FORMAT=json`` keeps
+one JSON object per line.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
-from daphne import http_protocol
+from daphne import access, http_protocol
 
 from . import httpguard
 from .errors import ChallengeError
@@ -27,14 +31,24 @@ from .http import BodyLimits, refusal
 from .tasks import TaskSet
 
 _audits = TaskSet()
+_access = logging.getLogger("daphne.access")
 
 
-def install(limits: BodyLimits) -> None:
+def install(limits: BodyLimits, *, access_records: bool = False) -> None:
     """daphne's requests are guarded by ``limits`` from now on (daphne builds one request
     class per connection, looked up when the connection opens). Without daphne running
     (uvicorn) this is inert."""
     GuardedRequest.limits = limits
     http_protocol.WebRequest = GuardedRequest
+    if access_records:
+        access.AccessLogGenerator.write_entry = _access_record
+
+
+def _access_record(
+    self: Any, host: str, date: Any, request: str, status: Any = None, length: Any = None, **_: Any
+) -> None:
+    fields = {"client": host, "request": request, "status": status, "length": length}
+    _access.info('%s "%s" %s %s', host, request, status or "-", length or "-", extra=fields)
 
 
 class GuardedRequest(http_protocol.WebRequest):  # type: ignore[misc]

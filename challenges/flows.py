@@ -9,12 +9,10 @@ It enforces the caps, finishes each challenge at most once, and audits every
 outcome it decides (:mod:`challenges.outcomes`) before a token is released.
 
 Whoever raises an error audits it: every :class:`~challenges.errors.ChallengeError`
-that leaves this service has its audit row already. The edges audit what
-they refuse themselves through two explicit operations: :meth:`FlowService.fail`
-(a malformed answer spends the pending challenge it names) and
-:meth:`FlowService.refuse` (a refusal that belongs to no flow).
-
-It knows nothing of settings, the channel layer or wire frames.
+that leaves this service has its audit row already. The edges audit their own
+refusals through :meth:`FlowService.fail` (a malformed answer spends the pending
+challenge it names) and :meth:`FlowService.refuse` (a refusal that belongs to no
+flow). It knows nothing of settings, the channel layer or wire frames.
 """
 
 from __future__ import annotations
@@ -105,6 +103,7 @@ class FlowService:
     async def begin(self, *, key: PublicKey, client: ClientInfo, watcher: Watcher | None = None) -> Flow:
         """Start a challenge for ``key``; raises a coded error (audited)."""
         created, started = self.clock.now(), self.clock.monotonic()
+        self.outcomes.started(client)
         try:
             if not self.accepting:
                 raise RefusedError("the server is shutting down; retry", code=Code.SERVER_SHUTDOWN)

@@ -112,7 +112,9 @@ def install_reactor_hooks() -> None:
     reactor: Any = installed  # its zope interfaces confuse the type checker
 
     def started() -> None:
-        _background.spawn(runtime.get(), name="runtime-start")
+        # callWhenRunning runs before the reactor's asyncio loop does: start inside the loop
+        # (a task made here failed, and its coroutine was reported "never awaited" at exit).
+        reactor.callLater(0, lambda: _background.spawn(runtime.get(), name="runtime-start"))
 
     def before_shutdown() -> Any:
         current = runtime.current()

@@ -12,6 +12,9 @@ subscriber's whole allocation; an IPv4-mapped address counts as its IPv4).
   fill it; each scope can hold at most ``pending_per_ip`` of it, and the
   request rate limit (:mod:`challenges.ratelimit`) slows every scope.
 
+``on_pending`` hears the process's count of pending challenges whenever it
+changes (the metrics' gauge).
+
 Pure module: no Django, Channels or grpc import.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TypeVar
@@ -26,6 +30,7 @@ from typing import TypeVar
 from .errors import Code, LimitError
 
 T = TypeVar("T")
+_ALL: tuple[str, object] = ("all", None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +61,9 @@ def address_scope(ip: str | None) -> str:
 class Limits:
     """Counts what each cap bounds; every ``reserve``/``open`` has its ``release``/``close``."""
 
-    def __init__(self, caps: Caps) -> None:
+    def __init__(self, caps: Caps, *, on_pending: Callable[[int], None] | None = None) -> None:
         self.caps = caps
+        self.on_pending = on_pending
         self._pending: Counter[tuple[str, object]] = Counter()
         self._connections: Counter[str] = Counter()
 
@@ -91,15 +97,26 @@ class Limits:
             raise LimitError("the server has too many pending challenges", code=Code.TOO_MANY_PENDING)
         for slot in slots:
             self._pending[slot] += 1
+        self._pending_changed()
 
     def release(self, *, key: bytes, ip: str | None) -> None:
         for slot in self._slots(key, ip):
             _decrement(self._pending, slot)
+        self._pending_changed()
+
+    @property
+    def pending(self) -> int:
+        """Challenges pending in this process (reserved: issued, or being issued)."""
+        return self._pending[_ALL]
+
+    def _pending_changed(self) -> None:
+        if self.on_pending is not None:
+            self.on_pending(self._pending[_ALL])
 
     @staticmethod
     def _slots(key: bytes, ip: str | None) -> tuple[tuple[str, object], ...]:
         scope = address_scope(ip)
-        return (("key", (key, scope)), ("ip", scope), ("all", None))
+        return (("key", (key, scope)), ("ip", scope), _ALL)
 
 
 def _decrement(counter: Counter[T], slot: T) -> None:

@@ -7,17 +7,25 @@ awaited (the token leaves only once it is committed); an error's row is
 written quietly (its outcome is decided whether or not the row lands).
 Refusals are aggregated per address, code and minute
 (:mod:`challenges.refusals`); the outcomes of flows are one row each.
+
+Every outcome is also counted (:mod:`challenges.metrics`, refusals one by
+one) and logged (:func:`challenges.logs.outcome`): flows at INFO, refusals
+at DEBUG, since a flood of them would flood the log (the audit and the
+metrics count them).
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from . import logs
 from .audit import AuditWriter
 from .clients import ClientInfo
 from .clock import Clock
 from .errors import ChallengeError, UpstreamError
+from .metrics import DEFAULT, Metrics
 from .models import SUCCESS
 from .refusals import Refusals
 from .services import AuditRecord
@@ -29,21 +37,42 @@ if TYPE_CHECKING:
 
 class Outcomes:
     def __init__(
-        self, *, audit: AuditWriter, refusals: Refusals, clock: Clock, worker: str, upstream: str
+        self,
+        *,
+        audit: AuditWriter,
+        refusals: Refusals,
+        clock: Clock,
+        worker: str,
+        upstream: str,
+        metrics: Metrics = DEFAULT,
     ) -> None:
         self.audit = audit
         self.refusals = refusals
         self.clock = clock
         self.worker = worker
         self.upstream = upstream
+        self.metrics = metrics
+
+    def started(self, client: ClientInfo) -> None:
+        """A challenge was asked for (whatever comes of it)."""
+        self.metrics.started(client.transport)
 
     async def issued(self, flow: Flow, token: MintedToken) -> None:
         """A token for ``flow``: returns once its row is committed (raises ``internal_error`` if not)."""
-        await self.audit.record(self._of_flow(flow, SUCCESS, token=token))
+        record = self._of_flow(flow, SUCCESS, token=token)
+        try:
+            await self.audit.record(record)
+        except ChallengeError as error:  # no row, no token: the client is told this error
+            record.outcome, record.token = error.code, None
+            self._observe(record, logging.WARNING)
+            raise
+        self._observe(record, logging.INFO)
 
     async def ended(self, flow: Flow, error: ChallengeError) -> None:
         """``flow`` ended with ``error``."""
-        await self.audit.record_quietly(self._of_flow(flow, error.code, detail=error.message))
+        record = self._of_flow(flow, error.code, detail=error.message)
+        self._observe(record, logging.INFO)
+        await self.audit.record_quietly(record)
 
     async def refused(
         self,
@@ -56,18 +85,34 @@ class Outcomes:
     ) -> None:
         """A refusal that belongs to no pending challenge."""
         now = self.clock.now()
-        await self.refusals.add(
-            AuditRecord(
-                outcome=error.code,
-                created_at=created or now,
-                finished_at=now,
-                public_key=key,
-                challenge_id=challenge_id,
-                detail=error.message,
-                upstream=self.upstream,
-                upstream_status=error.upstream_status if isinstance(error, UpstreamError) else "",
-                **self._client_fields(client),
-            )
+        record = AuditRecord(
+            outcome=error.code,
+            created_at=created or now,
+            finished_at=now,
+            public_key=key,
+            challenge_id=challenge_id,
+            detail=error.message,
+            upstream=self.upstream,
+            upstream_status=error.upstream_status if isinstance(error, UpstreamError) else "",
+            **self._client_fields(client),
+        )
+        self._observe(record, logging.DEBUG)
+        await self.refusals.add(record)
+
+    def _observe(self, record: AuditRecord, level: int) -> None:
+        """Count the outcome and log its line (a refusal has no latency: ``latency_ms`` None)."""
+        latency = record.latency_ms
+        self.metrics.finished(record.outcome, record.transport, None if latency is None else latency / 1000)
+        logs.outcome(
+            level,
+            outcome=record.outcome,
+            challenge_id=record.challenge_id,
+            key=record.public_key,
+            transport=record.transport,
+            upstream=record.upstream,
+            latency_ms=latency or 0.0,
+            client=record.client_ip,
+            worker=record.worker,
         )
 
     def _of_flow(

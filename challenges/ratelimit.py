@@ -90,15 +90,16 @@ class LocalBuckets:
 _SCRIPT = """
 local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local n, last = burst, now
-local state = redis.call('GET', KEYS[1])
-if state then
-  local sep = string.find(state, ':', 1, true)
-  n, last = tonumber(string.sub(state, 1, sep - 1)), tonumber(string.sub(state, sep + 1))
+local kept = redis.call('GET', KEYS[1])
+if kept then
+  local sep = string.find(kept, ':', 1, true)
+  n, last = tonumber(string.sub(kept, 1, sep - 1)), tonumber(string.sub(kept, sep + 1))
 end
 n = math.min(burst, n + math.max(0, now - last) * rate)
 local wait = 0
 if n >= 1 then n = n - 1 else wait = math.ceil((1 - n) / rate) end
-redis.call('SET', KEYS[1], tostring(n) .. ':' .. tostring(math.max(now, last)), 'PX', math.ceil(burst / rate) + 1000)
+local state = tostring(n) .. ':' .. tostring(math.max(now, last))
+redis.call('SET', KEYS[1], state, 'PX', math.ceil(burst / rate) + 1000)
 return wait
 """
 

@@ -18,7 +18,8 @@ asked again every ``check_every`` seconds: a busy owner is waited for while
 it lives, a dead one is dropped within its heartbeat's TTL. A layer that
 cannot be reached is ``routing_unavailable``. Routing errors are audited
 here; an error the owner answered was audited by the owner. Waiting
-requests and running handlers are capped.
+requests and running handlers are capped. Each answer's wait, and each
+failure by its code, is counted (:mod:`challenges.metrics`).
 
 The layer delivers at most once (a pub/sub message published while its
 reader is away is lost), so a request still unanswered after ``resend_after``
@@ -42,6 +43,7 @@ from .clock import Clock
 from .errors import ChallengeError, Code, LimitError, RoutingUnavailable, StateError, UpstreamError
 from .flows import FlowService, Watcher
 from .liveness import Liveness
+from .metrics import DEFAULT, Metrics
 from .tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -72,8 +74,10 @@ class Router:
         resend_after: float = 2.0,
         max_waiting: int = 10_000,
         max_handlers: int = 2_000,
+        metrics: Metrics = DEFAULT,
     ) -> None:
         self.service = service
+        self.metrics = metrics
         self.layer = layer
         self.liveness = liveness
         self.clock = clock
@@ -113,12 +117,16 @@ class Router:
                 flow_id=flow_id, signature=signature, client=client, finisher=finisher
             )
             return token.token
+        started = self.clock.monotonic()
         try:
             reply = await self._exchange(flow_id, signature, client)
         except ChallengeError as error:
+            self.metrics.routing_failed(error.code)
             await self.service.refuse(error, client=client, challenge_id=flow_id)
             raise
-        if reply.get("ok") and isinstance(reply.get("token"), str):
+        ok = bool(reply.get("ok")) and isinstance(reply.get("token"), str)
+        self.metrics.routed("token" if ok else "refused", self.clock.monotonic() - started)
+        if ok:
             return str(reply["token"])
         # The owner's refusal, audited by the owner.
         code = Code.lookup(reply.get("code")) or Code.INTERNAL_ERROR
@@ -214,6 +222,7 @@ class Router:
         if kind == "flow.request":
             if self._handlers.full():
                 log.warning("inbox %s overloaded; dropping a request", self.inbox)
+                self.metrics.routing_failed("inbox_full")
                 return  # its sender times out, or hears the owner is gone
             self._handlers.spawn(self._serve(message))
         elif kind == "flow.reply":

@@ -1,8 +1,8 @@
 """The composition root: everything the token flow runs with, built once per process.
 
 :class:`Runtime` builds, from one :class:`~challenges.config.RuntimeConfig`
-(the settings, read once), the upstream, the audit writer and its refusal
-counts, the caps and the rate limits, the blocklist, the flow service, the
+(the settings, read once), the upstream, the metrics, the audit writer and its
+refusal counts, the caps and the rate limits, the blocklist, the flow service, the
 liveness registry, the router and the step pipeline, with everything
 injected, and starts and stops them.
 
@@ -20,7 +20,7 @@ import logging
 from functools import cached_property
 from typing import Any
 
-from . import selectors
+from . import metrics, selectors
 from .audit import AuditWriter
 from .clock import Clock, LoopClock
 from .config import RuntimeConfig
@@ -52,7 +52,8 @@ class Runtime:
         self.tag = new_tag()
         self.redis = config.redis.client() if config.redis.configured else None
         self.upstream = self._upstream()
-        self.audit = AuditWriter()
+        self.metrics = metrics.Metrics(self.upstream.name)
+        self.audit = AuditWriter(metrics=self.metrics)
         self.refusals = Refusals(audit=self.audit, clock=self.clock)
         self.blocklist = Blocklist(version=selectors.revocation_version, load=selectors.blocked_keys)
         self.limiter: RateLimiter = (
@@ -61,7 +62,7 @@ class Runtime:
             else LocalBuckets(config.rate, clock=self.clock)
         )
         #: The caps: pending challenges (the service's) and connections per address (the edges').
-        self.limits = Limits(config.caps)
+        self.limits = Limits(config.caps, on_pending=self.metrics.pending)
         self.service = FlowService(
             upstream=self.upstream,
             outcomes=Outcomes(
@@ -70,6 +71,7 @@ class Runtime:
                 clock=self.clock,
                 worker=config.worker,
                 upstream=self.upstream.name,
+                metrics=self.metrics,
             ),
             limits=self.limits,
             clock=self.clock,
@@ -85,6 +87,7 @@ class Runtime:
             clock=self.clock,
             timeout=config.challenge_timeout + 5,
             check_every=config.route_check_every,
+            metrics=self.metrics,
         )
         self.pipeline = Pipeline(service=self.service, router=self.router, limiter=self.limiter)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -175,7 +178,8 @@ class Runtime:
         return ended
 
     async def stop(self) -> None:
-        """Drain, stop routing, write the audit out and close the upstream. Idempotent."""
+        """Drain, stop routing, write the audit out, close the upstream, and take this
+        process's gauges out of the metrics. Idempotent."""
         if self.stopped:
             return
         self.stopped = True
@@ -187,6 +191,7 @@ class Runtime:
         await self.upstream.close()
         if self.redis is not None:
             await self.redis.aclose()
+        metrics.process_stopped()
 
     def _optional_signer(self) -> PrivateKey | None:
         if self.config.token_upstream == "local" or self.config.authority_private_key or self.config.debug:
@@ -220,6 +225,7 @@ class Runtime:
             api_key=self.config.user_api_key,
             api_secret=self.config.user_api_secret,
             root_certificates=roots,
+            on_status=metrics.upstream_status,
         )
 
     def _liveness(self) -> Liveness:

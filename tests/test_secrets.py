@@ -1,12 +1,15 @@
 """No secret leaks: flows of every outcome, with every logger at DEBUG, on real processes (a
-provider relaying to ``runauthority``, and one with the embedded authority), and then the
-logs, every error frame and body, and the admin's pages are searched for the tokens issued,
-the API secret and the HMACs made with it, the introspection token and the authority key."""
+provider relaying to ``runauthority``, and one with the embedded authority), in both log
+formats, and then the logs, every error frame and body, the metrics and the admin's pages
+are searched for the tokens issued, the API secret and the HMACs made with it, the
+introspection token, the metrics token and the authority key. The logs have one outcome
+line per flow (and per refusal, at DEBUG), with the fields the README lists."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import http.cookiejar
 import json
 import re
@@ -14,6 +17,7 @@ import subprocess
 import sys
 import urllib.parse
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,7 @@ from tests.rpcutil import (
 pytestmark = pytest.mark.server
 AUTHORITY = PrivateKey.generate()
 INTROSPECTION = "introspection-" + "s3cr3t" * 8
+METRICS = "metrics-" + "t0k3n" * 8
 PASSWORD = "admin-password-for-the-secrets-test"
 
 
@@ -47,6 +52,7 @@ class Seen:
         self.secrets = {
             "API secret": API_SECRET,
             "introspection token": INTROSPECTION,
+            "metrics token": METRICS,
             "authority key": str(AUTHORITY),
             "authority seed (hex)": AUTHORITY.seed.hex(),
             "authority seed (base64url)": base64.urlsafe_b64encode(AUTHORITY.seed).decode().rstrip("="),
@@ -179,15 +185,27 @@ def admin_pages(server: servers.Server, seen: Seen) -> None:
             seen.texts.append(browser.open(server.http + detail, timeout=10).read().decode())
 
 
-async def test_no_secret_in_logs_frames_bodies_or_admin_pages(tmp_path: Path) -> None:
+def scrape(server: servers.Server) -> str:
+    request = urllib.request.Request(server.http + "/metrics", headers={"authorization": f"Bearer {METRICS}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read().decode()
+
+
+@pytest.mark.parametrize("log_format", ["plain", "json"])
+async def test_no_secret_in_logs_frames_bodies_or_admin_pages(tmp_path: Path, log_format: str) -> None:
     seen = Seen()
     debug = {
         "LOG_LEVEL": "DEBUG",
+        "LOG_FORMAT": log_format,
         "AUTHORITY_PRIVATE_KEY": str(AUTHORITY),
         "INTROSPECTION_TOKEN": INTROSPECTION,
+        "METRICS_TOKEN": METRICS,
     }
     hub = start_authority(
-        tmp_path, env=servers.base_env(tmp_path, AUTHORITY_API_KEYS=f"{API_KEY}:{API_SECRET}", **debug)
+        tmp_path,
+        env=servers.base_env(
+            tmp_path, AUTHORITY_API_KEYS=f"{API_KEY}:{API_SECRET}", WORKER_ID="hub", **debug
+        ),
     )
     relay_env = servers.base_env(
         tmp_path,
@@ -195,13 +213,14 @@ async def test_no_secret_in_logs_frames_bodies_or_admin_pages(tmp_path: Path) ->
         USER_API_KEY=API_KEY,
         USER_API_SECRET=API_SECRET,
         CHALLENGE_TIMEOUT="1",
+        WORKER_ID="relay",
         **debug,
     )
     relay = servers.start(tmp_path, kind="uvicorn", env=relay_env, migrate_db=False)
     local = servers.start(
         tmp_path / "local",
         kind="daphne",
-        env=servers.base_env(tmp_path / "local", CHALLENGE_TIMEOUT="1", **debug),
+        env=servers.base_env(tmp_path / "local", CHALLENGE_TIMEOUT="1", WORKER_ID="local", **debug),
     )
     try:
         await ws_flows(relay, seen, raw=True)
@@ -210,6 +229,8 @@ async def test_no_secret_in_logs_frames_bodies_or_admin_pages(tmp_path: Path) ->
         await grpc_calls(hub, seen)
         await asyncio.to_thread(admin_pages, local, seen)
         await asyncio.to_thread(admin_pages, relay, seen)  # the relay's audit is shared with the hub
+        for server in (relay, local):
+            seen.texts.append(await asyncio.to_thread(scrape, server))
     finally:
         for process in (relay, local, hub):
             process.stop()
@@ -217,6 +238,80 @@ async def test_no_secret_in_logs_frames_bodies_or_admin_pages(tmp_path: Path) ->
     assert sum(name.startswith("token ") for name in seen.secrets) >= 4  # the flows did issue tokens
     assert "DEBUG" in local.log()  # every logger was at DEBUG
     assert seen.leaks() == []
+    for server, worker in ((relay, "relay"), (local, "local")):
+        check_outcome_lines(server, worker, log_format)
+    if log_format == "json":  # every record is one JSON object on one line
+        for server in (relay, local):
+            assert [line for line in server.log().splitlines() if not _json(line)] == []
+        # runauthority prints where it listens, and nothing else but records.
+        assert [ln for ln in hub.log().splitlines() if not _json(ln)] == [f"listening on {hub.target}"]
     probe = Seen()  # and the search does find a secret where there is one
     probe.texts = [f"... {API_SECRET} ..."]
     assert probe.leaks() == ["API secret"]
+
+
+FIELDS = {"outcome", "challenge_id", "key_fp", "transport", "upstream", "latency_ms", "client", "worker"}
+#: A plain outcome line: ``<date> <time> LEVEL challenges.flows.outcome flow <outcome> id=... ...``.
+PLAIN = re.compile(
+    r"^\S+ \S+ (?P<level>[A-Z]+) challenges\.flows\.outcome flow (?P<outcome>\S+) (?P<rest>.*)$"
+)
+NAMES = {"id": "challenge_id", "key": "key_fp"}
+
+
+def _json(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def outcome_lines(log: str, log_format: str) -> list[dict[str, Any]]:
+    """The outcome lines of a log, as their fields (and ``level``)."""
+    lines = []
+    for line in log.splitlines():
+        if log_format == "json":
+            record = _json(line)
+            if record is None or record["logger"] != "challenges.flows.outcome":
+                continue
+            assert {"time", "level", "logger", "message"} | FIELDS <= record.keys(), record
+            assert record["message"].startswith(f"flow {record['outcome']} id="), record
+        else:
+            match = PLAIN.match(line)
+            if match is None:
+                continue
+            pairs = (pair.split("=", 1) for pair in match["rest"].split(" "))
+            record = {NAMES.get(name, name): value for name, value in pairs}
+            record.update(outcome=match["outcome"], level=match["level"])
+            assert record.keys() >= FIELDS, line
+            record["latency_ms"] = float(record["latency_ms"])
+        lines.append(record)
+    return lines
+
+
+def check_outcome_lines(server: servers.Server, worker: str, log_format: str) -> None:
+    """One INFO line per flow of this worker's audit rows, with the row's fields; and one DEBUG
+    line per refusal, as many as the aggregated rows count."""
+    lines = outcome_lines(server.log(), log_format)
+    rows = server.rows(
+        "SELECT challenge_id, outcome, count, public_key, transport, upstream, client_ip, challenged_at"
+        " FROM challenges_challengeattempt WHERE worker = ?",
+        (worker,),
+    )
+    flows = {row[0]: row for row in rows if row[7] is not None}  # a flow's row says when it was challenged
+    assert len(flows) >= 3, rows
+    info = [line for line in lines if line["level"] == "INFO"]
+    assert sorted(line["challenge_id"] for line in info) == sorted(flows)  # one line per flow
+    for line in info:
+        _, outcome, _, key, transport, upstream, client, _ = flows[line["challenge_id"]]
+        assert line["outcome"] == outcome
+        assert line["key_fp"] == hashlib.sha256(key.encode()).hexdigest()[:12]
+        assert (line["transport"], line["upstream"], line["client"]) == (transport, upstream, client)
+        assert line["worker"] == worker
+        assert line["latency_ms"] >= 0
+    refusals: Counter[str] = Counter()
+    for row in rows:
+        if row[7] is None:
+            refusals[row[1]] += row[2]
+    assert sum(refusals.values()) >= 5, rows
+    assert Counter(line["outcome"] for line in lines if line["level"] == "DEBUG") == refusals

@@ -30,6 +30,7 @@ def production_env(tmp: Path, **overrides: str) -> dict[str, str]:
         REDIS_URL="",
         # As behind the README's nginx: TLS ends at the proxy, which says so (see post()).
         SECURE_PROXY_SSL_HEADER="X-Forwarded-Proto",
+        METRICS_ALLOWED_IPS="127.0.0.1",
     )
     env.pop("DEBUG")  # make serve sets it
     env.update(overrides)
@@ -101,7 +102,7 @@ def test_make_serve_runs_two_workers_on_one_port(tmp_path):
             servers.wait_ready(
                 process,
                 log_path,
-                lambda: 200 if _health(port) == 200 else None,
+                lambda: 200 if workers_started(log_path) == 2 and _health(port) == 200 else None,
                 timeout=60,
                 what="make serve",
             )
@@ -140,6 +141,11 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def workers_started(log_path: Path) -> int:
+    """Workers whose startup is complete (until then, the other one takes every connection)."""
+    return log_path.read_text().count("Application startup complete.")
 
 
 def _health(port: int) -> int | None:

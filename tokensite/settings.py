@@ -22,7 +22,8 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+if (BASE_DIR / ".env").is_file():  # (else django-environ logs so, before LOGGING is set up)
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=True)
 #: Placeholder only when DEBUG; a missing SECRET_KEY in production is a check error.
@@ -218,14 +219,48 @@ HTTP_BODY_TIMEOUT = env.float("HTTP_BODY_TIMEOUT", default=10.0)
 
 WORKER_ID = env.str("WORKER_ID", default=f"{socket.gethostname()}:{os.getpid()}")
 
+#: Who may read /metrics (challenges.access): these addresses or networks (the client address
+#: as CLIENT_IP_HEADER says), or a request with "Authorization: Bearer <METRICS_TOKEN>". With
+#: neither set: loopback with DEBUG, no one without it (a check warns).
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=[])
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+if DEBUG and not METRICS_ALLOWED_IPS and not METRICS_TOKEN:
+    METRICS_ALLOWED_IPS = ["127.0.0.0/8", "::1"]
+#: Where each uvicorn worker writes its metrics (prometheus-client's multiprocess mode):
+#: manage.py serve sets it for its workers, to a fresh VAR_DIR/metrics/<port>; leave it unset.
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+
+#: "plain" (one text line per record) or "json" (one JSON object per line; challenges.logs).
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain").strip().lower()
+if LOG_FORMAT not in ("plain", "json"):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'plain' or 'json', not {LOG_FORMAT[:20]!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "challenges.logs.JsonFormatter"},
+    },
     "filters": {"quiet_reconnects": {"()": "challenges.redisconf.QuietReconnects"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["quiet_reconnects"]}
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["quiet_reconnects"],
+        }
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.channels.server": {"level": "WARNING"}},
+    "loggers": {
+        # Django's records through our handler only (its default console handler, with DEBUG,
+        # printed them a second time, unformatted).
+        "django": {"handlers": [], "propagate": True},
+        "django.channels.server": {"level": "WARNING"},
+        # uvicorn's records through our handler, in LOG_FORMAT, not its command line's handler.
+        # Not "uvicorn" itself (configuring it would reset uvicorn.access, which serve and
+        # --no-access-log silence) and not uvicorn.access (an access log on keeps uvicorn's format).
+        "uvicorn.error": {"handlers": ["console"], "propagate": False},
+        "uvicorn.asgi": {"handlers": ["console"], "propagate": False},
+    },
 }

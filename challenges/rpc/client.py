@@ -12,7 +12,8 @@ gRPC failures become :class:`~challenges.errors.UpstreamError` with their own
 codes (:func:`~challenges.rpc.status.upstream_error`); each carries the gRPC
 status name for the audit. Every wait is bounded by the challenge's own time, the call has a gRPC
 deadline a few seconds beyond it, and :meth:`GrpcPending.cancel` cancels the
-call, so no stream outlives its flow. ``open_calls`` counts live streams.
+call, so no stream outlives its flow. ``open_calls`` counts live streams;
+``on_status`` hears the status each call ends with (the metrics).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,8 @@ class GrpcPending:
             self.status = status
             self.call.cancel()  # a no-op once the call has ended
             self.upstream.open_calls -= 1
+            if self.upstream.on_status is not None:
+                self.upstream.on_status(status)
 
 
 class GrpcUpstream:
@@ -211,8 +214,10 @@ class GrpcUpstream:
         api_key: str = "",
         api_secret: str = "",
         root_certificates: bytes | None = None,
+        on_status: Callable[[str], None] | None = None,
     ) -> None:
         self.target = target
+        self.on_status = on_status
         self.secure = secure
         #: PEM CAs a ``grpcs`` upstream is verified against (``TOKEN_UPSTREAM_CA``);
         #: None: the system's bundle.

@@ -6,12 +6,19 @@ migrations applied first. It refuses to start, with one line per missing
 setting, without ``SECRET_KEY``, ``AUTHORITY_PRIVATE_KEY`` or
 ``ALLOWED_HOSTS``, with ``DEBUG`` on, or with several workers and no
 ``REDIS_URL`` or ``REDIS_SENTINELS`` (their challenges could not reach each other).
+
+With several workers, the metrics run in prometheus-client's multiprocess
+mode: a fresh, empty ``VAR_DIR/metrics/<port>`` is made before the workers
+start, and ``PROMETHEUS_MULTIPROC_DIR`` names it in their environment (they
+inherit it), so ``/metrics`` adds up every worker's values. With one worker
+the process's own registry is read.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -43,6 +50,11 @@ class Command(BaseCommand):
             sys.exit(2)
         self.check(display_num_errors=False)
         call_command("migrate", interactive=False, verbosity=0)
+        metrics_dir = _metrics_dir(Path(settings.VAR_DIR), options["port"]) if workers > 1 else None
+        if metrics_dir is not None:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        else:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.stdout.write(f"serving on http://{options['host']}:{options['port']} with {workers} worker(s)")
         self.stdout.flush()
 
@@ -62,8 +74,19 @@ class Command(BaseCommand):
             proxy_headers=False,
             access_log=False,
             timeout_graceful_shutdown=8,
+            log_config=None,  # every record through LOGGING's handler (LOG_FORMAT)
             log_level=str(settings.LOGGING["root"]["level"]).lower(),  # type: ignore[index]
         )
+
+
+def _metrics_dir(var_dir: Path, port: int) -> Path:
+    """A directory for this server's workers' metrics, emptied of a previous run's files
+    (their counters would add up with the new ones)."""
+    path = var_dir / "metrics" / str(port)
+    path.mkdir(parents=True, exist_ok=True)
+    for old in path.glob("*.db"):
+        old.unlink()
+    return path
 
 
 def _refusals(workers: int) -> list[str]:

@@ -1,0 +1,102 @@
+"""Log lines: JSON when ``LOG_FORMAT=json``, and the one line each flow outcome gets.
+
+:class:`JsonFormatter` (``tokensite.settings`` ``LOGGING``) makes every record,
+ours and third-party ones alike, one JSON object on one line: ``time`` (UTC,
+ISO 8601), ``level``, ``logger``, ``message``, every structured field the
+record carries (``extra=``) as a key of its own (an object that is not data,
+by its type's name), and ``exc`` / ``stack`` when there is a traceback.
+
+:func:`outcome` writes the line of one flow outcome on the logger
+``challenges.flows.outcome``: the challenge id, a fingerprint of the key
+(:func:`fingerprint`, never the key a client typed), the outcome code, the
+transport, the upstream, the latency in ms, the client address and the worker.
+No token, secret or signature is ever a field.
+
+Pure module: no Django, Channels, grpc or prometheus import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+OUTCOME_LOGGER = logging.getLogger("challenges.flows.outcome")
+
+#: What every LogRecord has: anything else on a record is a structured field.
+_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+#: Fields some libraries add that say nothing new (uvicorn's message with terminal colours).
+_DROPPED = _STANDARD | {"color_message"}
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
+#: Field values written as they are; any other object by its type's name only (Django's
+#: ``request``, whose text would carry the URL's query string).
+_DATA = (str, int, float, bool, type(None), list, tuple, dict)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call still leaves a line
+            message = str(record.msg)
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")[:-6] + "Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": message,
+        }
+        for key, value in record.__dict__.items():
+            if key not in _DROPPED and key not in entry:
+                entry[key] = value if isinstance(value, _DATA) else type(value).__name__
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exc"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str)
+
+
+def fingerprint(key: str) -> str:
+    """12 hex digits of the key string's SHA-256 (``""`` for no key): enough to follow one
+    key through the logs, and nothing a client wrote is copied into them."""
+    return hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:12] if key else ""
+
+
+def outcome(
+    level: int,
+    *,
+    outcome: str,
+    challenge_id: str,
+    key: str,
+    transport: str,
+    upstream: str,
+    latency_ms: float,
+    client: str | None,
+    worker: str,
+) -> None:
+    """The one line of a flow outcome (a no-op when ``level`` is not logged)."""
+    if not OUTCOME_LOGGER.isEnabledFor(level):
+        return
+    fields = {
+        "outcome": outcome,
+        # A refusal's id is whatever the client sent: only id characters, bounded.
+        "challenge_id": _UNSAFE.sub("?", challenge_id[:64]),
+        "key_fp": fingerprint(key),
+        "transport": transport,
+        "upstream": upstream,
+        "latency_ms": round(latency_ms, 1),
+        "client": client or "",
+        "worker": worker,
+    }
+    OUTCOME_LOGGER.log(
+        level,
+        "flow %s id=%s key=%s transport=%s upstream=%s latency_ms=%.1f client=%s worker=%s",
+        *fields.values(),
+        extra=fields,
+    )
