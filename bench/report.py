@@ -214,7 +214,7 @@ def _targets(by: dict[Any, Any], idle: list[Any], options: Any, ratio: Any) -> l
     for m in idle:
         if m.server == "serve" and m.held_seconds:
             check(
-                f"{m.sockets:,} idle sockets held {m.held_seconds / 60:.0f} min: none dropped, <= 30 KB each",
+                f"{m.sockets:,} idle sockets held {_duration(m.held_seconds)}: none dropped, <= 30 KB each",
                 m.per_socket_kib * 1.024,
                 lambda v, m=m: v <= 30 and not m.failures,
                 "{:.1f} KB, " + f"{sum(m.errors.values())} dropped",
@@ -245,6 +245,10 @@ def _breakdown(points: list[Any], concurrency: list[int]) -> list[str]:
         redis = f"{statistics.median(commands):.1f}" if commands else "-"
         lines.append(f"| {p.config} | {p.concurrency} | " + " | ".join(cells) + f" | {redis} |")
     return lines
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def _audit(audit: list[Any]) -> list[str]:
