@@ -50,10 +50,14 @@ def bench_env(tmp: Path, *, authority: PrivateKey, redis_url: str = "", **extra:
 
 def start_config(tmp: Path, name: str, *, authority: PrivateKey, **extra: str) -> Server:
     """One server as the benchmark runs it: ``serve`` (``make serve``'s command, uvicorn),
-    ``daphne``, or the ``floor``; production settings, its own SQLite audit."""
+    ``asyncio`` (the same on asyncio's loop and h11), ``daphne``, or the ``floor``;
+    production settings, its own SQLite audit."""
     if name == "floor":
         return start_floor(tmp, authority=authority)
-    return servers.start(tmp, kind=name, env=bench_env(tmp, authority=authority, **extra))
+    env = bench_env(tmp, authority=authority, **extra)
+    if name == "asyncio":
+        return servers.start(tmp, kind="serve", env=env, args=["--loop", "asyncio", "--http", "h11"])
+    return servers.start(tmp, kind=name, env=env)
 
 
 def start_relay(tmp: Path, *, authority: PrivateKey) -> tuple[Server, Server]:

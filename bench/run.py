@@ -45,6 +45,12 @@ CONFIGS = {
     for c in (
         Config("floor", "plain `websockets` server doing the same flow (the floor)", "floor"),
         Config("serve", "`make serve`: uvicorn, one worker, in-memory layer", "serve", baseline="floor"),
+        Config(
+            "asyncio",
+            "`make serve` on asyncio's event loop and h11 instead of uvloop and httptools",
+            "asyncio",
+            baseline="floor",
+        ),
         Config("daphne", "daphne (what `make run` serves), one worker", "daphne", baseline="floor"),
         Config(
             "http",
@@ -214,7 +220,7 @@ def _start_groups(
     found: dict[str, Target] = {}
     for group in sorted(groups):
         where = tmp / group
-        if group in ("floor", "serve", "daphne"):
+        if group in ("floor", "serve", "asyncio", "daphne"):
             extra = {"AUTHORITY_API_KEYS": procs.BENCH_API_KEY} if group != "floor" else {}
             server = started(procs.start_config(where, group, authority=authority, **extra))
             found[group] = Target(

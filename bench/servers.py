@@ -176,7 +176,7 @@ def start(
     elif kind == "serve":  # make serve's command: production settings, WORKERS processes
         cmd = [
             sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", env.get("WORKERS", "1"),
+            "--workers", env.get("WORKERS", "1"), *args,
         ]  # fmt: skip
     else:
         raise ValueError(kind)

@@ -40,6 +40,18 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
         parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "1")))
+        parser.add_argument(
+            "--loop",
+            choices=("uvloop", "asyncio"),
+            default=os.environ.get("SERVE_LOOP", "uvloop"),
+            help="the event loop (default uvloop, the faster in bench/REPORT.md)",
+        )
+        parser.add_argument(
+            "--http",
+            choices=("httptools", "h11"),
+            default=os.environ.get("SERVE_HTTP", "httptools"),
+            help="the HTTP/1.1 parser (default httptools)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         workers = options["workers"]
@@ -65,6 +77,8 @@ class Command(BaseCommand):
             host=options["host"],
             port=options["port"],
             workers=workers,
+            loop=options["loop"],
+            http=options["http"],
             ws="websockets-sansio",
             ws_max_size=WS_MAX_SIZE,
             ws_per_message_deflate=False,
