@@ -44,6 +44,7 @@ def bench_env(tmp: Path, *, authority: PrivateKey, redis_url: str = "", **extra:
         "RATE_LIMIT_PER_MINUTE": "0",
         # Plain http on loopback (in production a TLS proxy says https): no redirect.
         "SECURE_SSL_REDIRECT": "false",
+        "METRICS_ALLOWED_IPS": "127.0.0.1",
     }
     return servers.base_env(tmp, **{**settings, **extra})
 
