@@ -38,6 +38,9 @@ def _bench_parser() -> argparse.ArgumentParser:
         "--postgres", default=os.environ.get("POSTGRES_URL", ""), help="PostgreSQL URL for the audit figure"
     )
     parser.add_argument(
+        "--capacity-flows", type=int, default=2000, help="flows for the capacity figures (0: skip)"
+    )
+    parser.add_argument(
         "--no-pin", action="store_true", help="do not pin servers and client to separate CPUs"
     )
     parser.add_argument("--no-report", action="store_true", help="print only; leave bench/REPORT.md alone")
@@ -107,6 +110,7 @@ def main(argv: list[str]) -> int:
         write_report=not args.no_report,
         audit_rows=min(args.audit_rows, 2000) if args.quick else args.audit_rows,
         postgres=args.postgres,
+        capacity_flows=min(args.capacity_flows, 300) if args.quick else args.capacity_flows,
     )
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,7 @@ def render_bench(
     logs: dict[str, dict[str, int]],
     idle: list[Any],
     audit: list[Any],
+    capacity: Any,
     options: Any,
     facts: str,
     configs: dict[str, Any],
@@ -135,6 +136,7 @@ def render_bench(
     lines += _breakdown(points, concurrency)
     lines += _memory(idle)
     lines += _audit(audit)
+    lines += _capacity(capacity)
     lines += ["", "## Server logs", "", "| configuration | tracebacks | warm-up failures |", "|---|---|---|"]
     for name in names:
         counts = logs.get(name, {})
@@ -244,6 +246,35 @@ def _breakdown(points: list[Any], concurrency: list[int]) -> list[str]:
         commands = [r.redis_commands for r in p.runs if r.redis_commands is not None]
         redis = f"{statistics.median(commands):.1f}" if commands else "-"
         lines.append(f"| {p.config} | {p.concurrency} | " + " | ".join(cells) + f" | {redis} |")
+    return lines
+
+
+def _capacity(measured: Any) -> list[str]:
+    if not measured:
+        return []
+    cost, scaling = measured
+    lines = [
+        "",
+        "## What a flow costs (the capacity model's inputs)",
+        "",
+        "A routed flow (challenge on worker A, answer on worker B), two `make serve` workers, rate limits"
+        f" on, the audit in {cost.database}; {cost.flows:,} flows at {cost.rate:,.0f} flows/s:",
+        "",
+        "| worker CPU ms | Redis CPU ms | Redis commands | Redis bytes in | Redis bytes out | audit rows"
+        " | audit bytes |",
+        "|---|---|---|---|---|---|---|",
+        f"| {cost.worker_cpu_ms:.2f} | {cost.redis_cpu_ms:.3f} | {cost.redis_commands:.1f}"
+        f" | {cost.redis_bytes_in:,.0f} | {cost.redis_bytes_out:,.0f} | {cost.audit_rows:.2f}"
+        f" | {cost.audit_bytes:,.0f} |",
+        "",
+        "`make serve` with one and two workers (one port, Redis between them), flows on one socket each:",
+        "",
+        "| workers | flows/s | server CPU ms/flow | cores busy | errors |",
+        "|---|---|---|---|---|",
+    ]
+    for s in scaling:
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(s.errors.items())) or "0"
+        lines.append(f"| {s.workers} | {s.rate:,.0f} | {s.cpu_ms:.2f} | {s.cores_busy:.2f} | {errors} |")
     return lines
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from challenges.identity import PrivateKey
 
-from . import auditrate, charts, memory, procs, report, servers
+from . import auditrate, capacity, charts, memory, procs, report, servers
 from .loadgen import Result, Spec
 from .servers import ROOT, Server
 
@@ -108,6 +108,8 @@ class Options:
     audit_rows: int = 20_000
     #: A PostgreSQL server URL for the audit figure (empty: SQLite only).
     postgres: str = ""
+    #: Flows for the capacity figures (cost of a routed flow, one and two workers; 0: skip).
+    capacity_flows: int = 2000
 
 
 @dataclass
@@ -337,6 +339,16 @@ def bench(options: Options) -> int:
                 if options.audit_rows
                 else []
             )
+            costs = (
+                capacity.measure(
+                    tmp / "capacity",
+                    authority=authority,
+                    database=options.postgres or f"sqlite:///{tmp / 'capacity.sqlite3'}",
+                    flows=options.capacity_flows,
+                )
+                if options.capacity_flows
+                else None
+            )
         finally:
             servers.drop_server_databases()
     drawn = charts.draw(points=points, idle=idle, options=options, names=CONFIGS, out=options.out)
@@ -345,6 +357,7 @@ def bench(options: Options) -> int:
         logs=logs,
         idle=idle,
         audit=audit,
+        capacity=costs,
         options=options,
         facts=facts,
         configs=CONFIGS,

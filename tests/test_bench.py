@@ -26,7 +26,8 @@ def test_a_short_benchmark_writes_its_report_and_charts(tmp_path):
     out = subprocess.run(
         [
             sys.executable, "-m", "bench", "--flows", "40", "--repeats", "1", "--concurrency", "1,4",
-            "--idle", "30", "--hold", "1", "--load", "8", "--audit-rows", "300", "--out", str(tmp_path),
+            "--idle", "30", "--hold", "1", "--load", "8", "--audit-rows", "300", "--capacity-flows", "100",
+            "--out", str(tmp_path),
             *postgres,
         ],
         cwd=servers.ROOT, capture_output=True, text=True, timeout=420,
@@ -40,6 +41,9 @@ def test_a_short_benchmark_writes_its_report_and_charts(tmp_path):
         assert len(rows) >= 3, (name, rows)  # the summary and a row per concurrency
     assert "| 8 concurrent clients: no error | 0 errors | yes |" in report
     assert "30 idle sockets" in report
+    assert "## What a flow costs" in report
+    scaling = [line for line in report.splitlines() if line.startswith(("| 1 | ", "| 2 | "))]
+    assert len(scaling) == 2, scaling
     audit = [line for line in report.splitlines() if line.startswith(("| SQLite |", "| PostgreSQL |"))]
     assert len(audit) == 1 + bool(postgres), audit
     for chart in ("chart-flows.png", "chart-p99.png", "chart-memory.png"):
