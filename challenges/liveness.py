@@ -13,6 +13,11 @@ One interface, two implementations:
   is gone; it sets it, and ``tokenflow:settling`` for one and a half beat
   periods), and while the mark lasts a missing heartbeat means "not yet",
   not "dead": the router waits for the next beat before it decides.
+  A failover keeps the keys (the replica has them) but not the beats: a
+  worker cut off from Redis for longer than the TTL finds the heartbeats it
+  wrote before the failover expired on the new master. So for a TTL after
+  this process last failed to reach Redis, a missing heartbeat also means
+  "not yet", and the router waits for the next beat.
 
 :meth:`Liveness.alive` raises :class:`~challenges.errors.RoutingUnavailable`
 when it cannot tell (Redis is unreachable).
@@ -71,6 +76,10 @@ class RedisLiveness:
         self._task: asyncio.Task[None] | None = None
         #: tag -> (checked at, lookup): one Redis call per tag and ``cache`` seconds, however many ask.
         self._seen: dict[str, tuple[float, asyncio.Future[bool]]] = {}
+        #: Loop time this process last failed to reach Redis (a beat or a lookup).
+        self._lost_at: float | None = None
+        #: False from the first failure to the next success: one warning per outage.
+        self._reachable = True
 
     @staticmethod
     def key(tag: str) -> str:
@@ -106,19 +115,42 @@ class RedisLiveness:
         try:
             for _ in range(3):
                 owner, epoch, settling = await self._redis.mget(self.key(tag), EPOCH, SETTLING)
+                self._reached()
                 if owner is not None:
                     return True
-                if epoch is not None and settling is None:
+                if epoch is not None and settling is None and not self._lapsed():
                     return False
-                # Redis lost its heartbeats (a restart): wait for every worker's next beat.
+                # Redis lost its heartbeats (a restart), or they lapsed while it was out of
+                # reach (a failover): wait for every worker's next beat.
                 await asyncio.sleep(self.every * 1.5)
             return False
         except Exception as exc:
             self._seen.pop(tag, None)  # a failure is not remembered: the next ask tries again
-            log.warning("cannot read worker heartbeats: %s", type(exc).__name__)
+            self._lost(exc, "cannot read worker heartbeats")
             raise RoutingUnavailable(
                 "the challenge belongs to another worker and the channel layer is unreachable; retry shortly"
             ) from exc
+
+    def _lapsed(self) -> bool:
+        """Whether heartbeats may have lapsed unseen: this process could not reach Redis
+        within the last TTL and beat period (every worker beats again within a period of
+        reaching Redis again)."""
+        if self._lost_at is None:
+            return False
+        return asyncio.get_running_loop().time() - self._lost_at < self.ttl + self.every
+
+    def _lost(self, exc: Exception, what: str) -> None:
+        self._lost_at = asyncio.get_running_loop().time()
+        if self._reachable:
+            log.warning("%s: %s (said once until Redis is back)", what, type(exc).__name__)
+        else:
+            log.debug("%s: %s", what, type(exc).__name__)
+        self._reachable = False
+
+    def _reached(self) -> None:
+        if not self._reachable:
+            log.info("worker heartbeats reach Redis again")
+        self._reachable = True
 
     async def _beat_once(self) -> None:
         try:
@@ -128,8 +160,10 @@ class RedisLiveness:
                 _, fresh = await pipe.execute()
             if fresh:  # Redis had no heartbeats at all: give every worker a beat to come back
                 await self._redis.set(SETTLING, b"1", px=int(self.every * 1500))
-        except Exception:
-            log.debug("heartbeat failed", exc_info=True)
+        except Exception as exc:
+            self._lost(exc, "heartbeat failed")
+        else:
+            self._reached()
 
     async def _beat(self) -> None:
         while True:

@@ -89,6 +89,8 @@ class Router:
         self.tag = service.tag
         self.inbox = PREFIX + self.tag
         self.healthy = True
+        #: True from a failed send to the next good one: one warning per outage, not per request.
+        self._sends_failing = False
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._handlers = TaskSet(limit=max_handlers)
         #: request id -> the answer given (None while working on it): repeats get it again.
@@ -155,11 +157,20 @@ class Router:
             try:
                 await self._send(PREFIX + owner, message)
             except Exception as exc:
-                log.warning("cannot route to worker %s: %s", owner, type(exc).__name__)
+                if not self._sends_failing:
+                    log.warning(
+                        "cannot route to worker %s: %s (said once until routing works again)",
+                        owner,
+                        type(exc).__name__,
+                    )
+                self._sends_failing = True
                 raise RoutingUnavailable(
                     "the challenge belongs to another worker and the channel layer is unreachable;"
                     " retry shortly"
                 ) from exc
+            if self._sends_failing:
+                log.info("routing reaches the channel layer again")
+                self._sends_failing = False
             deadline = sent = self.clock.monotonic()
             deadline += self.timeout
             while not reply.done():

@@ -101,10 +101,10 @@ if REDIS.sentinels and not REDIS.master:
     )
 if REDIS.configured:
     # channels-redis's pub/sub layer: a routed signature and its answer are a PUBLISH each
-    # (challenges.redisconf says why).
+    # (challenges.redisconf says why); challenges.pubsub makes a failed SUBSCRIBE retryable.
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "BACKEND": "challenges.pubsub.PubSubChannelLayer",
             "CONFIG": {"hosts": [REDIS.layer_host()]},
         }
     }
