@@ -72,7 +72,7 @@ lint: install-dev
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install-dev
-	$(VENV)/bin/mypy challenges tokensite
+	$(VENV)/bin/mypy challenges tokensite bench
 
 # The short benchmark (tests/test_bench.py, marked bench) runs once, in the PostgreSQL pass,
 # where its servers and its audit-rate figure use PostgreSQL and SQLite both.

@@ -27,8 +27,10 @@ def draw(
         fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
         for name in configs:
             values = [by[(name, c)].median(attr) for c in levels if (name, c) in by]
-            style = {"linestyle": "--", "color": "black"} if name == "floor" else {"marker": "o"}
-            ax.plot(levels[: len(values)], values, label=name, **style)
+            if name == "floor":
+                ax.plot(levels[: len(values)], values, label=name, linestyle="--", color="black")
+            else:
+                ax.plot(levels[: len(values)], values, label=name, marker="o")
         ax.set_xscale("log", base=2)
         ax.set_xticks(levels, [str(c) for c in levels])
         if log:

@@ -23,7 +23,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from challenges import authority, protocol, tokens
-from challenges.errors import ChallengeError
+from challenges.errors import ChallengeError, Code
 from challenges.identity import parse_private_key
 
 SIGNER = parse_private_key(os.environ["AUTHORITY_PRIVATE_KEY"])
@@ -51,10 +51,10 @@ async def handle(ws: ServerConnection) -> None:
                     )
                 else:
                     if pending is None:
-                        raise ChallengeError("no challenge is pending", code="no_challenge")
+                        raise ChallengeError("no challenge is pending", code=Code.NO_CHALLENGE)
                     (challenge, key), pending = pending, None
                     if datetime.now(UTC) > challenge.expires_at:
-                        raise ChallengeError("the challenge expired", code="challenge_timeout")
+                        raise ChallengeError("the challenge expired", code=Code.CHALLENGE_TIMEOUT)
                     key.verify(challenge.value, message.sig)
                     token = tokens.mint_token(signer=SIGNER, subject=key, ttl=TOKEN_TTL)
                     frame = protocol.token_frame(token.token)

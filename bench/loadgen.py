@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 import nacl.signing
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
 from challenges.identity import encode_buffer, format_public_key, parse_public_key
 from challenges.tokens import verify_token
@@ -225,7 +226,7 @@ async def _grpcweb(url: str, who: Identity, api_key: str) -> tuple[str, float]:
     base = url.rsplit("/ws/token", 1)[0]
     async with connect(
         base + "/threads.pb.API/GetToken",
-        subprotocols=["grpc-websockets"],
+        subprotocols=[Subprotocol("grpc-websockets")],
         ping_interval=None,
         max_size=2**16,
     ) as ws:

@@ -14,6 +14,7 @@ import re
 import secrets
 import socket
 import sys
+import urllib.request
 from pathlib import Path
 
 from challenges.apikeys import new_api_key
@@ -166,6 +167,26 @@ def cpu_split(no_pin: bool) -> tuple[set[int] | None, set[int] | None]:
     if no_pin or len(cpus) < 2:
         return None, None
     return set(cpus[:-1]), {cpus[-1]}
+
+
+def audit_metrics(urls: list[str]) -> tuple[float, float, float] | None:
+    """Audit batches, their rows and their commit seconds so far, summed over the servers
+    behind ``urls`` (their ``/metrics``); None for a server without it (the floor)."""
+    totals = [0.0, 0.0, 0.0]
+    for url in sorted(set(urls)):
+        base = url.replace("ws://", "http://", 1).split("/", 3)
+        try:
+            with urllib.request.urlopen(f"{base[0]}//{base[2]}/metrics", timeout=5) as response:  # noqa: S310 (loopback)
+                text = response.read().decode()
+        except OSError:
+            return None
+        for i, name in enumerate(
+            ("tokenprovider_audit_batch_rows_count", "tokenprovider_audit_batch_rows_sum",
+             "tokenprovider_audit_commit_seconds_sum")
+        ):  # fmt: skip
+            found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+            totals[i] += float(found.group(1)) if found else 0.0
+    return totals[0], totals[1], totals[2]
 
 
 def redis_commands(port: int) -> int:

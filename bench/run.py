@@ -139,6 +139,9 @@ class Run:
     #: Server CPU ms per flow of each process (by role), and Redis commands per flow.
     cpu_by_role: dict[str, float] = field(default_factory=dict)
     redis_commands: float | None = None
+    #: Audit batches during the run: mean rows per batch and mean commit time (ms).
+    audit_batch_rows: float | None = None
+    audit_commit_ms: float | None = None
 
 
 @dataclass
@@ -180,6 +183,7 @@ def drive(target: Target, *, concurrency: int, flows: int, cpu: int | None, issu
     )
     before = [procs.cpu_seconds(pid) for pid in target.pids]
     commands = procs.redis_commands(target.redis_port) if target.redis_port else 0
+    audit = procs.audit_metrics(target.urls) if target.name != "floor" else None
     out = subprocess.run(
         [sys.executable, "-m", "bench.loadgen", json.dumps(asdict(spec))],
         cwd=ROOT,
@@ -191,6 +195,12 @@ def drive(target: Target, *, concurrency: int, flows: int, cpu: int | None, issu
     used = [procs.cpu_seconds(pid) - cpu for pid, cpu in zip(target.pids, before, strict=True)]
     if target.redis_port:
         commands = procs.redis_commands(target.redis_port) - commands
+    batches = rows = commit = None
+    after = procs.audit_metrics(target.urls) if audit is not None else None
+    if audit is not None and after is not None and after[0] > audit[0]:
+        count = after[0] - audit[0]
+        rows, commit = (after[1] - audit[1]) / count, (after[2] - audit[2]) * 1000 / count
+        batches = count
     if out.returncode != 0:
         raise RuntimeError(f"the load generator failed ({out.returncode}):\n{out.stderr[-3000:]}")
     result = Result(**json.loads(out.stdout))
@@ -206,6 +216,8 @@ def drive(target: Target, *, concurrency: int, flows: int, cpu: int | None, issu
         extensions=result.extensions,
         cpu_by_role={role: u * 1000 / flows for role, u in zip(target.roles, used, strict=False)},
         redis_commands=commands / flows if target.redis_port else None,
+        audit_batch_rows=rows if batches else None,
+        audit_commit_ms=commit if batches else None,
     )
 
 
