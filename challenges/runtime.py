@@ -36,6 +36,7 @@ from .refusals import Refusals
 from .revocation import Blocklist
 from .routing import Router, new_tag
 from .upstream import LocalUpstream, Upstream
+from .workerstatus import StatusReporter
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,13 @@ class Runtime:
             check_every=config.route_check_every,
         )
         self.pipeline = Pipeline(service=self.service, router=self.router, limiter=self.limiter)
+        self.status = StatusReporter(
+            audit=self.audit,
+            clock=self.clock,
+            tag=self.tag,
+            worker=config.worker,
+            numbers=lambda: (self.service.pending_count, self.service.limits.open_connections),
+        )
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopped = False
         self._started: asyncio.Task[None] | None = None
@@ -119,6 +127,7 @@ class Runtime:
         await self.router.start()
         await self.blocklist.start()
         self.refusals.start()
+        self.status.start()
         if self.config.implied_ip_header:
             header = self.config.clients.ip_header
             log.warning(
@@ -149,6 +158,7 @@ class Runtime:
         await self.router.stop()
         await self.blocklist.stop()
         await self.refusals.stop()
+        await self.status.stop()
         await self.audit.close()
         await self.upstream.close()
         if self.redis is not None:
