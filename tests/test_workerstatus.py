@@ -43,7 +43,12 @@ async def test_the_reporter_upserts_one_row_and_forgets_long_gone_workers():
     numbers = [3, 7]
     audit = AuditWriter()
     reporter = StatusReporter(
-        audit=audit, clock=LoopClock(), tag="a1b2c3d4", worker="host:42", numbers=lambda: tuple(numbers), every=0.05
+        audit=audit,
+        clock=LoopClock(),
+        tag="a1b2c3d4",
+        worker="host:42",
+        numbers=lambda: tuple(numbers),
+        every=0.05,
     )
     reporter.start()
     try:
