@@ -36,14 +36,14 @@ def label(bucket: datetime, unit: str) -> str:
 
 
 def nice_ceiling(value: int) -> int:
-    """The smallest 1, 2 or 5 times a power of ten that is at least ``value`` (at least 1)."""
-    if value <= 1:
-        return 1
-    power = int(10 ** math.floor(math.log10(value)))
-    for step in (1, 2, 5, 10):
-        if step * power >= value:
-            return step * power
-    return 10 * power  # pragma: no cover (the loop always returns)
+    """The top of the y axis: the smallest 2, 4 or 10 times a power of ten that holds ``value``
+    (so that half of it, the middle grid line, is a whole number too)."""
+    power = 1
+    while True:
+        for step in (2, 4, 10):
+            if step * power >= value:
+                return step * power
+        power *= 10
 
 
 def stacked_bars(

@@ -284,3 +284,25 @@ def test_fast_on_fifty_thousand_rows(admin_client):
         assert figures(response.content.decode())["attempts"] == expected
     print("dashboard on 50,000 rows:", {k: f"{v * 1000:.0f} ms" for k, v in timings.items()})
     assert max(timings.values()) < 2.0, timings
+
+
+def test_the_chart_scales_its_bars_and_escapes_what_it_draws():
+    from challenges.charts import Series, nice_ceiling, stacked_bars
+
+    assert [nice_ceiling(v) for v in (0, 3, 5, 11, 41, 101)] == [2, 4, 10, 20, 100, 200]
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    svg = stacked_bars(
+        ident="c", title="t<", desc="d&", buckets=[start, start + timedelta(hours=1)], unit="hour",
+        series=[Series("a<b>", "#000", [10, 0], ["/x?a=1&b=2", "/y"]), Series("z", "#111", [30, 20])],
+        height=236,
+    )  # fmt: skip
+    heights = {
+        (name, n): float(h)
+        for h, name, n in re.findall(
+            r'height="([\d.]+)" fill="#\d+" data-series="([^"]+)" data-n="(\d+)"', svg
+        )
+    }
+    assert heights == {("a&lt;b&gt;", "10"): 50.0, ("z", "30"): 150.0, ("z", "20"): 100.0}  # 200 px for 40
+    assert '<a href="/x?a=1&amp;b=2">' in svg
+    assert '<title id="c-title">t&lt;</title>' in svg
+    assert "a<b>" not in svg
