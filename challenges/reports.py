@@ -1,8 +1,9 @@
 """Reads for operators: the audit over a time window (the admin's dashboard), a flow's timeline
 and a token's standing (the admin's detail pages and ``manage.py tokens``).
 
-Every figure is aggregated in the database: attempts by time bucket and outcome, and the top
-failing keys and addresses, are one ``GROUP BY`` query each, whatever the number of rows.
+Every figure is aggregated in the database: attempts by time bucket and outcome, tokens by
+time bucket, and the top failing keys and addresses are one query each, whatever the number
+of rows.
 Refusals are aggregated rows (one per address, code and minute, with a ``count``): figures
 sum ``count``, never count rows.
 """
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, DateTimeField, Exists, OuterRef, QuerySet, Sum, Value
+from django.db import connection
+from django.db.models import Exists, OuterRef, QuerySet, Sum
 
 from .models import SUCCESS, BlockedKey, ChallengeAttempt, IssuedToken, RevokedToken, WorkerStatus
 
@@ -43,7 +45,6 @@ class Window:
     start: datetime
     end: datetime
     unit: str
-    label: str
 
     @property
     def step(self) -> timedelta:
@@ -76,7 +77,7 @@ def preset_window(name: str, *, now: datetime) -> Window:
     """The last ``name`` (``PRESETS``) up to ``now``, in whole buckets (the last one so far)."""
     span, unit = PRESETS[name]
     end = floor(now, unit) + UNITS[unit]
-    return Window(start=end - span, end=end, unit=unit, label=f"last {name}")
+    return Window(start=end - span, end=end, unit=unit)
 
 
 def custom_window(since: datetime, until: datetime) -> Window:
@@ -84,7 +85,7 @@ def custom_window(since: datetime, until: datetime) -> Window:
         raise ValueError("the end must be after the start")
     if until - since > MAX_SPAN:
         raise ValueError(f"at most {MAX_SPAN.days} days")
-    return Window(start=since, end=until, unit=unit_for(until - since), label="custom")
+    return Window(start=since, end=until, unit=unit_for(until - since))
 
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
@@ -107,29 +108,40 @@ def parse_when(text: str, *, now: datetime) -> datetime:
 
 # -- aggregated in the database ----------------------------------------------------------
 #
-# A series is one query: a UNION ALL of one ``GROUP BY outcome`` per bucket, each a range
-# scan of the covering index (created_at, outcome, count, public_key, client_ip). Measured
-# on a million rows in SQLite (bench/DASHBOARD.md), that is three times faster than one
-# GROUP BY on a truncated time (TruncDay & co., or substr in SQLite), which computes the
-# bucket of every row and sorts them all. Both read the same rows: the tests compare them.
+# A series is one query: a UNION ALL of one ``GROUP BY`` per bucket, each a range scan of the
+# covering index (created_at, outcome, count, public_key, client_ip). On a million rows in
+# SQLite (``python -m bench dashboard``, bench/REPORT.md) that is several times faster than
+# one GROUP BY on a truncated time (TruncDay & co.), which computes the bucket of every row
+# and sorts them all; both give the same figures (the tests compare them). The parts differ
+# only in their bounds, so the SQL is written once, not compiled by the ORM up to 400 times
+# (most of a short range's time).
 
 
-def _per_bucket(window: Window, model: Any, field: str, group: tuple[str, ...], total: Any) -> list[Any]:
-    """``(bucket, *group, total)`` rows of ``model`` by ``field``'s bucket, in one query."""
-    parts = [
-        model.objects.filter(
-            **{
-                f"{field}__gte": max(bucket, window.start),
-                f"{field}__lt": min(bucket + window.step, window.end),
-            }
-        )
-        .annotate(bucket=Value(bucket, output_field=DateTimeField()))
-        .values_list("bucket", *group)
-        .annotate(n=total)
-        .order_by()
-        for bucket in window.buckets()
-    ]
-    return list(parts[0].union(*parts[1:], all=True)) if parts else []
+def _per_bucket(window: Window, model: Any, field: str, group: str | None, total: str) -> list[Any]:
+    """``(bucket, group value, total)`` rows (``(bucket, total)`` without ``group``) of
+    ``model`` per bucket of ``field``, in one query. Names come from the model, never a client."""
+    buckets = window.buckets()
+    if not buckets:
+        return []
+    ops = connection.ops
+    table = ops.quote_name(model._meta.db_table)
+    column = _column(model, field)
+    grouped = _column(model, group) if group else ""
+    part = (
+        f"SELECT %s AS b{', ' + grouped if group else ''}, {total} AS n FROM {table}"  # noqa: S608 (names from the model)
+        f" WHERE {column} >= %s AND {column} < %s{' GROUP BY ' + grouped if group else ''}"
+    )
+    params: list[Any] = []
+    for i, bucket in enumerate(buckets):
+        start, end = max(bucket, window.start), min(bucket + window.step, window.end)
+        params += [i, ops.adapt_datetimefield_value(start), ops.adapt_datetimefield_value(end)]
+    with connection.cursor() as cursor:
+        cursor.execute(" UNION ALL ".join([part] * len(buckets)), params)
+        return [(buckets[row[0]], *row[1:]) for row in cursor.fetchall()]
+
+
+def _column(model: Any, field: str) -> str:
+    return str(connection.ops.quote_name(str(model._meta.get_field(field).column)))
 
 
 def attempts_in(window: Window) -> QuerySet[ChallengeAttempt]:
@@ -139,13 +151,14 @@ def attempts_in(window: Window) -> QuerySet[ChallengeAttempt]:
 def attempts_by_bucket(window: Window) -> dict[datetime, Counter[str]]:
     """Refusals and flows per bucket and outcome (counts summed)."""
     series: dict[datetime, Counter[str]] = {}
-    for bucket, outcome, n in _per_bucket(window, ChallengeAttempt, "created_at", ("outcome",), Sum("count")):
+    total = f"SUM({_column(ChallengeAttempt, 'count')})"
+    for bucket, outcome, n in _per_bucket(window, ChallengeAttempt, "created_at", "outcome", total):
         series.setdefault(bucket, Counter())[outcome] += n
     return series
 
 
 def tokens_by_bucket(window: Window) -> dict[datetime, int]:
-    rows = _per_bucket(window, IssuedToken, "issued_at", (), Count("id"))
+    rows = _per_bucket(window, IssuedToken, "issued_at", None, "COUNT(*)")
     return {bucket: n for bucket, n in rows if n}
 
 

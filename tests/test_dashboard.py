@@ -248,7 +248,7 @@ def test_the_per_bucket_sums_equal_a_group_by_on_the_truncated_time(unit):
         method="direct",
     )
     span = {"minute": timedelta(hours=2), "hour": timedelta(days=2), "day": timedelta(days=30)}[unit]
-    window = reports.Window(start=end - span, end=end, unit=unit, label="test")
+    window = reports.Window(start=end - span, end=end, unit=unit)
     trunc = {"minute": TruncMinute, "hour": TruncHour, "day": TruncDay}[unit]
     reference: dict[datetime, Counter[str]] = {}
     for bucket, outcome, n in (
