@@ -110,7 +110,7 @@ def parse_when(text: str, *, now: datetime) -> datetime:
 #
 # A series is one query: a UNION ALL of one ``GROUP BY`` per bucket, each a range scan of the
 # covering index (created_at, outcome, count, public_key, client_ip). On a million rows in
-# SQLite (``python -m bench dashboard``, bench/REPORT.md) that is several times faster than
+# SQLite (``python -m bench dashboard``, bench/REPORT.md) that is ten times faster than
 # one GROUP BY on a truncated time (TruncDay & co.), which computes the bucket of every row
 # and sorts them all; both give the same figures (the tests compare them). The parts differ
 # only in their bounds, so the SQL is written once, not compiled by the ORM up to 400 times
