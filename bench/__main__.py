@@ -1,5 +1,6 @@
 """``python -m bench [options]`` runs the benchmark; ``python -m bench soak --minutes N`` the soak;
-``python -m bench profile --out F.svg`` records a flame graph of a server under load."""
+``python -m bench profile --out F.svg`` records a flame graph of a server under load;
+``python -m bench dashboard`` times the admin's audit dashboard on a million audit rows."""
 
 from __future__ import annotations
 
@@ -71,6 +72,21 @@ def _profile_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dashboard_parser() -> argparse.ArgumentParser:
+    from .dashboard import DEFAULT_DB
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bench dashboard", description="The audit dashboard on a million rows (SQLite)."
+    )
+    parser.add_argument("--rows", type=int, default=1_000_000, help="audit rows (default 1,000,000)")
+    parser.add_argument(
+        "--db", type=Path, default=DEFAULT_DB, help=f"the SQLite file, kept and reused (default {DEFAULT_DB})"
+    )
+    parser.add_argument("--runs", type=int, default=5, help="timed requests per range (default 5)")
+    parser.add_argument("--no-report", action="store_true", help="print only; leave bench/REPORT.md alone")
+    return parser
+
+
 def main(argv: list[str]) -> int:
     # A SIGTERM (or a SIGINT to a background job, which ignores it) must still unwind through
     # the finally blocks that stop every server and redis-server this run started.
@@ -83,6 +99,13 @@ def main(argv: list[str]) -> int:
         return profile(
             config=args.config, concurrency=args.concurrency, flows=args.flows, out=args.out, mode=args.mode
         )
+    if argv[:1] == ["dashboard"]:
+        args = _dashboard_parser().parse_args(argv[1:])
+        if not 1 <= args.rows <= 50_000_000 or not 1 <= args.runs <= 100:
+            raise SystemExit("--rows must be in [1, 50,000,000] and --runs in [1, 100]")
+        from .dashboard import dashboard
+
+        return dashboard(rows=args.rows, db=args.db, runs=args.runs, write_report=not args.no_report)
     if argv[:1] == ["soak"]:
         args = _soak_parser().parse_args(argv[1:])
         if not 0 < args.minutes <= 24 * 60 or not 0 < args.sockets <= 5000:

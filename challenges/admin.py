@@ -1,18 +1,42 @@
 """The audit in the Django admin, read-only (newest first, filter, search, never a secret),
 and revocation: revoke tokens or block keys from the lists, each action recorded with
-the operator who did it."""
+the operator who did it.
+
+Also: the audit dashboard (:mod:`challenges.dashboard`, linked from the admin's index),
+"Export CSV" on the attempts and tokens lists (the rows the list's filters and search
+select, streamed: :mod:`challenges.exports`), an attempt's whole timeline on its page
+(:mod:`challenges.admindetail`), and the workers' last reports.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http.response import HttpResponseBase
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 
+from . import admindetail, dashboard, exports, reports
 from .errors import CLIENT_CODES, Code
-from .models import SUCCESS, BlockedKey, ChallengeAttempt, IssuedToken, RevocationEvent, RevokedToken
+from .models import (
+    SUCCESS,
+    BlockedKey,
+    ChallengeAttempt,
+    IssuedToken,
+    RevocationEvent,
+    RevokedToken,
+    WorkerStatus,
+)
 from .revocation import block_key, revoke_token, unblock_key
+
+# The index links to the dashboard (a documented AdminSite attribute; the template extends
+# the admin's own index).
+admin.site.index_template = "admin/challenges/index.html"
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -36,11 +60,44 @@ class OutcomeFilter(admin.SimpleListFilter):
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         codes = sorted(str(code) for code in Code if code not in CLIENT_CODES)
-        return [(SUCCESS, SUCCESS)] + [(code, code) for code in codes]
+        any_failure = (reports.ANY_FAILURE, "any failure (not success)")
+        return [(SUCCESS, SUCCESS), any_failure] + [(code, code) for code in codes]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = self.value()
+        if value == reports.ANY_FAILURE:
+            return queryset.exclude(outcome=SUCCESS)
         return queryset.filter(outcome=value) if value else queryset
+
+
+class ExportCSV:
+    """An "Export CSV" link on the list, for the rows its filters, search and order select."""
+
+    export_columns: tuple[str, ...] = ()
+
+    def get_export_urls(self) -> list[URLPattern]:
+        model_admin: Any = self
+        name = f"{model_admin.opts.app_label}_{model_admin.opts.model_name}_export"
+        return [path("export.csv", model_admin.admin_site.admin_view(self.export_view), name=name)]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        model_admin: Any = self
+        name = f"admin:{model_admin.opts.app_label}_{model_admin.opts.model_name}_export"
+        query = request.GET.copy()
+        query.pop("p", None)  # every page
+        url = reverse(name) + (f"?{query.urlencode()}" if query else "")
+        return super().changelist_view(request, {**(extra_context or {}), "export_url": url})  # type: ignore[misc]
+
+    def export_view(self, request: HttpRequest) -> HttpResponseBase:
+        model_admin: Any = self
+        if not model_admin.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            rows = model_admin.get_changelist_instance(request).get_queryset(request)
+        except IncorrectLookupParameters:
+            return HttpResponseBadRequest("these filters do not apply to this list")
+        name = f"{model_admin.opts.model_name}s-{timezone.now():%Y%m%dT%H%M%SZ}.csv"
+        return exports.csv_response(request, rows, self.export_columns, name)
 
 
 class RevocationActions:
@@ -60,8 +117,19 @@ class RevocationActions:
 
 
 @admin.register(ChallengeAttempt)
-class ChallengeAttemptAdmin(RevocationActions, ReadOnlyAdmin):
+class ChallengeAttemptAdmin(ExportCSV, RevocationActions, ReadOnlyAdmin):
     actions = ["block_keys"]
+    export_columns = exports.ATTEMPT_COLUMNS
+    change_list_template = "admin/challenges/change_list_export.html"
+    readonly_fields = ("timeline", "token_standing", "refusals")
+    fieldsets = (
+        (None, {"fields": ("outcome", "detail", "public_key", "challenge_id", "refusals")}),
+        ("Timeline", {"fields": ("timeline", "latency_ms")}),
+        ("Token", {"fields": ("token_standing",)}),
+        ("Client", {"fields": ("client_ip", "origin", "user_agent", "transport", "api_key")}),
+        ("Worker and upstream", {"fields": ("worker", "upstream", "upstream_status")}),
+    )
+
     list_display = (
         "created_at",
         "outcome",
@@ -79,10 +147,47 @@ class ChallengeAttemptAdmin(RevocationActions, ReadOnlyAdmin):
     ordering = ("-created_at", "-id")
     show_full_result_count = False
 
+    def get_urls(self) -> list[URLPattern]:
+        dashboard_view = self.admin_site.admin_view(self.dashboard_view)
+        return [
+            path("dashboard/", dashboard_view, name="challenges_dashboard"),
+            *self.get_export_urls(),
+            *super().get_urls(),
+        ]
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return dashboard.view(request, site_context=self.admin_site.each_context(request))
+
+    @admin.display(description="timeline")
+    def timeline(self, attempt: ChallengeAttempt) -> str:
+        return admindetail.timeline(attempt)
+
+    @admin.display(description="token")
+    def token_standing(self, attempt: ChallengeAttempt) -> str:
+        return admindetail.token(attempt, now=timezone.now())
+
+    @admin.display(description="count")
+    def refusals(self, attempt: ChallengeAttempt) -> str:
+        return admindetail.refusals(attempt)
+
 
 @admin.register(IssuedToken)
-class IssuedTokenAdmin(RevocationActions, ReadOnlyAdmin):
+class IssuedTokenAdmin(ExportCSV, RevocationActions, ReadOnlyAdmin):
     actions = ["revoke_tokens", "block_keys"]
+    export_columns = exports.TOKEN_COLUMNS
+    change_list_template = "admin/challenges/change_list_export.html"
+
+    def get_urls(self) -> list[URLPattern]:
+        return [*self.get_export_urls(), *super().get_urls()]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[IssuedToken]:
+        return reports.with_standing(super().get_queryset(request))
+
+    @admin.display(description="standing")
+    def standing(self, token: IssuedToken) -> str:
+        return reports.standing(token, now=timezone.now())
 
     @admin.action(description="Revoke the selected tokens", permissions=["revoke"])
     def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
@@ -90,7 +195,8 @@ class IssuedTokenAdmin(RevocationActions, ReadOnlyAdmin):
         done = sum(revoke_token(jti=jti, actor=_actor(request), reason="admin") for jti in jtis)
         messages.info(request, f"revoked {done} token(s); {len(jtis) - done} were revoked already")
 
-    list_display = ("issued_at", "jti", "public_key", "audience", "expires_at")
+    list_display = ("issued_at", "jti", "public_key", "audience", "expires_at", "standing")
+    readonly_fields = ("standing",)
     list_filter = ("issued_at", "expires_at")
     search_fields = ("public_key", "jti", "token_sha256")
     date_hierarchy = "issued_at"
@@ -127,6 +233,15 @@ class RevocationEventAdmin(ReadOnlyAdmin):
     list_display = ("at", "action", "target", "actor", "reason")
     list_filter = ("action",)
     search_fields = ("target", "actor")
+
+
+@admin.register(WorkerStatus)
+class WorkerStatusAdmin(ReadOnlyAdmin):
+    """What each worker last reported (the dashboard shows who is live)."""
+
+    list_display = ("worker", "tag", "pending", "connections", "started_at", "last_seen")
+    search_fields = ("worker", "tag")
+    ordering = ("-last_seen",)
 
 
 def _actor(request: HttpRequest) -> str:

@@ -80,6 +80,11 @@ class Limits:
     def close_connection(self, ip: str | None) -> None:
         _decrement(self._connections, address_scope(ip))
 
+    @property
+    def open_connections(self) -> int:
+        """Connections open now, from every address."""
+        return sum(self._connections.values())
+
     def reserve(self, *, key: bytes, ip: str | None) -> None:
         """Hold a pending slot for ``key`` from ``ip``; raises ``too_many_pending``."""
         slots = self._slots(key, ip)

@@ -48,6 +48,14 @@ class ChallengeAttempt(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [
+            # Covers the dashboard's reads (challenges.reports): a time range summed by
+            # outcome, and its failures by key and by address, read from the index alone.
+            models.Index(
+                fields=["created_at", "outcome", "count", "public_key", "client_ip"],
+                name="attempt_report_idx",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.outcome} {self.public_key[:16]} {self.created_at:%Y-%m-%d %H:%M:%S}"
@@ -119,3 +127,25 @@ class RevocationEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.target[:16]} by {self.actor}"
+
+
+class WorkerStatus(models.Model):
+    """What one worker process holds now, as it last reported it (every few seconds).
+
+    One row per runtime (its routing ``tag``), upserted by the worker itself; a row whose
+    ``last_seen`` is old is a worker that stopped or died. Read by the admin's dashboard.
+    """
+
+    tag = models.CharField(max_length=16, unique=True)
+    worker = models.CharField(max_length=100)
+    pending = models.PositiveIntegerField(default=0)
+    connections = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["worker", "tag"]
+        verbose_name_plural = "worker statuses"
+
+    def __str__(self) -> str:
+        return f"{self.worker} ({self.tag})"

@@ -38,6 +38,7 @@ from .refusals import Refusals
 from .revocation import Blocklist
 from .routing import Router, new_tag
 from .upstream import LocalUpstream, Upstream
+from .workerstatus import StatusReporter
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,13 @@ class Runtime:
             metrics=self.metrics,
         )
         self.pipeline = Pipeline(service=self.service, router=self.router, limiter=self.limiter)
+        self.status = StatusReporter(
+            audit=self.audit,
+            clock=self.clock,
+            tag=self.tag,
+            worker=config.worker,
+            numbers=lambda: (self.service.pending_count, self.service.limits.open_connections),
+        )
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopped = False
         self._started: asyncio.Task[None] | None = None
@@ -153,6 +161,7 @@ class Runtime:
         await self.router.start()
         await self.blocklist.start()
         self.refusals.start()
+        self.status.start()
         if self.config.implied_ip_header:
             header = self.config.clients.ip_header
             log.warning(
@@ -187,6 +196,7 @@ class Runtime:
         await self.router.stop()
         await self.blocklist.stop()
         await self.refusals.stop()
+        await self.status.stop()
         await self.audit.close()
         await self.upstream.close()
         if self.redis is not None:

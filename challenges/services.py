@@ -11,7 +11,7 @@ from typing import Any
 from django.db import connection, models, transaction
 from django.db.models import F
 
-from .models import ChallengeAttempt, IssuedToken
+from .models import ChallengeAttempt, IssuedToken, WorkerStatus
 from .tokens import MintedToken
 
 
@@ -123,3 +123,33 @@ def audit_add_counts(counts: list[tuple[int, int, datetime]]) -> None:
     with transaction.atomic():
         for row_id, n, last in counts:
             ChallengeAttempt.objects.filter(pk=row_id).update(count=F("count") + n, finished_at=last)
+
+
+def record_worker_status(
+    tag: str,
+    worker: str,
+    pending: int,
+    connections: int,
+    started_at: datetime,
+    seen: datetime,
+    forget_before: datetime | None = None,
+) -> None:
+    """Upsert a worker's row (one statement); with ``forget_before``, delete the rows of
+    workers last seen before it."""
+    WorkerStatus.objects.bulk_create(
+        [
+            WorkerStatus(
+                tag=tag[:16],
+                worker=_clean(worker, 100),
+                pending=max(pending, 0),
+                connections=max(connections, 0),
+                started_at=started_at,
+                last_seen=seen,
+            )
+        ],
+        update_conflicts=True,
+        unique_fields=["tag"],
+        update_fields=["worker", "pending", "connections", "started_at", "last_seen"],
+    )
+    if forget_before is not None:
+        WorkerStatus.objects.filter(last_seen__lt=forget_before).delete()

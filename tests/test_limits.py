@@ -83,3 +83,14 @@ def test_connections_per_address():
     limits.open_connection("2.2.2.2")
     limits.close_connection("1.1.1.1")
     limits.open_connection("1.1.1.1")
+
+
+def test_open_connections_counts_every_address():
+    limits = Limits(Caps(connections_per_ip=3))
+    assert limits.open_connections == 0
+    for ip in ("1.1.1.1", "1.1.1.1", "2001:db8::1", None):
+        limits.open_connection(ip)
+    assert limits.open_connections == 4
+    limits.close_connection("1.1.1.1")
+    limits.close_connection(None)
+    assert limits.open_connections == 2
