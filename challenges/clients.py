@@ -51,6 +51,25 @@ class ClientInfo:
         """The origin this client connected to."""
         return own_origin(secure=self.secure, host=self.host)
 
+    def to_wire(self) -> dict[str, Any]:
+        """What a routed request carries of its client (for the owner's audit)."""
+        return {"ip": self.ip, "transport": self.transport, "origin": self.origin}
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> ClientInfo:
+        """:meth:`to_wire` read back, whatever another process sent."""
+        fields = raw if isinstance(raw, dict) else {}
+        ip, transport, origin = fields.get("ip"), fields.get("transport"), fields.get("origin")
+        try:
+            address = str(ipaddress.ip_address(ip)) if isinstance(ip, str) else None
+        except ValueError:
+            address = None
+        return cls(
+            ip=address,
+            transport=transport[:8] if isinstance(transport, str) else "routed",
+            origin=origin[:200] if isinstance(origin, str) else "",
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ClientPolicy:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import secrets
 from collections import OrderedDict
@@ -152,7 +151,7 @@ class Router:
                 "reply_to": self.inbox,
                 "id": flow_id,
                 "sig": signature,
-                "client": {"ip": client.ip, "transport": client.transport, "origin": client.origin},
+                "client": client.to_wire(),
             }
             try:
                 await self._send(PREFIX + owner, message)
@@ -263,7 +262,9 @@ class Router:
                 or not isinstance(signature, bytes)
             ):
                 raise StateError("malformed routed request", code=Code.UNKNOWN_CHALLENGE)
-            token = await self.service.finish(flow_id=flow_id, signature=signature, client=_client(message))
+            token = await self.service.finish(
+                flow_id=flow_id, signature=signature, client=ClientInfo.from_wire(message.get("client"))
+            )
             answer: dict[str, Any] = {"ok": True, "token": token.token}
         except ChallengeError as error:
             answer = {"ok": False, "code": str(error.code), "message": error.message}
@@ -286,20 +287,4 @@ def _owner_gone() -> StateError:
     return StateError(
         "the challenge id is unknown, expired or already used (its worker is gone)",
         code=Code.UNKNOWN_CHALLENGE,
-    )
-
-
-def _client(message: dict[str, Any]) -> ClientInfo:
-    """The client who answered on the other worker, for the audit of an unknown challenge."""
-    raw = message.get("client")
-    fields = raw if isinstance(raw, dict) else {}
-    ip, transport, origin = fields.get("ip"), fields.get("transport"), fields.get("origin")
-    try:
-        address = str(ipaddress.ip_address(ip)) if isinstance(ip, str) else None
-    except ValueError:
-        address = None
-    return ClientInfo(
-        ip=address,
-        transport=transport[:8] if isinstance(transport, str) else "routed",
-        origin=origin[:200] if isinstance(origin, str) else "",
     )
