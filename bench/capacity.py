@@ -52,6 +52,8 @@ class Scaling:
     cpu_ms: float
     #: CPU used per second of the run, all server processes (1.0: one core busy).
     cores_busy: float
+    #: Of ``cpu_ms``, redis-server's (the rate limits' charges and the heartbeats).
+    redis_cpu_ms: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -122,7 +124,8 @@ def _scaling(
             _wait_workers(server, workers)
             pids = [server.process.pid, *_children(server.process.pid)]
             assert redis.process is not None
-            target = Target("serve", [server.ws], [*pids, redis.process.pid], [server.log_path])
+            roles = ["serve", *(f"worker {n}" for n in range(1, len(pids))), "redis"]
+            target = Target("serve", [server.ws], [*pids, redis.process.pid], [server.log_path], roles)
             drive(target, concurrency=concurrency, flows=200, cpu=None, issuer=str(authority.public))
             started = time.monotonic()
             run = drive(target, concurrency=concurrency, flows=flows, cpu=None, issuer=str(authority.public))
@@ -134,6 +137,7 @@ def _scaling(
         rate=run.rate,
         cpu_ms=run.server_cpu_ms,
         cores_busy=run.server_cpu_ms * run.ok / 1000 / elapsed if elapsed else 0.0,
+        redis_cpu_ms=run.cpu_by_role.get("redis", 0.0),
         errors=run.errors,
     )
 

@@ -33,7 +33,8 @@ def profile(
         try:
             spy = subprocess.Popen(
                 ["py-spy", "record", "--pid", str(server.process.pid), "--rate", str(rate),
-                 "--output", str(out), "--format", "flamegraph", "--threads", "--nonblocking"],
+                 "--output", str(out), "--format", "raw" if out.suffix == ".txt" else "flamegraph",
+                 "--threads", "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )  # fmt: skip
             spec = Spec(

@@ -293,12 +293,13 @@ def _capacity(measured: Any) -> list[str]:
         "",
         "`make serve` with one and two workers (one port, Redis between them), flows on one socket each:",
         "",
-        "| workers | flows/s | server CPU ms/flow | cores busy | errors |",
-        "|---|---|---|---|---|",
+        "| workers | flows/s | server CPU ms/flow | of which Redis | cores busy | errors |",
+        "|---|---|---|---|---|---|",
     ]
     for s in scaling:
         errors = ", ".join(f"{k} {v}" for k, v in sorted(s.errors.items())) or "0"
-        lines.append(f"| {s.workers} | {s.rate:,.0f} | {s.cpu_ms:.2f} | {s.cores_busy:.2f} | {errors} |")
+        cells = f"{s.rate:,.0f} | {s.cpu_ms:.2f} | {s.redis_cpu_ms:.2f} | {s.cores_busy:.2f}"
+        lines.append(f"| {s.workers} | {cells} | {errors} |")
     return lines
 
 

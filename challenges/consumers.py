@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from . import protocol, runtime
@@ -84,6 +85,12 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await super().__call__(scope, receive, send)
         finally:
             self._release()
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        # Channels' own closes old database connections here too, through a thread hop: the
+        # last one a flow paid (no groups to discard: there is no channel per connection).
+        await self.disconnect(message.get("code", 1000))
+        raise StopConsumer()
 
     async def disconnect(self, code: int) -> None:
         self._release()

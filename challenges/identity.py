@@ -24,6 +24,7 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import nacl.exceptions
@@ -62,10 +63,10 @@ class PrivateKey:
 
     @property
     def public(self) -> PublicKey:
-        return PublicKey(bytes(nacl.signing.SigningKey(self.seed).verify_key))
+        return PublicKey(bytes(_signing_key(self.seed).verify_key))
 
     def sign(self, message: bytes) -> bytes:
-        return nacl.signing.SigningKey(self.seed).sign(message).signature
+        return _signing_key(self.seed).sign(message).signature
 
     def __str__(self) -> str:
         return format_private_key(self.seed)
@@ -76,6 +77,12 @@ class PrivateKey:
     @classmethod
     def generate(cls) -> PrivateKey:
         return cls(bytes(nacl.signing.SigningKey.generate()))
+
+
+@lru_cache(maxsize=16)
+def _signing_key(seed: bytes) -> nacl.signing.SigningKey:
+    """A seed's key pair, derived once: the authority signs every token with the same one."""
+    return nacl.signing.SigningKey(seed)
 
 
 def multibase_b32(data: bytes) -> str:

@@ -73,8 +73,10 @@ def mint_token(
     if audience:
         claims["aud"] = audience
     payload = json.dumps(claims, separators=(",", ":")).encode("utf-8")
-    header = {**_HEADER, "kid": key_id(signer.public)}
-    token = jws.serialize_compact(header, payload, _okp(signer), algorithms=["Ed25519"])
+    header = json.dumps({**_HEADER, "kid": key_id(signer.public)}, separators=(",", ":")).encode("ascii")
+    # Compact JWS (RFC 7515 §7.1) signed with the key pair derived once, not per token.
+    signing_input = f"{_b64url(header)}.{_b64url(payload)}"
+    token = f"{signing_input}.{_b64url(signer.sign(signing_input.encode('ascii')))}"
     return MintedToken(
         token=token,
         jti=jti,

@@ -500,3 +500,26 @@ async def test_a_wildcard_host_does_not_choose_the_audience(settings, user_key):
     frame = await challenge(comm, user_key)
     assert authority.parse_challenge_text(bytes(frame["value"]["data"])).audience == "https://app.example"
     await comm.disconnect()
+
+
+async def test_a_whole_flow_makes_no_thread_hop(user_key, monkeypatch):
+    """Connect, token, challenge, token, close: no ``sync_to_async`` (Channels' own
+    consumer closes old database connections through one before each message and on
+    disconnect; this consumer never touches the database, the audit writer has its thread)."""
+    from asgiref.sync import SyncToAsync
+
+    hops = []
+    original = SyncToAsync.__call__
+
+    async def counted(self, *args, **kwargs):
+        hops.append(getattr(self.func, "__qualname__", repr(self.func)))
+        return await original(self, *args, **kwargs)
+
+    comm = await connect()
+    monkeypatch.setattr(SyncToAsync, "__call__", counted)
+    frame = await challenge(comm, user_key)
+    reply = await send(comm, sign_frame(user_key, frame))
+    assert reply["type"] == "token"
+    await comm.disconnect()
+    monkeypatch.undo()
+    assert hops == []

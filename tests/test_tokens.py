@@ -159,3 +159,23 @@ def test_other_algorithm_header_is_refused(vector_key):
     header = base64.urlsafe_b64encode(b'{"alg":"EdDSA","typ":"JWT"}').decode().rstrip("=")
     with pytest.raises(TokenError):
         tokens.verify_token(f"{header}.{claims}.{sig}", issuer=vector_key.public, now=NOW)
+
+
+def test_a_minted_token_is_the_compact_jws_joserfc_makes_of_the_same_header_and_claims():
+    """mint_token writes the compact serialization itself (so the key pair is derived once);
+    a JOSE library given the same protected header and payload makes the same bytes."""
+    from joserfc import jws
+    from joserfc.jwk import OKPKey
+
+    signer, user = PrivateKey.generate(), PrivateKey.generate()
+    minted = tokens.mint_token(signer=signer, subject=user.public, ttl=60, audience="https://app.example")
+    header_b64, payload_b64, _ = minted.token.split(".")
+    header = json.loads(base64.urlsafe_b64decode(header_b64 + "=" * (-len(header_b64) % 4)))
+    payload = base64.urlsafe_b64decode(payload_b64 + "=" * (-len(payload_b64) % 4))
+    jwk = {"kty": "OKP", "crv": "Ed25519", "d": _b64(signer.seed), "x": _b64(signer.public.raw)}
+    key = OKPKey.import_key(jwk)
+    assert jws.serialize_compact(header, payload, key, algorithms=["Ed25519"]) == minted.token
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
