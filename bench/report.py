@@ -373,6 +373,17 @@ METHOD = [
     " the server CPU per flow are steadier than flows/s.",
     "- Client CPU near 100 % means the one-core Python load generator, not the server, set the pace."
     " At c=1 the server idles between frames, and on this VM those wake-ups show as more CPU per flow.",
-    "- Redis commands per flow come from `INFO commandstats` (those run inside channels-redis's Lua"
-    " scripts included; the workers' 1 s heartbeats too, a few per run).",
+    "- Redis commands per flow come from `INFO commandstats` (the commands inside the rate limits' script"
+    " included; the workers' 1 s heartbeats too, a few per run).",
+    "",
+    "## Profiles",
+    "",
+    "py-spy flame graphs of `make serve` under 16 clients"
+    " (`python -m bench profile --config serve --out F.svg`)."
+    " [Before](flame-before.svg): a third of all samples in the audit writer (a new SQLite connection per"
+    " batch, its pragmas run again, then closed), the list-based channel layer, a thread hop per message"
+    " (Channels closing old database connections), a key pair derived per token."
+    " [After](flame-after.svg): one kept connection on the writer's own thread, a batch in two statements,"
+    " the pub/sub layer, no thread hop, uvloop and httptools; what is left is uvicorn's WebSocket protocol,"
+    " the Ed25519 verification and signature, the audit commit and the per-flow log line.",
 ]
