@@ -107,14 +107,22 @@ def _insert(
     returning: bool,
 ) -> list[int]:
     quote = connection.ops.quote_name
-    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    # Only identifiers of ours and placeholders are formatted in; every value is a parameter.
-    sql = (
-        f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(c) for c in columns)})"  # noqa: S608
-        f" VALUES {', '.join([one] * len(rows))}"
-        + (" RETURNING id" if returning else " ON CONFLICT DO NOTHING")
-    )
-    cursor.execute(sql, [value for row in rows for value in row])
+    target = f"{quote(model._meta.db_table)} ({', '.join(quote(c) for c in columns)})"
+    tail = " RETURNING id" if returning else " ON CONFLICT DO NOTHING"
+    # Only identifiers of ours, casts of our fields and placeholders are formatted in; every
+    # value is a parameter.
+    if connection.vendor == "postgresql":
+        # One array per column, whatever the batch's size: one statement text to parse,
+        # where a row of placeholders per row made psycopg split and quote thousands of
+        # parameters per batch (its client-side binding, Django's default).
+        casts = [model._meta.get_field(c).db_type(connection) for c in columns]
+        arrays = ", ".join(f"%s::{cast}[]" for cast in casts)
+        sql = f"INSERT INTO {target} SELECT * FROM unnest({arrays})" + tail  # noqa: S608
+        cursor.execute(sql, [list(column) for column in zip(*rows, strict=True)])
+    else:
+        one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+        sql = f"INSERT INTO {target} VALUES {', '.join([one] * len(rows))}" + tail  # noqa: S608
+        cursor.execute(sql, [value for row in rows for value in row])
     return [row[0] for row in cursor.fetchall()] if returning else []
 
 
