@@ -100,8 +100,9 @@ PROTO_OUT ?= .
 proto: install-dev
 	$(PY) -m grpc_tools.protoc $(PROTOC_ARGS)
 
-# The load benchmark (a few minutes; writes bench/REPORT.md), and the idle-socket soak.
-bench: install-dev
+# The load benchmark (about 11 minutes; writes bench/REPORT.md and its charts; its audit figure
+# uses the PostgreSQL at POSTGRES_URL), and the idle-socket soak.
+bench: install-dev postgres
 	$(PY) -m bench --postgres $(POSTGRES_URL) $(BENCH_ARGS)
 
 SOAK_MINUTES ?= 10

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -442,3 +444,48 @@ async def test_calls_past_the_stream_cap_are_refused_at_once_and_audited(tmp_pat
         assert re.search(r"at most 2 streams\)", capped.log())
     finally:
         capped.stop()
+
+
+async def test_a_blocked_key_gets_no_challenge_and_unblocked_gets_one(server, channel, user_key):
+    """``manage.py tokens block`` on the authority's database: within its blocklist's poll
+    (a second), the key's calls are refused before any challenge, and audited."""
+
+    def command(*args: str) -> None:
+        subprocess.run(
+            [sys.executable, "manage.py", "tokens", *args, str(user_key.public)],
+            cwd=servers.ROOT, env=server.env, check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+
+    async def attempt() -> tuple[str, bytes] | None:
+        call = RawCall(channel, api_metadata())
+        await call.send(key_frame(str(user_key.public)))
+        reply = await call.reply_or_error()
+        if reply is None:
+            assert await call.status() == (grpc.StatusCode.PERMISSION_DENIED, "this public key is blocked")
+        else:
+            call.call.cancel()
+        return reply
+
+    await asyncio.to_thread(command, "block")
+    for _ in range(40):  # the poll is every second: 4 s at most
+        if await attempt() is None:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("the blocked key still got challenges after 4 s")
+    rows = server.rows(
+        "SELECT outcome, upstream_status FROM challenges_challengeattempt WHERE public_key = ?"
+        " AND outcome = 'key_blocked'",
+        (str(user_key.public),),
+    )
+    assert rows[-1:] == [("key_blocked", "PERMISSION_DENIED")]
+    await asyncio.to_thread(command, "unblock")
+    assert await _eventually(attempt, lambda reply: reply is not None and reply[0] == "challenge")
+
+
+async def _eventually(make, ok, tries: int = 40) -> bool:
+    for _ in range(tries):
+        if ok(await make()):
+            return True
+        await asyncio.sleep(0.1)
+    return False

@@ -16,7 +16,7 @@ bounds the calls in progress; with a certificate and key
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Container, Mapping
 from typing import Any
 
 import grpc
@@ -48,9 +48,12 @@ class AuthorityServicer(APIServicer):
         audit: AuditWriter,
         cap: StreamCap | None = None,
         known_keys: Collection[str] = (),
+        blocked: Container[str] = frozenset(),
     ) -> None:
         self.config = config
         self.audit = audit
+        #: Public keys an operator blocked (a :class:`~challenges.revocation.Blocklist`).
+        self.blocked = blocked
         #: Calls in progress, and how many may be (shared with any other transport).
         self.cap = cap or StreamCap()
         #: The API keys the server accepts, named in full in the audit (:func:`caller_of`).
@@ -89,6 +92,7 @@ class AuthorityServicer(APIServicer):
             caller=caller_of(context, known_keys=self.known_keys),
             tasks=self._tasks,
             cap=self.cap,
+            blocked=self.blocked,
         )
         error = await call.run(receive, send, status_name=lambda error: status_of(error)[0].name)
         if error is not None:

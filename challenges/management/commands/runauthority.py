@@ -110,10 +110,16 @@ class Command(BaseCommand):
             raise CommandError(f"bad API key configuration: {exc}") from exc
 
     async def _serve(self, address: str, config: AuthorityConfig, serving: Serving) -> None:
+        from challenges import selectors
+        from challenges.revocation import Blocklist
         from challenges.rpc.server import AuthorityServicer, create_server
 
         audit = AuditWriter()
-        servicer = AuthorityServicer(config=config, audit=audit, cap=serving.cap)
+        # Keys blocked with `manage.py tokens block` (or the admin) on the same database get no
+        # challenge here either, within a second.
+        blocklist = Blocklist(version=selectors.revocation_version, load=selectors.blocked_keys)
+        await blocklist.start()
+        servicer = AuthorityServicer(config=config, audit=audit, cap=serving.cap, blocked=blocklist)
         server, port = create_server(address, servicer=servicer, api_keys=serving.keys, tls=serving.tls)
         await server.start()
         host = address.rpartition(":")[0] or "0.0.0.0"  # noqa: S104 (only echoes the address given)
@@ -136,4 +142,5 @@ class Command(BaseCommand):
         await stop.wait()
         log.info("stopping: %d streams in flight get %g s to finish", servicer.active, serving.grace)
         await server.stop(serving.grace)
+        await blocklist.stop()
         log.info("stopped")
