@@ -37,10 +37,15 @@ def production_env(tmp: Path, **overrides: str) -> dict[str, str]:
     return env
 
 
+#: What an outer make (``make test``) exports to its children: without them, the make under
+#: test runs and prints as it would from a shell (``make:``, not ``make[1]:``).
+OUTER_MAKE = ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")
+
+
 def make_serve(env: dict[str, str], port: int, workers: int = 1) -> tuple[subprocess.Popen[bytes], Path]:
     return servers.launch(
         ["make", "--no-print-directory", "serve", f"PORT={port}", f"WORKERS={workers}"],
-        env=env,
+        env={key: value for key, value in env.items() if key not in OUTER_MAKE},
         log_path=Path(env["VAR_DIR"]).parent / f"serve-{port}.log",
         new_session=True,  # so the whole group (make, manage.py, workers) gets the signal
     )
