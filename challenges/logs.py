@@ -62,6 +62,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class ClientFrameErrors(logging.Filter):
+    """uvicorn logs a text frame that is not UTF-8 as an ERROR with a traceback, after it
+    closed the connection with 1007 as RFC 6455 says. It is a client's bad input, not the
+    server's fault: one INFO line, no traceback (a client could otherwise fill the log and
+    page an operator with tracebacks of its own making)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.name == "uvicorn.error"
+            and isinstance(record.msg, str)
+            and record.msg.startswith("Invalid UTF-8")
+        ):
+            record.msg, record.args = "a client sent a text frame that is not UTF-8: closed (1007)", ()
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+        return True
+
+
 def fingerprint(key: str) -> str:
     """12 hex digits of the key string's SHA-256 (``""`` for no key): enough to follow one
     key through the logs, and nothing a client wrote is copied into them."""

@@ -6,23 +6,26 @@ is counted in the audit."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
 import contextlib
 import http.client
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from challenges import protocol
+from challenges import protocol, tokens
+from challenges.client import get_token_async
 from challenges.errors import CLIENT_CODES, ChallengeError, Code
-from challenges.identity import decode_bytes, parse_public_key
+from challenges.identity import PrivateKey, decode_bytes, parse_public_key
 from tests import servers
 
 SERVER_CODES = {str(code) for code in Code if code not in CLIENT_CODES}
@@ -112,11 +115,15 @@ class Live:
         self.sock: ClientConnection | None = None
         self.told: collections.Counter[str] = collections.Counter()
 
-    def ws(self, raw: str) -> dict[str, Any]:
+    def ws(self, raw: str) -> dict[str, Any] | None:
         if self.sock is None:
             self.sock = connect(self.server.ws, max_size=2**20, legacy=True)  # kept across examples
         try:
-            self.sock.send(raw)
+            payload = raw.encode()
+        except UnicodeEncodeError:  # a lone surrogate: no valid text frame can carry it
+            return self.invalid_utf8(raw.encode("utf-8", "surrogatepass"))
+        try:
+            self.sock.send(payload, text=True)
             reply = json.loads(self.sock.recv(timeout=10))
         except ConnectionClosed as exc:
             closed: ConnectionClosed | None = exc
@@ -128,6 +135,18 @@ class Live:
             assert closed.rcvd.code in (1000, 4008, 4009), closed  # never 1011
             raise closed
         return self.count(reply)
+
+    def invalid_utf8(self, payload: bytes) -> None:
+        """A text frame that is not UTF-8 is refused by the server's WebSocket layer before the
+        application sees it (RFC 6455 §8.1): the connection fails (1007, or dropped), nothing
+        is answered, and the next connection is served as usual."""
+        assert self.sock is not None
+        sock, self.sock = self.sock, None
+        sock.send(payload, text=True)
+        with pytest.raises(ConnectionClosed) as closed:
+            sock.recv(timeout=10)
+        assert closed.value.rcvd is None or closed.value.rcvd.code == 1007, closed.value
+        return None
 
     def post(self, path: str, body: bytes) -> dict[str, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
@@ -186,6 +205,8 @@ HYPOTHESIS = settings(
 
 @HYPOTHESIS
 @given(raw_texts)
+@example("\ud800")  # not UTF-8 on the wire: see Live.invalid_utf8
+@example('{"type":"token","pub":"\\ud800"}')  # a lone surrogate escaped in JSON: the app's to refuse
 def test_a_live_consumer_answers_every_frame_with_a_coded_error_or_a_challenge(live: Live, raw: str) -> None:
     with contextlib.suppress(ConnectionClosed):  # a policy close after its error frame: checked in Live.ws
         live.ws(raw)
@@ -203,3 +224,25 @@ def test_the_challenge_step_answers_every_body_with_a_coded_error_or_a_challenge
 @given(bodies)
 def test_the_token_step_answers_every_body_with_a_coded_error(live: Live, body: bytes) -> None:
     assert live.post("/api/token", body)["type"] == "error"
+
+
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+def test_a_text_frame_that_is_not_utf8_fails_the_connection_and_nothing_else(
+    tmp_path: Path, kind: str
+) -> None:
+    """Refused by the server's WebSocket layer (uvicorn closes with 1007; daphne drops the
+    connection), logged without a traceback, and the next client gets its token."""
+    authority = PrivateKey.generate()
+    env = servers.base_env(tmp_path, RATE_LIMIT_PER_MINUTE="0", AUTHORITY_PRIVATE_KEY=str(authority))
+    with servers.running(tmp_path, kind=kind, env=env) as server:
+        live = Live(server)
+        for _ in range(3):
+            live.ws("\ud800")
+        user = PrivateKey.generate()
+        token = asyncio.run(get_token_async(server.ws, user, timeout=10))
+        log = server.log()
+    assert tokens.verify_token(token, issuer=authority.public)["sub"] == str(user.public)
+    assert "Traceback" not in log, log
+    assert " ERROR " not in log, log
+    if kind == "uvicorn":
+        assert log.count("a client sent a text frame that is not UTF-8: closed (1007)") == 3, log

@@ -243,12 +243,15 @@ LOGGING = {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         "json": {"()": "challenges.logs.JsonFormatter"},
     },
-    "filters": {"quiet_reconnects": {"()": "challenges.redisconf.QuietReconnects"}},
+    "filters": {
+        "quiet_reconnects": {"()": "challenges.redisconf.QuietReconnects"},
+        "client_frame_errors": {"()": "challenges.logs.ClientFrameErrors"},
+    },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": LOG_FORMAT,
-            "filters": ["quiet_reconnects"],
+            "filters": ["quiet_reconnects", "client_frame_errors"],
         }
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
