@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from challenges import runtime
+from challenges import audit, runtime
 from challenges.identity import PrivateKey, parse_private_key
 from tests import servers
 
@@ -50,6 +50,25 @@ async def _runtime_stopped() -> AsyncIterator[None]:
     test, on the test's own event loop: no task or timer outlives it."""
     yield
     await runtime.stop()
+
+
+@pytest.fixture(autouse=True)
+def _orphaned_runtime_settled() -> Iterator[None]:
+    """A sync test's request (Django's test client) runs an async view on an event loop of its
+    own, which starts a runtime and is closed under it. Its audit writer's thread may still be
+    writing (the worker-status row) when the test database is flushed: on SQLite's shared
+    in-memory database that flush then fails ("table is locked"). Let the thread finish, close
+    its connection and end it before the flush (this fixture is torn down first)."""
+    yield
+    orphan = runtime.current()
+    if orphan is None or orphan.stopped or orphan.loop is None or not orphan.loop.is_closed():
+        return
+    orphan.stopped = True
+    thread = orphan.audit._thread  # (private: the loop that could close it is gone)
+    if thread is not None:
+        thread.submit(audit._close_kept_connection).result(timeout=10)
+        thread.shutdown(wait=True)
+        orphan.audit._thread = None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
