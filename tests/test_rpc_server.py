@@ -127,28 +127,32 @@ def wrong_secret_metadata() -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(
-    ("metadata", "code", "details"),
+    ("make_metadata", "code", "details"),
     [
-        ([], grpc.StatusCode.UNAUTHENTICATED, "Session or API key required"),
-        (api_metadata("bnosuchkey"), grpc.StatusCode.NOT_FOUND, "API key not found or is invalid"),
-        (api_metadata(API_KEY, secret=None), grpc.StatusCode.UNAUTHENTICATED, "API key signature required"),
-        (api_metadata()[:2], grpc.StatusCode.UNAUTHENTICATED, "API key signature required"),
+        (lambda: [], grpc.StatusCode.UNAUTHENTICATED, "Session or API key required"),
+        (lambda: api_metadata("bnosuchkey"), grpc.StatusCode.NOT_FOUND, "API key not found or is invalid"),
         (
-            api_metadata(API_KEY, secret="b" + "a" * 39),
+            lambda: api_metadata(API_KEY, secret=None),
+            grpc.StatusCode.UNAUTHENTICATED,
+            "API key signature required",
+        ),
+        (lambda: api_metadata()[:2], grpc.StatusCode.UNAUTHENTICATED, "API key signature required"),
+        (
+            lambda: api_metadata(API_KEY, secret="b" + "a" * 39),
             grpc.StatusCode.UNAUTHENTICATED,
             "Bad API key signature",
         ),
         (
-            api_metadata(ahead=timedelta(minutes=-1)),
+            lambda: api_metadata(ahead=timedelta(minutes=-1)),
             grpc.StatusCode.UNAUTHENTICATED,
             "Bad API key signature",
         ),
         (
-            api_metadata(ahead=timedelta(hours=1, minutes=5)),
+            lambda: api_metadata(ahead=timedelta(hours=1, minutes=5)),
             grpc.StatusCode.UNAUTHENTICATED,
             "Bad API key signature",
         ),
-        (wrong_secret_metadata(), grpc.StatusCode.UNAUTHENTICATED, "Bad API key signature"),
+        (wrong_secret_metadata, grpc.StatusCode.UNAUTHENTICATED, "Bad API key signature"),
     ],
     ids=[
         "no-key",
@@ -161,8 +165,10 @@ def wrong_secret_metadata() -> list[tuple[str, str]]:
         "sig-of-other",
     ],
 )
-async def test_api_key_refusals(server, channel, user_key, metadata, code, details):
-    call = RawCall(channel, metadata)
+async def test_api_key_refusals(server, channel, user_key, make_metadata, code, details):
+    """Metadata is made when the test runs (a signature message dated at collection would
+    expire while a slow run gets to it)."""
+    call = RawCall(channel, make_metadata())
     with contextlib.suppress(grpc.aio.AioRpcError):  # refused before the first message: see the status
         await call.send(key_frame(str(user_key.public)))
     assert await call.reply_or_error() is None
@@ -334,35 +340,55 @@ UNKNOWN_HUB_KEY = "b" + "q" * 26  # well formed, not configured
 
 
 @pytest.mark.parametrize(
-    ("scenario", "metadata", "outcome_status", "api_key"),
+    ("scenario", "make_metadata", "outcome_status", "api_key"),
     [
-        (_success, api_metadata(), ("success", "OK"), API_KEY),
-        (_success, api_metadata(OPEN_KEY, secret=None), ("success", "OK"), OPEN_KEY),
-        (_bad_signature, api_metadata(), ("bad_signature", "UNKNOWN"), API_KEY),
-        (_no_signature_in_time, api_metadata(), ("challenge_timeout", "DEADLINE_EXCEEDED"), API_KEY),
-        (_second_message_not_a_signature, api_metadata(), ("missing_sig", "INVALID_ARGUMENT"), API_KEY),
-        (_cancelled, api_metadata(), ("missing_sig", "CANCELLED"), API_KEY),
-        (_refused, api_metadata(API_KEY, secret=None), ("api_sig_required", "UNAUTHENTICATED"), API_KEY),
-        (_refused, wrong_secret_metadata(), ("api_sig_bad", "UNAUTHENTICATED"), API_KEY),
-        (_refused, api_metadata(UNKNOWN_HUB_KEY), ("api_key_not_found", "NOT_FOUND"), UNKNOWN_HUB_KEY),
+        (_success, api_metadata, ("success", "OK"), API_KEY),
+        (_success, lambda: api_metadata(OPEN_KEY, secret=None), ("success", "OK"), OPEN_KEY),
+        (_bad_signature, api_metadata, ("bad_signature", "UNKNOWN"), API_KEY),
+        (_no_signature_in_time, api_metadata, ("challenge_timeout", "DEADLINE_EXCEEDED"), API_KEY),
+        (
+            _second_message_not_a_signature,
+            api_metadata,
+            ("missing_sig", "INVALID_ARGUMENT"),
+            API_KEY,
+        ),
+        (_cancelled, api_metadata, ("missing_sig", "CANCELLED"), API_KEY),
+        (
+            _refused,
+            lambda: api_metadata(API_KEY, secret=None),
+            ("api_sig_required", "UNAUTHENTICATED"),
+            API_KEY,
+        ),
+        (_refused, wrong_secret_metadata, ("api_sig_bad", "UNAUTHENTICATED"), API_KEY),
+        (
+            _refused,
+            lambda: api_metadata(UNKNOWN_HUB_KEY),
+            ("api_key_not_found", "NOT_FOUND"),
+            UNKNOWN_HUB_KEY,
+        ),
         # A secret pasted after its key, or sent in its place: only a fingerprint is kept.
         (
             _refused,
-            [("x-textile-api-key", f"{API_KEY}:{API_SECRET}")],
+            lambda: [("x-textile-api-key", f"{API_KEY}:{API_SECRET}")],
             ("api_key_not_found", "NOT_FOUND"),
             _fingerprint(f"{API_KEY}:{API_SECRET}"),
         ),
         (
             _refused,
-            [("x-textile-api-key", API_SECRET)],
+            lambda: [("x-textile-api-key", API_SECRET)],
             ("api_key_not_found", "NOT_FOUND"),
             _fingerprint(API_SECRET),
         ),
         # A repeated header: the key the check read (the first) is the key audited.
-        (_success, [*api_metadata(), ("x-textile-api-key", UNKNOWN_HUB_KEY)], ("success", "OK"), API_KEY),
+        (
+            _success,
+            lambda: [*api_metadata(), ("x-textile-api-key", UNKNOWN_HUB_KEY)],
+            ("success", "OK"),
+            API_KEY,
+        ),
         (
             _refused,
-            [*api_metadata(UNKNOWN_HUB_KEY), *api_metadata()],
+            lambda: [*api_metadata(UNKNOWN_HUB_KEY), *api_metadata()],
             ("api_key_not_found", "NOT_FOUND"),
             UNKNOWN_HUB_KEY,
         ),
@@ -384,8 +410,9 @@ UNKNOWN_HUB_KEY = "b" + "q" * 26  # well formed, not configured
     ],
 )
 async def test_every_row_names_the_api_key_and_nothing_secret(
-    server, channel, user_key, scenario, metadata, outcome_status, api_key
+    server, channel, user_key, scenario, make_metadata, outcome_status, api_key
 ):
+    metadata = make_metadata()  # now: a signature message made at collection could have expired
     await scenario(channel, user_key, metadata)
     query = "SELECT * FROM challenges_challengeattempt WHERE public_key = ?"
     rows = []
