@@ -40,6 +40,7 @@ class Blocklist:
         self._seen = -1
         self._keys: frozenset[str] = frozenset()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def __contains__(self, public_key: object) -> bool:
         return public_key in self._keys
@@ -51,22 +52,35 @@ class Blocklist:
             self._seen = version
 
     async def start(self) -> None:
+        self._stopping = asyncio.Event()
         try:
             await self.refresh()
         except Exception:
             log.warning("could not load the blocked keys yet", exc_info=True)
         self._task = asyncio.create_task(self._run(), name="blocklist")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+    async def stop(self, timeout: float = 5.0) -> None:
+        """End the poller once a reload in progress is over: cancelled mid-query, its
+        thread would go on with the query (and its connection) after the stop returned.
+        Cancelled only past ``timeout`` seconds."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _run(self) -> None:
         failing = False
         while True:
-            await asyncio.sleep(self.every)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.every)
+                return
+            except TimeoutError:
+                pass
             try:
                 await self.refresh()
             except Exception as exc:

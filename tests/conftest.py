@@ -5,6 +5,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
 
 from challenges import audit, runtime
 from challenges.identity import PrivateKey, parse_private_key
@@ -50,18 +52,25 @@ async def _runtime_stopped() -> AsyncIterator[None]:
     test, on the test's own event loop: no task or timer outlives it."""
     yield
     await runtime.stop()
+    # The runtime's reads (the blocklist's) ran in asgiref's one thread for thread-sensitive
+    # work, which outlives the test: close its connection while the test may still use the
+    # database (a PostgreSQL session left open there blocks the test database's DROP).
+    await sync_to_async(connections.close_all, thread_sensitive=True)()
 
 
 @pytest.fixture(autouse=True)
 def _orphaned_runtime_settled() -> Iterator[None]:
     """A sync test's request (Django's test client) runs an async view on an event loop of its
-    own, which starts a runtime and is closed under it. Its audit writer's thread may still be
-    writing (the worker-status row) when the test database is flushed: on SQLite's shared
-    in-memory database that flush then fails ("table is locked"). Let the thread finish, close
-    its connection and end it before the flush (this fixture is torn down first)."""
+    own, which starts a runtime and is closed under it (an async test's runtime on another
+    loop than the test's is left the same way). Its audit writer's thread may still be writing
+    (the worker-status row) when the test database is flushed: on SQLite's shared in-memory
+    database that flush then fails ("table is locked"); and a kept PostgreSQL connection, left
+    to the garbage collector, warns (ResourceWarning) in whichever test is running then. Let
+    the thread finish, close its connection and end it before the flush (this fixture is torn
+    down first)."""
     yield
     orphan = runtime.current()
-    if orphan is None or orphan.stopped or orphan.loop is None or not orphan.loop.is_closed():
+    if orphan is None or orphan.stopped or orphan.loop is None or orphan.loop.is_running():
         return
     orphan.stopped = True
     thread = orphan.audit._thread  # (private: the loop that could close it is gone)

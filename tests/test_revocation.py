@@ -3,6 +3,7 @@ from the admin and the command line; rotated-out keys stay verifiable; pruning k
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -18,7 +19,7 @@ from django.utils import timezone
 from challenges import runtime
 from challenges.identity import PrivateKey
 from challenges.models import BlockedKey, ChallengeAttempt, IssuedToken, RevocationEvent, RevokedToken
-from challenges.revocation import block_key, revoke_token
+from challenges.revocation import Blocklist, block_key, revoke_token
 from challenges.tokens import key_id, mint_token
 from tests.wsutil import challenge, connect, send, sign_frame
 
@@ -218,3 +219,47 @@ def test_pruneaudit_deletes_old_rows_in_batches_but_never_a_live_tokens(authorit
     left = set(ChallengeAttempt.objects.values_list("id", flat=True))
     assert left == {live.id, forever.id, recent.id}
     assert not IssuedToken.objects.filter(attempt_id=dead.id).exists()
+
+
+async def test_stopping_the_blocklist_lets_a_reload_in_progress_finish_first():
+    """Cancelled mid-query, a reload's thread would go on with its query and its connection
+    after the stop returned; past the stop's timeout it is cancelled all the same."""
+    versions = iter(range(1, 1000))
+    loads: list[str] = []
+    in_progress, release = asyncio.Event(), asyncio.Event()
+
+    async def version() -> int:
+        return next(versions)
+
+    async def load() -> frozenset[str]:
+        loads.append("started")
+        if len(loads) == 2:  # the poller's first reload: held until released
+            in_progress.set()
+            await release.wait()
+        return frozenset({f"key{len(loads)}"})
+
+    blocklist = Blocklist(version=version, load=load, every=0.001)
+    await blocklist.start()
+    await asyncio.wait_for(in_progress.wait(), 5)
+    stopping = asyncio.create_task(blocklist.stop())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not stopping.done()
+    release.set()
+    await asyncio.wait_for(stopping, 5)
+    assert "key2" in blocklist
+    assert len(loads) == 2  # nothing after the stop
+
+    stuck_in_load = asyncio.Event()
+
+    async def never() -> frozenset[str]:
+        stuck_in_load.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    stuck = Blocklist(version=version, load=never, every=0.001)
+    stuck._task = asyncio.create_task(stuck._run())
+    task = stuck._task
+    await asyncio.wait_for(stuck_in_load.wait(), 5)
+    await asyncio.wait_for(stuck.stop(timeout=0.05), 5)
+    assert task.cancelled()
