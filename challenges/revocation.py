@@ -59,10 +59,10 @@ class Blocklist:
             log.warning("could not load the blocked keys yet", exc_info=True)
         self._task = asyncio.create_task(self._run(), name="blocklist")
 
-    async def stop(self, timeout: float = 5.0) -> None:
+    async def stop(self, timeout: float = 2.0) -> None:
         """End the poller once a reload in progress is over: cancelled mid-query, its
         thread would go on with the query (and its connection) after the stop returned.
-        Cancelled only past ``timeout`` seconds."""
+        Cancelled only past ``timeout`` seconds (a shutdown has 10 s in all)."""
         task, self._task = self._task, None
         if task is None:
             return
