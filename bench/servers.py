@@ -30,10 +30,21 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
+#: Ports this process handed out: the kernel may offer a port again once its probe socket
+#: is closed, before whoever it was given to has bound it (a sentinel once got its master's).
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nobody listens on, never one this process handed out before."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no fresh loopback port in 100 tries")
 
 
 @dataclass
