@@ -64,8 +64,11 @@ async def cluster(
 ) -> AsyncIterator[tuple[Layer, Worker, Worker]]:
     layer, registry = Layer(), set[str]()
     workers = []
+    # One writer for both: two writer threads on the test's shared in-memory SQLite database
+    # collide ("database table is locked", which SQLite's busy timeout does not wait out
+    # there), where workers on a real database each have their own and wait for the lock.
+    audit = AuditWriter()
     for name, tag in (("A", "aaaaaaaa"), ("B", "bbbbbbbb")):
-        audit = AuditWriter()
         service = FlowService(
             upstream=LocalUpstream(signer=authority_signer, ttl=600, clock=clock),
             outcomes=Outcomes(
