@@ -83,6 +83,23 @@ def attempts(options: dict[str, Any], *, now: datetime) -> QuerySet[ChallengeAtt
     return rows
 
 
+def tokens(
+    options: dict[str, Any], *, now: datetime, rows: QuerySet[IssuedToken] | None = None
+) -> QuerySet[IssuedToken]:
+    """The issued tokens the command-line filters (``--since``, ``--until``, ``--key``)
+    select from ``rows`` (all tokens by default), in any order."""
+    rows = IssuedToken.objects.all() if rows is None else rows
+    since = parse_time(options.get("since"), now=now, option="--since")
+    until = parse_time(options.get("until"), now=now, option="--until")
+    if since:
+        rows = rows.filter(issued_at__gte=since)
+    if until:
+        rows = rows.filter(issued_at__lt=until)
+    if options.get("key"):
+        rows = rows.filter(public_key=options["key"])
+    return rows
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, right: Sequence[str] = ()) -> list[str]:
     """Columns padded to their widest cell; the ``right`` ones right-aligned (numbers)."""
     cells = [list(headers), *[list(r) for r in rows]]

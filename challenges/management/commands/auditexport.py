@@ -21,7 +21,6 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from challenges import cli, exports
-from challenges.models import IssuedToken
 from challenges.progress import Progress
 
 
@@ -42,7 +41,7 @@ class Command(BaseCommand):
         if options["tokens"]:
             if options["outcome"] or options["address"] or options["worker"]:
                 raise CommandError("--tokens takes only --key, --since and --until")
-            rows, columns, what = _tokens(options, now=now), exports.TOKEN_COLUMNS, "tokens"
+            rows, columns, what = cli.tokens(options, now=now), exports.TOKEN_COLUMNS, "tokens"
         else:
             rows, columns, what = cli.attempts(options, now=now), exports.ATTEMPT_COLUMNS, "attempts"
         rows = rows.order_by("id")
@@ -62,16 +61,3 @@ class Command(BaseCommand):
             return
         progress.finish()
         err.write(f"exported {written:,} {what}\n")
-
-
-def _tokens(options: dict[str, Any], *, now: Any) -> QuerySet[IssuedToken]:
-    rows = IssuedToken.objects.all()
-    since = cli.parse_time(options["since"], now=now, option="--since")
-    until = cli.parse_time(options["until"], now=now, option="--until")
-    if since:
-        rows = rows.filter(issued_at__gte=since)
-    if until:
-        rows = rows.filter(issued_at__lt=until)
-    if options["key"]:
-        rows = rows.filter(public_key=options["key"])
-    return rows

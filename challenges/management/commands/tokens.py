@@ -81,15 +81,7 @@ class Command(BaseCommand):
         now = timezone.now()
         if options["limit"] < 0:
             raise CommandError("--limit must be >= 0")
-        tokens = reports.with_standing(IssuedToken.objects.all())
-        since = cli.parse_time(options["since"], now=now, option="--since")
-        until = cli.parse_time(options["until"], now=now, option="--until")
-        if since:
-            tokens = tokens.filter(issued_at__gte=since)
-        if until:
-            tokens = tokens.filter(issued_at__lt=until)
-        if options["key"]:
-            tokens = tokens.filter(public_key=options["key"])
+        tokens = cli.tokens(options, now=now, rows=reports.with_standing(IssuedToken.objects.all()))
         if options["active"]:
             live = Q(expires_at__isnull=True) | Q(expires_at__gt=now)
             tokens = tokens.filter(live, Q(revoked=False), Q(key_blocked=False))
