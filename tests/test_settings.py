@@ -67,11 +67,9 @@ def test_production_without_key_refuses_to_mint(settings):
         RuntimeConfig.from_settings().load_authority_key()
 
 
-def test_manage_check_fails_in_production_without_secrets(tmp_path):
-    env = servers.base_env(tmp_path, DEBUG="false", ALLOWED_HOSTS="example.com")
-    for name in ("SECRET_KEY", "AUTHORITY_PRIVATE_KEY"):
-        env.pop(name, None)
-    out = subprocess.run(
+def manage_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``manage.py check`` in a process of its own, with ``env``."""
+    return subprocess.run(
         [sys.executable, "manage.py", "check"],
         cwd=servers.ROOT,
         env=env,
@@ -79,6 +77,13 @@ def test_manage_check_fails_in_production_without_secrets(tmp_path):
         text=True,
         timeout=60,
     )
+
+
+def test_manage_check_fails_in_production_without_secrets(tmp_path):
+    env = servers.base_env(tmp_path, DEBUG="false", ALLOWED_HOSTS="example.com")
+    for name in ("SECRET_KEY", "AUTHORITY_PRIVATE_KEY"):
+        env.pop(name, None)
+    out = manage_check(env)
     assert out.returncode != 0
     assert "challenges.E001" in out.stderr
     assert "challenges.E002" in out.stderr
@@ -141,14 +146,7 @@ def test_redis_is_one_url_or_a_master_the_sentinels_name():
 
 def test_sentinels_without_a_master_name_refuse_to_start(tmp_path):
     env = servers.base_env(tmp_path, REDIS_SENTINELS="127.0.0.1:26379")
-    out = subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=servers.ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = manage_check(env)
     assert out.returncode != 0
     assert "REDIS_SENTINELS needs REDIS_SENTINEL_MASTER" in out.stderr
 
