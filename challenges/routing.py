@@ -178,7 +178,7 @@ class Router:
                     raise UpstreamError(
                         "the worker holding the challenge did not answer in time", code=Code.UPSTREAM_DEADLINE
                     )
-                await _first(reply, self.clock.sleep(min(self.check_every, left)))
+                await self._settled(reply, min(self.check_every, left))
                 if reply.done():
                     break
                 if not await self.liveness.alive(owner):
@@ -191,20 +191,39 @@ class Router:
         finally:
             self._waiting.pop(request_id, None)
 
+    async def _settled(self, reply: asyncio.Future[dict[str, Any]], delay: float) -> None:
+        """Wait until ``reply`` is done or ``delay`` has passed, whichever is first (a
+        callback and a timer: no task per wait)."""
+        wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def done(_: object = None) -> None:
+            if not wake.done():
+                wake.set_result(None)
+
+        reply.add_done_callback(done)
+        timer = self.clock.call_later(delay, done)
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            reply.remove_done_callback(done)
+
     async def _send(self, channel: str, message: dict[str, Any]) -> None:
         """Send once more if the first try fails at once: after a Redis restart, the
         layer's pool hands out a dead connection first."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            await asyncio.wait_for(self.layer.send(channel, message), self.send_timeout)
+            async with asyncio.timeout(self.send_timeout):
+                await self.layer.send(channel, message)
             return
         except TimeoutError:
             raise
         except Exception as exc:
             log.debug("routing send failed (%s); once more", type(exc).__name__)
         left = self.send_timeout - (loop.time() - started)
-        await asyncio.wait_for(self.layer.send(channel, message), max(left, 0.1))
+        async with asyncio.timeout(max(left, 0.1)):
+            await self.layer.send(channel, message)
 
     # -- the inbox -------------------------------------------------------------
 
@@ -273,14 +292,6 @@ class Router:
             await self._send(reply_to, reply)
         except Exception as exc:
             log.warning("inbox %s could not answer a routed request: %s", self.inbox, type(exc).__name__)
-
-
-async def _first(future: asyncio.Future[Any], sleep: Any) -> None:
-    sleeper = asyncio.ensure_future(sleep)
-    try:
-        await asyncio.wait({future, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        sleeper.cancel()
 
 
 def _owner_gone() -> StateError:
