@@ -42,3 +42,101 @@ async def test_an_inbox_whose_subscription_failed_subscribes_again_once_redis_is
             inbox.cancel()
             await asyncio.gather(inbox, return_exceptions=True)
             await layer.flush()
+
+
+async def test_concurrent_sends_travel_in_few_pipelines_and_each_arrives_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 routed messages sent at once: channels-redis alone sent them one PUBLISH and one
+    round trip at a time; the layer of settings.py gathers them into pipelines (at most
+    BATCH commands each). Every message arrives, once."""
+    from redis.asyncio.client import Pipeline
+
+    from challenges import pubsub
+
+    pipelines: list[int] = []
+    execute = Pipeline.execute
+
+    async def counted(self: Pipeline, *args: object, **kwargs: object) -> object:
+        pipelines.append(len(self.command_stack))
+        return await execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "execute", counted)
+    with servers.redis_server(tmp_path) as server:
+        layer = PubSubChannelLayer(hosts=[{"address": server.url}])
+        inbox = "tokenflow.cafef00d"
+        received: list[int] = []
+
+        async def read() -> None:
+            while True:
+                received.append((await layer.receive(inbox))["n"])
+
+        reader = asyncio.ensure_future(read())
+        try:
+            await _until_subscribed(layer, inbox, received)
+            received.clear()
+            pipelines.clear()
+            await asyncio.wait_for(
+                asyncio.gather(*(layer.send(inbox, {"type": "flow.request", "n": n}) for n in range(200))), 10
+            )
+            deadline = time.monotonic() + 5
+            while len(received) < 200 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert sorted(received) == list(range(200))
+            assert sum(pipelines) == 200
+            assert max(pipelines) <= pubsub.BATCH
+            assert len(pipelines) <= 3, pipelines  # 1, then the 199 gathered while it was out
+            stats = redis.Redis(port=server.port).info("commandstats")
+            assert stats["cmdstat_publish"]["calls"] >= 200
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await layer.flush()
+
+
+async def test_a_send_while_redis_is_away_raises_and_the_next_one_after_it_is_back_arrives(
+    tmp_path: Path,
+) -> None:
+    """Each sender hears its own pipeline's failure (the router answers routing_unavailable),
+    and nothing is left queued behind it."""
+    with servers.redis_server(tmp_path) as server:
+        layer = PubSubChannelLayer(hosts=[{"address": server.url, "socket_connect_timeout": 2}])
+        inbox = "tokenflow.0badc0de"
+        received: list[int] = []
+
+        async def read() -> None:
+            while True:
+                received.append((await layer.receive(inbox))["n"])
+
+        reader = asyncio.ensure_future(read())
+        try:
+            await _until_subscribed(layer, inbox, received)
+            server.stop()
+            results = await asyncio.wait_for(
+                asyncio.gather(
+                    *(layer.send(inbox, {"type": "flow.request", "n": n}) for n in range(5)),
+                    return_exceptions=True,
+                ),
+                10,
+            )
+            assert all(isinstance(result, redis.ConnectionError) for result in results), results
+            assert not layer._get_layer()._shards[0]._batch
+            server.start()
+            received.clear()
+            deadline = time.monotonic() + 10
+            while 7 not in received and time.monotonic() < deadline:  # the reader resubscribes
+                await asyncio.wait_for(layer.send(inbox, {"type": "flow.request", "n": 7}), 5)
+                await asyncio.sleep(0.1)
+            assert 7 in received
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await layer.flush()
+
+
+async def _until_subscribed(layer: PubSubChannelLayer, inbox: str, received: list[int]) -> None:
+    deadline = time.monotonic() + 5
+    while not received and time.monotonic() < deadline:
+        await layer.send(inbox, {"type": "flow.request", "n": -1})
+        await asyncio.sleep(0.05)
+    assert received, "the inbox never subscribed"
