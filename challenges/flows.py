@@ -111,10 +111,10 @@ class FlowService:
                 raise RefusedError("this public key is blocked", code=Code.KEY_BLOCKED)
             self.limits.reserve(key=key.raw, ip=client.ip)  # before awaiting the upstream
             try:
-                pending = await asyncio.wait_for(
-                    self.upstream.begin(key=key, audience=client.audience, timeout=self.timeout),
-                    self.timeout,
-                )
+                async with asyncio.timeout(self.timeout):  # a scope, not a task per flow
+                    pending = await self.upstream.begin(
+                        key=key, audience=client.audience, timeout=self.timeout
+                    )
             except BaseException:
                 self.limits.release(key=key.raw, ip=client.ip)
                 raise
@@ -158,7 +158,8 @@ class FlowService:
         flow.answered_at = self.clock.now()
         remaining = (flow.challenge.expires_at - flow.answered_at).total_seconds()
         try:
-            token = await asyncio.wait_for(flow.pending.finish(signature), max(remaining, 0.001) + 1)
+            async with asyncio.timeout(max(remaining, 0.001) + 1):
+                token = await flow.pending.finish(signature)
         except asyncio.CancelledError:
             # The connection was torn down mid-check: the challenge is spent, say so in the audit.
             gone = InternalError("the client went away while its signature was checked")
