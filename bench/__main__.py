@@ -44,7 +44,9 @@ def _bench_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-pin", action="store_true", help="do not pin servers and client to separate CPUs"
     )
-    parser.add_argument("--no-report", action="store_true", help="print only; leave bench/REPORT.md alone")
+    parser.add_argument(
+        "--no-report", action="store_true", help="print only; leave bench/REPORT.md and its charts alone"
+    )
     parser.add_argument(
         "--out", type=Path, default=None, help="where REPORT.md and the charts go (default bench/)"
     )

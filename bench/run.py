@@ -363,7 +363,12 @@ def bench(options: Options) -> int:
             )
         finally:
             servers.drop_server_databases()
-    drawn = charts.draw(points=points, idle=idle, options=options, names=CONFIGS, out=options.out)
+    # --no-report leaves the committed report and its charts alone.
+    drawn = (
+        charts.draw(points=points, idle=idle, options=options, names=CONFIGS, out=options.out)
+        if options.write_report
+        else []
+    )
     text = report.render_bench(
         points=points,
         logs=logs,
