@@ -26,7 +26,8 @@ async def test_a_thousand_rows_open_one_connection_and_commit_in_batches():
     opened: list[object] = []
 
     def count(sender: object, connection: object, **kwargs: object) -> None:
-        opened.append(connection)
+        if threading.current_thread().name.startswith("audit-writer"):  # not its checkpoints' thread
+            opened.append(connection)
 
     connection_created.connect(count)
     writer = AuditWriter(max_batch=200)
@@ -63,3 +64,69 @@ async def test_a_full_queue_refuses_at_once_instead_of_piling_up(monkeypatch):
     await asyncio.gather(first, *queued)
     await writer.close()
     assert len(await attempts()) == 6
+
+
+WAL_SCRIPT = """
+import asyncio, json
+from datetime import UTC, datetime
+import django
+django.setup()
+from django.core.management import call_command
+call_command("migrate", verbosity=0)
+from challenges.audit import AuditWriter
+from challenges.models import ChallengeAttempt
+from challenges.services import AuditRecord
+
+def row(n):
+    now = datetime.now(UTC)
+    return AuditRecord(outcome="invalid_json", created_at=now, finished_at=now, detail=f"row {n}")
+
+def autocheckpoint():
+    from django.db import connection
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA wal_autocheckpoint")
+        return cursor.fetchone()[0]
+
+async def main():
+    writer = AuditWriter(checkpoint_every=0.2)
+    for burst in range(10):
+        await asyncio.gather(*(writer.record(row(burst * 300 + n)) for n in range(300)))
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.6)
+    pragma = await writer.call(autocheckpoint)
+    await writer.close()
+    print(json.dumps({"autocheckpoint": pragma, "checkpoints": writer.checkpoints,
+                      "last": writer.last_checkpoint, "rows": await ChallengeAttempt.objects.acount()}))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.server
+def test_on_sqlite_the_writer_never_checkpoints_in_a_commit_and_its_checkpointer_keeps_up(tmp_path):
+    """A real SQLite file in WAL mode (the tests' own database is in memory, without a WAL):
+    the writer's connection has automatic checkpoints off, and the checkpointer's passive
+    checkpoints copy every frame of the WAL into the database file."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_"))}
+    env.update(
+        DJANGO_SETTINGS_MODULE="tokensite.settings", DATABASE_URL=f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", WAL_SCRIPT], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    assert found["rows"] == 3_000
+    assert found["autocheckpoint"] == 0
+    assert found["checkpoints"] >= 2
+    busy, frames, copied = found["last"]
+    assert busy == 0, found
+    assert frames > 0, found
+    assert copied == frames, found
