@@ -22,10 +22,9 @@ requests and running handlers are capped. Each answer's wait, and each
 failure by its code, is counted (:mod:`challenges.metrics`).
 
 The layer delivers at most once (a pub/sub message published while its
-reader is away is lost), so a request still unanswered after ``resend_after``
-seconds is sent again, with the same request id; the owner answers a repeat
-with the answer it already gave (or nothing, while it is still working on
-it), so a challenge is still finished once.
+reader is away is lost), so a request unanswered after ``resend_after`` s is
+sent again with the same request id; the owner answers a repeat with the
+answer it gave (or nothing, while still working), so a challenge is finished once.
 """
 
 from __future__ import annotations
@@ -192,8 +191,7 @@ class Router:
             self._waiting.pop(request_id, None)
 
     async def _settled(self, reply: asyncio.Future[dict[str, Any]], delay: float) -> None:
-        """Wait until ``reply`` is done or ``delay`` has passed, whichever is first (a
-        callback and a timer: no task per wait)."""
+        """Until ``reply`` is done or ``delay`` has passed (a callback and a timer, no task)."""
         wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def done(_: object = None) -> None:

@@ -87,6 +87,10 @@ def _classify(exc: grpc.aio.AioRpcError, *, phase: str) -> UpstreamError:
     return upstream_error(exc.code(), phase=phase, details=details)
 
 
+def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+
 def _lost_status(exc: grpc.aio.AioRpcError) -> bool:
     return exc.code() == grpc.StatusCode.INTERNAL and (exc.details() or "").startswith(
         "Internal error from Core"
@@ -167,7 +171,8 @@ class GrpcPending:
         try:
             async with asyncio.timeout(budget):
                 yield
-        except grpc.aio.AioRpcError as exc:
+        except grpc.aio.AioRpcError as raised:
+            exc = await self._settled(raised) if _lost_status(raised) else raised
             self._close(exc.code().name)
             if phase == "key" and _lost_status(exc):
                 raise upstream_error(grpc.StatusCode.INTERNAL, phase="key", status=LOST) from None
@@ -187,11 +192,22 @@ class GrpcPending:
         self._close("INVALID_REPLY")
         return upstream_error(None, phase="reply", status="INVALID_REPLY")
 
+    async def _settled(self, exc: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
+        """A step on a call whose connection just died can fail as INTERNAL "Internal error
+        from Core" (grpc/grpc#36066) before grpc.aio saw it go: a channel that leaves READY
+        within 0.25 s says the authority went away, UNAVAILABLE, as when grpc.aio saw it."""
+        channel, ready = self.upstream._channel, grpc.ChannelConnectivity.READY
+        if channel is not None and channel.get_state() == ready:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(0.25):
+                    await channel.wait_for_state_change(ready)
+        if channel is None or channel.get_state() == ready:
+            return exc
+        return _rpc_error(grpc.StatusCode.UNAVAILABLE, "the connection to the authority was lost")
+
     async def _status_error(self) -> grpc.aio.AioRpcError:
         # The stream ended without the reply: its status says why.
-        code = await self.call.code()
-        details = await self.call.details()
-        return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+        return _rpc_error(await self.call.code(), await self.call.details())
 
     def _close(self, status: str) -> None:
         if self._open:
