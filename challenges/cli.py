@@ -13,13 +13,29 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from django.core.management.base import CommandError
+from django.core.management.base import CommandError, CommandParser
 from django.db.models import QuerySet
 
 from . import reports
 from .models import SUCCESS, ChallengeAttempt, IssuedToken
 
 ANY_FAILURE = reports.ANY_FAILURE
+
+
+class ValueParser(CommandParser):
+    """A jti is random base64url, and one in 64 begins with ``-``: argparse took it for an
+    option it did not know and refused the command. Here an argument that names none of
+    the parser's options is a value (``--`` still ends the options, as anywhere)."""
+
+    def _parse_optional(self, arg_string: str) -> Any:
+        name = arg_string.split("=", 1)[0]
+        if (
+            arg_string.startswith("-")
+            and arg_string != "--"
+            and not any(option.startswith(name) for option in self._option_string_actions)
+        ):
+            return None
+        return super()._parse_optional(arg_string)
 
 
 def when(at: datetime | None, *, ms: bool = False) -> str:

@@ -141,6 +141,22 @@ def test_tokens_show_prints_the_standing_and_the_timeline(issued):
         run("tokens", "show", "nope")
 
 
+@pytest.mark.django_db
+def test_a_jti_that_begins_with_a_dash_is_shown_and_revoked(authority_signer):
+    """One jti in 64 begins with '-': argparse took it for an unknown option ('the following
+    arguments are required: jti'), so such a token could be neither shown nor revoked."""
+    token = issue(flow("success"), authority_signer)
+    IssuedToken.objects.filter(pk=token.pk).update(jti="-Kc10jnCIYdtx1gkVrvqwg")
+    out, _ = run("tokens", "show", "-Kc10jnCIYdtx1gkVrvqwg")
+    assert re.search(r"^jti\s+-Kc10jnCIYdtx1gkVrvqwg$", out, re.M)
+    (item,) = json.loads(run("tokens", "show", "-Kc10jnCIYdtx1gkVrvqwg", "--json")[0])
+    assert item["jti"] == "-Kc10jnCIYdtx1gkVrvqwg"
+    run("tokens", "revoke", "--reason", "leaked", "-Kc10jnCIYdtx1gkVrvqwg")
+    assert RevokedToken.objects.get().jti == "-Kc10jnCIYdtx1gkVrvqwg"
+    with pytest.raises(CommandError, match="unrecognized arguments: --nope"):
+        run("tokens", "show", "x", "--nope")  # a name that is no option's is still refused
+
+
 # -- audit list / show -------------------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ class Command(BaseCommand):
     help = "List and show issued tokens; revoke a token by its jti, or block / unblock a public key."
 
     def add_arguments(self, parser: Any) -> None:
-        actions = parser.add_subparsers(dest="action", required=True)
+        actions = parser.add_subparsers(dest="action", required=True, parser_class=cli.ValueParser)
         listing = actions.add_parser("list", help="issued tokens, newest first")
         cli.add_time_options(listing)
         listing.add_argument("--key", help="tokens of this public key string")
