@@ -4,7 +4,9 @@ away when the first subscription is made: the subscription is made again once it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -65,15 +67,7 @@ async def test_concurrent_sends_travel_in_few_pipelines_and_each_arrives_once(
     with servers.redis_server(tmp_path) as server:
         layer = PubSubChannelLayer(hosts=[{"address": server.url}])
         inbox = "tokenflow.cafef00d"
-        received: list[int] = []
-
-        async def read() -> None:
-            while True:
-                received.append((await layer.receive(inbox))["n"])
-
-        reader = asyncio.ensure_future(read())
-        try:
-            await _until_subscribed(layer, inbox, received)
+        async with _reading(layer, inbox) as received:
             received.clear()
             pipelines.clear()
             await asyncio.wait_for(
@@ -88,10 +82,6 @@ async def test_concurrent_sends_travel_in_few_pipelines_and_each_arrives_once(
             assert len(pipelines) <= 3, pipelines  # 1, then the 199 gathered while it was out
             stats = redis.Redis(port=server.port).info("commandstats")
             assert stats["cmdstat_publish"]["calls"] >= 200
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-            await layer.flush()
 
 
 async def test_a_send_while_redis_is_away_raises_and_the_next_one_after_it_is_back_arrives(
@@ -102,15 +92,7 @@ async def test_a_send_while_redis_is_away_raises_and_the_next_one_after_it_is_ba
     with servers.redis_server(tmp_path) as server:
         layer = PubSubChannelLayer(hosts=[{"address": server.url, "socket_connect_timeout": 2}])
         inbox = "tokenflow.0badc0de"
-        received: list[int] = []
-
-        async def read() -> None:
-            while True:
-                received.append((await layer.receive(inbox))["n"])
-
-        reader = asyncio.ensure_future(read())
-        try:
-            await _until_subscribed(layer, inbox, received)
+        async with _reading(layer, inbox) as received:
             server.stop()
             results = await asyncio.wait_for(
                 asyncio.gather(
@@ -128,15 +110,28 @@ async def test_a_send_while_redis_is_away_raises_and_the_next_one_after_it_is_ba
                 await asyncio.wait_for(layer.send(inbox, {"type": "flow.request", "n": 7}), 5)
                 await asyncio.sleep(0.1)
             assert 7 in received
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-            await layer.flush()
 
 
-async def _until_subscribed(layer: PubSubChannelLayer, inbox: str, received: list[int]) -> None:
-    deadline = time.monotonic() + 5
-    while not received and time.monotonic() < deadline:
-        await layer.send(inbox, {"type": "flow.request", "n": -1})
-        await asyncio.sleep(0.05)
-    assert received, "the inbox never subscribed"
+@contextlib.asynccontextmanager
+async def _reading(layer: PubSubChannelLayer, inbox: str) -> AsyncIterator[list[int]]:
+    """The ``n`` of each message ``inbox`` receives, in a list, once it is subscribed (empty
+    then); the reader stops and the layer is flushed on the way out."""
+    received: list[int] = []
+
+    async def read() -> None:
+        while True:
+            received.append((await layer.receive(inbox))["n"])
+
+    reader = asyncio.ensure_future(read())
+    try:
+        deadline = time.monotonic() + 5
+        while not received and time.monotonic() < deadline:
+            await layer.send(inbox, {"type": "flow.request", "n": -1})
+            await asyncio.sleep(0.05)
+        assert received, "the inbox never subscribed"
+        received.clear()
+        yield received
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await layer.flush()
