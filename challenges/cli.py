@@ -77,15 +77,7 @@ def add_attempt_options(parser: Any) -> None:
 
 def attempts(options: dict[str, Any], *, now: datetime) -> QuerySet[ChallengeAttempt]:
     """The attempts the command-line filters select (any order)."""
-    rows = ChallengeAttempt.objects.all()
-    since = parse_time(options.get("since"), now=now, option="--since")
-    until = parse_time(options.get("until"), now=now, option="--until")
-    if since:
-        rows = rows.filter(created_at__gte=since)
-    if until:
-        rows = rows.filter(created_at__lt=until)
-    if options.get("key"):
-        rows = rows.filter(public_key=options["key"])
+    rows = _by_time_and_key(ChallengeAttempt.objects.all(), "created_at", options, now=now)
     if options.get("address"):
         rows = rows.filter(client_ip=options["address"])
     if options.get("worker"):
@@ -105,12 +97,19 @@ def tokens(
     """The issued tokens the command-line filters (``--since``, ``--until``, ``--key``)
     select from ``rows`` (all tokens by default), in any order."""
     rows = IssuedToken.objects.all() if rows is None else rows
+    return _by_time_and_key(rows, "issued_at", options, now=now)
+
+
+def _by_time_and_key(
+    rows: QuerySet[Any], field: str, options: dict[str, Any], *, now: datetime
+) -> QuerySet[Any]:
+    """``rows`` whose ``field`` is in ``--since`` .. ``--until`` (end excluded), of ``--key``."""
     since = parse_time(options.get("since"), now=now, option="--since")
     until = parse_time(options.get("until"), now=now, option="--until")
     if since:
-        rows = rows.filter(issued_at__gte=since)
+        rows = rows.filter(**{f"{field}__gte": since})
     if until:
-        rows = rows.filter(issued_at__lt=until)
+        rows = rows.filter(**{f"{field}__lt": until})
     if options.get("key"):
         rows = rows.filter(public_key=options["key"])
     return rows
