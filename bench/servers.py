@@ -143,16 +143,7 @@ def _postgres_template(url: str) -> str:
 
 
 def _migrate_url(url: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST_"))}
-    var = tempfile.mkdtemp(prefix="tp-template-var-")
-    env.update(DJANGO_SETTINGS_MODULE="tokensite.settings", DATABASE_URL=url, DEBUG="true", VAR_DIR=var)
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        timeout=120,
-    )
+    _run_migrate(base_env(Path(tempfile.mkdtemp(prefix="tp-template-")), DATABASE_URL=url))
 
 
 def drop_server_databases() -> None:
@@ -202,8 +193,11 @@ def base_env(tmp: Path, **overrides: str) -> dict[str, str]:
 
 
 def migrate(env: dict[str, str]) -> None:
-    if env.get("DATABASE_URL") in _MIGRATED:  # a copy of the migrated template
-        return
+    if env.get("DATABASE_URL") not in _MIGRATED:  # else a copy of the migrated template
+        _run_migrate(env)
+
+
+def _run_migrate(env: dict[str, str]) -> None:
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"],
         cwd=ROOT,
