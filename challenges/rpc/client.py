@@ -171,8 +171,11 @@ class GrpcPending:
         try:
             async with asyncio.timeout(budget):
                 yield
-        except grpc.aio.AioRpcError as raised:
-            exc = await self._settled(raised) if _lost_status(raised) else raised
+        except grpc.aio.AioRpcError as exc:
+            if _lost_status(exc) and await self.upstream.left_ready(within=0.25):
+                # grpc.aio's lost status (grpc/grpc#36066) on a connection that just died,
+                # before grpc.aio saw it go: UNAVAILABLE, as when it saw it first.
+                exc = _rpc_error(grpc.StatusCode.UNAVAILABLE, "the connection to the authority was lost")
             self._close(exc.code().name)
             if phase == "key" and _lost_status(exc):
                 raise upstream_error(grpc.StatusCode.INTERNAL, phase="key", status=LOST) from None
@@ -191,19 +194,6 @@ class GrpcPending:
     def _invalid_reply(self) -> UpstreamError:
         self._close("INVALID_REPLY")
         return upstream_error(None, phase="reply", status="INVALID_REPLY")
-
-    async def _settled(self, exc: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
-        """A step on a call whose connection just died can fail as INTERNAL "Internal error
-        from Core" (grpc/grpc#36066) before grpc.aio saw it go: a channel that leaves READY
-        within 0.25 s says the authority went away, UNAVAILABLE, as when grpc.aio saw it."""
-        channel, ready = self.upstream._channel, grpc.ChannelConnectivity.READY
-        if channel is not None and channel.get_state() == ready:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(0.25):
-                    await channel.wait_for_state_change(ready)
-        if channel is None or channel.get_state() == ready:
-            return exc
-        return _rpc_error(grpc.StatusCode.UNAVAILABLE, "the connection to the authority was lost")
 
     async def _status_error(self) -> grpc.aio.AioRpcError:
         # The stream ended without the reply: its status says why.
@@ -276,6 +266,15 @@ class GrpcUpstream:
                 continue
             return pending
         raise AssertionError("unreachable")
+
+    async def left_ready(self, *, within: float) -> bool:
+        """Whether the channel is out of READY, or leaves it within ``within`` seconds."""
+        channel, ready = self._channel, grpc.ChannelConnectivity.READY
+        if channel is not None and channel.get_state() == ready:
+            with contextlib.suppress(Exception):  # a timeout, or a channel closed meanwhile
+                async with asyncio.timeout(within):
+                    await channel.wait_for_state_change(ready)
+        return channel is not None and channel.get_state() != ready
 
     async def close(self) -> None:
         if self._channel is not None:
