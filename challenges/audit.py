@@ -4,9 +4,9 @@
 together in one transaction (group commit), so a flow waits for at most one
 batch and the database sees one commit per batch instead of one per row (the
 writer lets the loop run one turn before it takes a batch, so the rows of flows
-finishing in that turn join it). A token is released only after the batch holding its row has committed. The
-queue is bounded: past ``max_queue`` rows, new records fail fast with
-``internal_error`` instead of piling up.
+finishing in that turn join it). A token is released only after the batch
+holding its row has committed. The queue is bounded: past ``max_queue`` rows,
+new records fail fast with ``internal_error`` instead of piling up.
 
 The writes run in the writer's own thread, which keeps one database
 connection for the writer's lifetime (SQLite's pragmas run once, PostgreSQL's
