@@ -66,7 +66,9 @@ def _soak_parser() -> argparse.ArgumentParser:
 
 def _profile_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench profile", description="A flame graph under load.")
-    parser.add_argument("--config", default="serve", help="serve (make serve), daphne or floor")
+    parser.add_argument(
+        "--config", default="serve", help="serve (make serve), daphne, floor or relay (both its processes)"
+    )
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--flows", type=int, default=3000)
     parser.add_argument("--mode", default="one", help="one (a WebSocket flow) or http (the two-step)")

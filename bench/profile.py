@@ -25,18 +25,29 @@ from .loadgen import Result, Spec
 def profile(
     *, config: str, concurrency: int, flows: int, out: Path, mode: str = "one", rate: int = 250
 ) -> int:
+    """Record ``config`` under load into ``out``; ``relay`` records its two processes, into
+    ``out`` with ``-provider`` and ``-runauthority`` added to its name."""
     authority = PrivateKey.generate()
+    spies: dict[Path, subprocess.Popen[bytes]] = {}
+    errors: dict[Path, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="profile-") as name:
         tmp = Path(name)
-        server = procs.start_config(tmp, config, authority=authority)
-        spy = None
+        if config == "relay":
+            hub, server = procs.start_relay(tmp, authority=authority)
+            started = [server, hub]
+            recorded = {out.with_name(f"{out.stem}-{role}{out.suffix}"): s for role, s in
+                        (("provider", server), ("runauthority", hub))}  # fmt: skip
+        else:
+            server = procs.start_config(tmp, config, authority=authority)
+            started, recorded = [server], {out: server}
         try:
-            spy = subprocess.Popen(
-                ["py-spy", "record", "--pid", str(server.process.pid), "--rate", str(rate),
-                 "--output", str(out), "--format", "raw" if out.suffix == ".txt" else "flamegraph",
-                 "--threads", "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )  # fmt: skip
+            for path, recorded_server in recorded.items():
+                spies[path] = subprocess.Popen(
+                    ["py-spy", "record", "--pid", str(recorded_server.process.pid), "--rate", str(rate),
+                     "--output", str(path), "--format", "raw" if path.suffix == ".txt" else "flamegraph",
+                     "--threads", "--nonblocking"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                )  # fmt: skip
             spec = Spec(
                 urls=[server.ws],
                 concurrency=concurrency,
@@ -50,14 +61,18 @@ def profile(
             )  # fmt: skip
             result = Result(**json.loads(run.stdout))
         finally:
-            if spy is not None:
+            for path, spy in spies.items():
                 spy.send_signal(signal.SIGINT)
-                _, err = spy.communicate(timeout=60)
-            server.stop()
+                errors[path] = spy.communicate(timeout=60)[1]
+            for each in started:
+                each.stop()
     rate_seen = result.ok / result.elapsed if result.elapsed else 0
     summary = f"{result.ok} flows, {rate_seen:.0f} flows/s, errors {result.errors}"
     print(f"profile: {config} c={concurrency}: {summary}")
-    print(
-        f"profile: wrote {out}" if out.exists() else f"profile: py-spy wrote nothing: {err.decode()[-500:]}"
-    )
-    return 0 if out.exists() and not result.errors else 1
+    for path, err in errors.items():
+        print(
+            f"profile: wrote {path}"
+            if path.exists()
+            else f"profile: py-spy wrote nothing: {err.decode()[-500:]}"
+        )
+    return 0 if all(path.exists() for path in recorded) and not result.errors else 1

@@ -75,6 +75,7 @@ def render_bench(
     facts: str,
     configs: dict[str, Any],
     charts: list[tuple[str, str]],
+    grpc: list[Any] | None = None,
 ) -> str:
     """The benchmark section: targets, summary, details, charts, CPU, memory, logs, method."""
     concurrency: list[int] = options.concurrency
@@ -99,7 +100,7 @@ def render_bench(
         "",
         f"Machine: {facts}.",
         "",
-        *_targets(by, idle, options, ratio_value),
+        *_targets(by, idle, options, ratio_value, _relay_ceiling(by, grpc or [])),
         "",
         f"{options.flows} flows per point, {options.repeats} runs each: flows/s (median) and, in brackets,"
         " the ratio to the configuration's baseline measured in the same run (median of the runs' ratios).",
@@ -134,6 +135,7 @@ def render_bench(
             f"- **{name}**: {configs[name].description} (negotiated extensions: {', '.join(exts) or '-'})."
         )
     lines += _breakdown(points, concurrency)
+    lines += _relay(by, grpc or [], ratio)
     lines += _memory(idle)
     lines += _audit(audit)
     lines += _capacity(capacity)
@@ -145,7 +147,9 @@ def render_bench(
     return "\n".join(lines)
 
 
-def _targets(by: dict[Any, Any], idle: list[Any], options: Any, ratio: Any) -> list[str]:
+def _targets(
+    by: dict[Any, Any], idle: list[Any], options: Any, ratio: Any, ceiling: dict[int, float]
+) -> list[str]:
     """The figures the benchmark is held to, each with what this run measured."""
     rows: list[tuple[str, str, bool | None]] = []
 
@@ -199,6 +203,14 @@ def _targets(by: dict[Any, Any], idle: list[Any], options: Any, ratio: Any) -> l
             lambda v: v >= 0.6,
             "{:.2f}x",
         )
+        if c in ceiling:
+            rows.append(
+                (
+                    f"gRPC relay's ceiling at c={c}: the local flow plus bare gRPC, on one core (see below)",
+                    f"{ceiling[c]:.2f}x",
+                    None,
+                )
+            )
     for c in (16, 128):
         value = ratio("grpcweb", c)
         rows.append(
@@ -270,6 +282,60 @@ def _breakdown(points: list[Any], concurrency: list[int]) -> list[str]:
             commit = [r.audit_commit_ms for r in p.runs if r.audit_commit_ms is not None]
             median_rows, median_commit = statistics.median(rows), statistics.median(commit)
             lines.append(f"| {p.config} | {p.concurrency} | {median_rows:.1f} | {median_commit:.2f} |")
+    return lines
+
+
+def _relay_ceiling(by: dict[Any, Any], grpc: list[Any]) -> dict[int, float]:
+    """At each concurrency: the relay's best ratio if it cost only the local flow plus the bare
+    gRPC exchange, both on the one server core: serve / (serve + bare gRPC client + server)."""
+    from .grpcfloor import median_by_concurrency
+
+    found = {}
+    for c, cost in median_by_concurrency(grpc).items():
+        if ("serve", c) in by:
+            local = by[("serve", c)].median("server_cpu_ms")
+            found[c] = local / (local + cost.total_ms)
+    return found
+
+
+def _relay(by: dict[Any, Any], grpc: list[Any], ratio: Any) -> list[str]:
+    """Where the relay's CPU goes, beside what the bare gRPC exchange costs on the same core."""
+    from .grpcfloor import median_by_concurrency
+
+    costs = median_by_concurrency(grpc)
+    rows = [c for c in costs if ("serve", c) in by and ("relay", c) in by]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## The relay's CPU, and what gRPC alone costs",
+        "",
+        "The relay runs two processes on the one server core, and each does a flow's work: the provider"
+        " serves the WebSocket and audits the flow; `runauthority` checks the signature, mints the token and"
+        " audits it in its own database. Between them runs the Hub's `GetToken` stream. The bare exchange"
+        " (`bench/grpcfloor.py`: the same four messages on one `grpc.aio` stream per call between two"
+        " processes that do nothing else, pinned to the same core; as many repeats, at least 1,000 calls a"
+        " point) costs what the bare columns show. The ceiling is the ratio the relay would reach if it cost"
+        " only the local flow plus that exchange: serve / (serve + bare client + bare server). With the"
+        " authority on another host, as a Hub is, the provider's core carries only the provider's share:"
+        " serve / provider is the ratio its CPU alone would allow.",
+        "",
+        "| clients | local flow (serve) CPU ms | provider | runauthority | bare gRPC client"
+        " | bare gRPC server | bare gRPC calls/s | relay ratio | ceiling | serve / provider |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in rows:
+        relay, cost = by[("relay", c)], costs[c]
+        local = by[("serve", c)].median("server_cpu_ms")
+        provider, authority = (
+            statistics.median(r.cpu_by_role.get(role, 0.0) for r in relay.runs)
+            for role in ("provider", "runauthority")
+        )
+        lines.append(
+            f"| c={c} | {local:.2f} | {provider:.2f} | {authority:.2f} | {cost.client_ms:.2f}"
+            f" | {cost.server_ms:.2f} | {cost.rate:,.0f} | {ratio('relay', c)}"
+            f" | {local / (local + cost.total_ms):.2f} | {local / provider if provider else 0:.2f} |"
+        )
     return lines
 
 
@@ -386,4 +452,13 @@ METHOD = [
     " [After](flame-after.svg): one kept connection on the writer's own thread, a batch in two statements,"
     " the pub/sub layer, no thread hop, uvloop and httptools; what is left is uvicorn's WebSocket protocol,"
     " the Ed25519 verification and signature, the audit commit and the per-flow log line.",
+    "",
+    "The relay under 16 clients (`python -m bench profile --config relay --out F.svg` records both"
+    " processes): [the provider](flame-relay-provider.svg) spends about 14 % of its samples in grpc.aio's"
+    " call methods (`_prepare_rpc`, `_write`, `_read`, `_done_writing`, where its Cython code drives"
+    " gRPC's core), beside the WebSocket flow (26 %) and its audit writer's thread;"
+    " [`runauthority`](flame-relay-runauthority.svg) spends 23 % in `GetToken` (10 % of it writing to the"
+    " stream, 10 % checking and minting), 25 % in its own audit writer's thread and about 10 % in its"
+    " other threads (gRPC's poller, the WAL checkpointer). Each process pays for an audited flow and one"
+    " end of the stream, which is what the relay's table above puts in figures.",
 ]

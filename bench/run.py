@@ -23,7 +23,7 @@ from pathlib import Path
 
 from challenges.identity import PrivateKey
 
-from . import auditrate, capacity, charts, memory, procs, report, servers
+from . import auditrate, capacity, charts, grpcfloor, memory, procs, report, servers
 from .loadgen import Result, Spec
 from .servers import ROOT, Server
 
@@ -339,6 +339,19 @@ def bench(options: Options) -> int:
         tmp = Path(name)
         try:
             points, logs = _flows(options, tmp, authority)
+            # What gRPC alone takes out of the relay's budget, on the same CPUs.
+            grpc = (
+                grpcfloor.measure(
+                    tmp / "grpc",
+                    concurrency=options.concurrency,
+                    repeats=options.repeats,
+                    # /proc counts CPU in 10 ms ticks: enough calls for a figure to the percent.
+                    calls=max(options.flows, 1000),
+                    cpus=procs.cpu_split(not options.pin)[0],
+                )
+                if "relay" in options.configs
+                else []
+            )
             idle = (
                 memory.measure(tmp / "memory", authority=authority, count=options.idle, hold=options.hold)
                 if options.idle
@@ -375,6 +388,7 @@ def bench(options: Options) -> int:
         idle=idle,
         audit=audit,
         capacity=costs,
+        grpc=grpc,
         options=options,
         facts=facts,
         configs=CONFIGS,

@@ -42,6 +42,13 @@ def test_a_short_benchmark_writes_its_report_and_charts(tmp_path):
     assert "| 8 concurrent clients: no error | 0 errors | yes |" in report
     assert "30 idle sockets" in report
     assert "## What a flow costs" in report
+    # The relay beside the bare gRPC exchange on the same core: a row per concurrency, all figures.
+    assert "## The relay's CPU, and what gRPC alone costs" in report
+    relay = [line for line in report.splitlines() if line.startswith(("| c=1 | ", "| c=4 | "))]
+    assert len(relay) == 2, relay
+    for line in relay:
+        cells = [cell.strip() for cell in line.strip("|").split("|")][1:]
+        assert all(float(cell.replace(",", "")) > 0 for cell in cells), line
     scaling = [line for line in report.splitlines() if line.startswith(("| 1 | ", "| 2 | "))]
     assert len(scaling) == 2, scaling
     audit = [line for line in report.splitlines() if line.startswith(("| SQLite |", "| PostgreSQL |"))]
