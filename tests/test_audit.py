@@ -130,3 +130,62 @@ def test_on_sqlite_the_writer_never_checkpoints_in_a_commit_and_its_checkpointer
     assert busy == 0, found
     assert frames > 0, found
     assert copied == frames, found
+
+
+async def test_every_column_of_a_batch_lands_as_given_and_each_id_is_its_own_row():
+    """On PostgreSQL the attempts go in by COPY with ids drawn first; on SQLite by one INSERT:
+    either way each caller's id must name its own row, with every value as written."""
+    from asgiref.sync import sync_to_async
+
+    from challenges.identity import PrivateKey
+    from challenges.models import ChallengeAttempt, IssuedToken
+    from challenges.tokens import mint_token
+
+    signer, user = PrivateKey.generate(), PrivateKey.generate()
+    start = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    records = []
+    for n in range(60):
+        token = mint_token(signer=signer, subject=user.public, ttl=60) if n % 3 == 0 else None
+        records.append(
+            AuditRecord(
+                outcome="success" if token else "bad_signature", created_at=start, finished_at=start,
+                detail=f"row {n} \\N back\\slash 'quote' \"dq\" é 😀 \x00", public_key=str(user.public),
+                challenge_id=f"id-{n}", client_ip=None if n % 4 == 0 else ("::1" if n % 2 else "10.0.0.7"),
+                origin="https://app.example", user_agent="agent, with | pipes", transport="grpc",
+                worker="w", upstream="local", upstream_status="OK" if token else "", latency_ms=n / 7,
+                challenged_at=None if n % 5 == 0 else start, answered_at=start, api_key="k" * 64, count=n + 1,
+                token=token,
+            )
+        )  # fmt: skip
+    writer = AuditWriter(max_batch=200)
+    try:
+        ids = await asyncio.gather(*(writer.record(r) for r in records))
+    finally:
+        await writer.close()
+
+    rows = await sync_to_async(lambda: {a.pk: a for a in ChallengeAttempt.objects.filter(pk__in=ids)})()
+    tokens = await sync_to_async(
+        lambda: {t.attempt_id: t for t in IssuedToken.objects.filter(attempt_id__in=ids)}
+    )()
+    assert len(rows) == 60
+    for written, row_id in zip(records, ids, strict=True):
+        row = rows[row_id]
+        assert row.challenge_id == written.challenge_id
+        assert row.detail == written.detail.replace("\x00", "\ufffd")
+        assert row.client_ip == written.client_ip
+        assert (row.latency_ms, row.count, row.api_key) == (
+            written.latency_ms,
+            written.count,
+            written.api_key,
+        )
+        assert (row.created_at, row.challenged_at) == (start, written.challenged_at)
+        assert (row.user_agent, row.transport, row.upstream_status) == (
+            written.user_agent, written.transport, written.upstream_status,
+        )  # fmt: skip
+        if written.token is None:
+            assert row_id not in tokens
+        else:
+            assert (tokens[row_id].jti, tokens[row_id].expires_at) == (
+                written.token.jti,
+                written.token.expires_at,
+            )
