@@ -170,7 +170,11 @@ async def test_every_column_of_a_batch_lands_as_given_and_each_id_is_its_own_row
     assert len(rows) == 60
     for written, row_id in zip(records, ids, strict=True):
         row = rows[row_id]
-        assert row.challenge_id == written.challenge_id
+        assert (row.outcome, row.challenge_id, row.public_key) == (
+            written.outcome, written.challenge_id, written.public_key,
+        )  # fmt: skip
+        assert (row.origin, row.worker, row.upstream) == (written.origin, written.worker, written.upstream)
+        assert (row.finished_at, row.answered_at) == (start, start)
         assert row.detail == written.detail.replace("\x00", "\ufffd")
         assert row.client_ip == written.client_ip
         assert (row.latency_ms, row.count, row.api_key) == (
@@ -185,7 +189,25 @@ async def test_every_column_of_a_batch_lands_as_given_and_each_id_is_its_own_row
         if written.token is None:
             assert row_id not in tokens
         else:
-            assert (tokens[row_id].jti, tokens[row_id].expires_at) == (
-                written.token.jti,
-                written.token.expires_at,
-            )
+            token, minted = tokens[row_id], written.token
+            assert (token.jti, token.token_sha256, token.public_key, token.issuer, token.audience) == (
+                minted.jti, minted.sha256, minted.subject, minted.issuer, minted.audience,
+            )  # fmt: skip
+            assert (token.issued_at, token.expires_at) == (minted.issued_at, minted.expires_at)
+
+
+def test_a_batch_the_database_refuses_raises_djangos_error_and_the_next_batch_lands():
+    """A row breaking a constraint (here count's CHECK >= 0) fails its batch with Django's
+    IntegrityError on both databases (PostgreSQL's COPY included), so the writer treats it as
+    any database error, and the connection takes the next batch."""
+    from django.db import IntegrityError
+
+    from challenges.models import ChallengeAttempt
+    from challenges.services import audit_write_batch
+
+    bad = record(1)
+    bad.count = -1
+    with pytest.raises(IntegrityError):
+        audit_write_batch([record(0), bad])
+    [row_id] = audit_write_batch([record(2)])
+    assert list(ChallengeAttempt.objects.values_list("id", "detail")) == [(row_id, "row 2")]
