@@ -61,11 +61,18 @@ def profile(
             )  # fmt: skip
             result = Result(**json.loads(run.stdout))
         finally:
-            for path, spy in spies.items():
-                spy.send_signal(signal.SIGINT)
-                errors[path] = spy.communicate(timeout=60)[1]
-            for each in started:
-                each.stop()
+            try:
+                for spy in spies.values():
+                    spy.send_signal(signal.SIGINT)
+                for path, spy in spies.items():
+                    try:
+                        errors[path] = spy.communicate(timeout=60)[1]
+                    except subprocess.TimeoutExpired:
+                        spy.kill()
+                        errors[path] = spy.communicate()[1]
+            finally:
+                for each in started:
+                    each.stop()
     rate_seen = result.ok / result.elapsed if result.elapsed else 0
     summary = f"{result.ok} flows, {rate_seen:.0f} flows/s, errors {result.errors}"
     print(f"profile: {config} c={concurrency}: {summary}")

@@ -11,6 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .grpcfloor import median_by_concurrency
+
 REPORT = Path(__file__).resolve().parent / "REPORT.md"
 PACKAGES = ("Django", "channels", "daphne", "uvicorn", "channels-redis", "redis", "websockets", "PyNaCl")
 _TITLE = (
@@ -81,6 +83,7 @@ def render_bench(
     concurrency: list[int] = options.concurrency
     names = [n for n in configs if n in options.configs]
     by = {(p.config, p.concurrency): p for p in points}
+    costs = median_by_concurrency(grpc or [])
 
     def ratio_value(name: str, c: int, attr: str = "rate", base: str | None = None) -> float | None:
         """Median over repeats of (this run / its baseline's run of the same repeat)."""
@@ -100,7 +103,7 @@ def render_bench(
         "",
         f"Machine: {facts}.",
         "",
-        *_targets(by, idle, options, ratio_value, _relay_ceiling(by, grpc or [])),
+        *_targets(by, idle, options, ratio_value, _relay_ceiling(by, costs)),
         "",
         f"{options.flows} flows per point, {options.repeats} runs each: flows/s (median) and, in brackets,"
         " the ratio to the configuration's baseline measured in the same run (median of the runs' ratios).",
@@ -135,7 +138,7 @@ def render_bench(
             f"- **{name}**: {configs[name].description} (negotiated extensions: {', '.join(exts) or '-'})."
         )
     lines += _breakdown(points, concurrency)
-    lines += _relay(by, grpc or [], ratio)
+    lines += _relay(by, costs, ratio)
     lines += _memory(idle)
     lines += _audit(audit)
     lines += _capacity(capacity)
@@ -285,25 +288,21 @@ def _breakdown(points: list[Any], concurrency: list[int]) -> list[str]:
     return lines
 
 
-def _relay_ceiling(by: dict[Any, Any], grpc: list[Any]) -> dict[int, float]:
+def _relay_ceiling(by: dict[Any, Any], costs: dict[int, Any]) -> dict[int, float]:
     """At each concurrency: the relay's best ratio if it cost only the local flow plus the bare
     gRPC exchange, both on the one server core: serve / (serve + bare gRPC client + server)."""
-    from .grpcfloor import median_by_concurrency
-
     found = {}
-    for c, cost in median_by_concurrency(grpc).items():
+    for c, cost in costs.items():
         if ("serve", c) in by:
             local = by[("serve", c)].median("server_cpu_ms")
             found[c] = local / (local + cost.total_ms)
     return found
 
 
-def _relay(by: dict[Any, Any], grpc: list[Any], ratio: Any) -> list[str]:
+def _relay(by: dict[Any, Any], costs: dict[int, Any], ratio: Any) -> list[str]:
     """Where the relay's CPU goes, beside what the bare gRPC exchange costs on the same core."""
-    from .grpcfloor import median_by_concurrency
-
-    costs = median_by_concurrency(grpc)
-    rows = [c for c in costs if ("serve", c) in by and ("relay", c) in by]
+    ceiling = _relay_ceiling(by, costs)
+    rows = [c for c in ceiling if ("relay", c) in by]
     if not rows:
         return []
     lines = [
@@ -334,7 +333,7 @@ def _relay(by: dict[Any, Any], grpc: list[Any], ratio: Any) -> list[str]:
         lines.append(
             f"| c={c} | {local:.2f} | {provider:.2f} | {authority:.2f} | {cost.client_ms:.2f}"
             f" | {cost.server_ms:.2f} | {cost.rate:,.0f} | {ratio('relay', c)}"
-            f" | {local / (local + cost.total_ms):.2f} | {local / provider if provider else 0:.2f} |"
+            f" | {ceiling[c]:.2f} | {local / provider if provider else 0:.2f} |"
         )
     return lines
 
