@@ -61,6 +61,7 @@ def measure(
         env=dict(os.environ),
         log_path=tmp / "grpc-floor.log",
     )
+    server = servers.Server(process=process, port=0, env={}, log_path=log_path)  # its port: below
 
     def listening() -> int | None:
         text = port_file.read_text() if port_file.exists() else ""
@@ -88,7 +89,7 @@ def measure(
                     results.append(GrpcCost(c, seen["rate"], seen["cpu_ms"], served * 1000 / seen["calls"]))
         return results
     finally:
-        servers.Server(process=process, port=0, env={}, log_path=log_path).stop()
+        server.stop()
 
 
 def median_by_concurrency(costs: list[GrpcCost]) -> dict[int, GrpcCost]:

@@ -108,22 +108,24 @@ def _copy_attempts(cursor: Any, rows: list[tuple[Any, ...]]) -> list[int]:
     psycopg formats a ``COPY`` row in C, where the arrays of an ``INSERT ... unnest`` were
     dumped value by value in Python: about half of the writer thread's samples.
     """
-    quote = connection.ops.quote_name
-    table = ChallengeAttempt._meta.db_table
     cursor.execute(
-        "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [table, len(rows)]
+        "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+        [ChallengeAttempt._meta.db_table, len(rows)],
     )
     ids = [row[0] for row in cursor.fetchall()]
-    columns = ", ".join(quote(c) for c in ("id", *_ATTEMPT_COLUMNS))
+    target = _target(ChallengeAttempt, ("id", *_ATTEMPT_COLUMNS))
     # Django's wrapper does not see the COPY: its errors become Django's here, as an
     # execute()'s do, so the writer handles them alike (a broken connection is dropped).
-    with (
-        connection.wrap_database_errors,
-        cursor.cursor.copy(f"COPY {quote(table)} ({columns}) FROM STDIN") as copy,
-    ):
+    with connection.wrap_database_errors, cursor.cursor.copy(f"COPY {target} FROM STDIN") as copy:
         for row_id, row in zip(ids, rows, strict=True):
             copy.write_row((row_id, *row))
     return ids
+
+
+def _target(model: type[models.Model], columns: tuple[str, ...]) -> str:
+    """``"table" ("column", ...)``, quoted: what an INSERT or a COPY names."""
+    quote = connection.ops.quote_name
+    return f"{quote(model._meta.db_table)} ({', '.join(quote(c) for c in columns)})"
 
 
 def _insert(
@@ -134,8 +136,7 @@ def _insert(
     *,
     returning: bool,
 ) -> list[int]:
-    quote = connection.ops.quote_name
-    target = f"{quote(model._meta.db_table)} ({', '.join(quote(c) for c in columns)})"
+    target = _target(model, columns)
     tail = " RETURNING id" if returning else " ON CONFLICT DO NOTHING"
     # Only identifiers of ours, casts of our fields and placeholders are formatted in; every
     # value is a parameter.
