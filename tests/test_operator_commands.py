@@ -330,7 +330,12 @@ def test_flows_follow_shows_every_outcome_as_it_happens_and_ctrl_c_ends_it(tmp_p
                         continue
             finally:
                 follow.send_signal(signal.SIGINT)  # Ctrl-C
-                code = follow.wait(10)
+                try:
+                    code: int | None = follow.wait(10)
+                except subprocess.TimeoutExpired:
+                    code = None  # killed, so that closing its pipe cannot wait on the reader
+                    follow.kill()
+                    follow.wait(10)
                 reader.join(5)
     assert _all_seen(seen), seen
     assert code == 0

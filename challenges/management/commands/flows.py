@@ -1,7 +1,7 @@
 """``manage.py flows [--follow]``: outcomes as they happen, across every worker.
 
     python manage.py flows                      # the last 10 outcomes
-    python manage.py flows --follow             # and every new one, until Ctrl-C
+    python manage.py flows --follow             # and every new one, until Ctrl-C (or SIGTERM)
     python manage.py flows -f --outcome bad_signature --outcome failure
 
 One line per audit row: time (UTC), worker, transport, outcome, the key's fingerprint (its
@@ -17,6 +17,7 @@ ids above the last fully seen one, and the refusal rows of the last two minutes,
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from typing import Any, TextIO, cast
@@ -174,6 +175,10 @@ class Command(BaseCommand):
         follower = Follower(wanted(outcomes=options["outcome"], worker=options["worker"]), after=newest)
         for row in recent:
             follower.watch(row)
+        # Ctrl-C and SIGTERM end it cleanly, even when started from a script that ignores SIGINT
+        # (a background job of a non-interactive shell inherits SIGINT ignored).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _interrupt)
         try:
             while True:
                 for text in follower.poll():
@@ -182,3 +187,7 @@ class Command(BaseCommand):
                 time.sleep(options["interval"])
         except KeyboardInterrupt:
             out.flush()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
