@@ -28,7 +28,7 @@ from tests import browser as helpers
 from tests import servers
 from tests.conftest import VECTOR_PRIVATE, VECTOR_PUBLIC
 
-pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.timeout(60), pytest.mark.once]
 
 ARTIFACTS = servers.ROOT / "test-artifacts"
 CLIENT = "/static/challenges/token-client.js"

@@ -55,6 +55,8 @@ from challenges.protocol import MAX_FRAME_BYTES
 from challenges.tokens import verify_token
 from tests import servers
 
+pytestmark = pytest.mark.once
+
 DEPLOY = servers.ROOT / "deploy"
 SITE = DEPLOY / "nginx.conf"
 UNIT = DEPLOY / "tokenprovider.service"

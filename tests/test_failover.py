@@ -43,7 +43,7 @@ from challenges.identity import PrivateKey
 from challenges.tokens import verify_token
 from tests import servers
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.once]
 AUTHORITY = PrivateKey.generate()
 MASTER_NAME = "tokenprovider"
 #: RATE_LIMIT_REDIS_GRACE of the workers: the failover must be shorter than this.

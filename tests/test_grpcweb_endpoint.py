@@ -39,7 +39,7 @@ from tests.grpcwebutil import (
 )
 from tests.rpcutil import API_KEY, API_SECRET, OPEN_KEY
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.once]
 SIGNER = PrivateKey.generate()
 KINDS = ["daphne", "uvicorn"]
 

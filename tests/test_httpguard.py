@@ -19,7 +19,7 @@ import websockets.sync.client
 from challenges.identity import PrivateKey, encode_buffer
 from tests import servers
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.once]
 BODY_TIMEOUT = 1.5
 CAP = 3
 

@@ -29,7 +29,7 @@ from tests.grpcwebutil import check_against_the_key_set
 from tests.rpcutil import API_KEY, API_SECRET
 from tests.test_serve import AUTHORITY, _group_alive, _health, make_serve, production_env
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.once]
 NODE_DIR = servers.ROOT / "tests" / "node"
 AUDIENCE = "https://app.example"
 DEADLINE = 2.0

@@ -15,6 +15,8 @@ from challenges import logs
 from challenges.logs import JsonFormatter
 from tests import servers
 
+pytestmark = pytest.mark.once
+
 
 def record(msg: str, *args: object, level: int = logging.INFO, **extra: object) -> logging.LogRecord:
     made = logging.getLogger("some.logger").makeRecord(

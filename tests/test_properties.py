@@ -28,6 +28,8 @@ from challenges.errors import CLIENT_CODES, ChallengeError, Code
 from challenges.identity import PrivateKey, decode_bytes, parse_public_key
 from tests import servers
 
+pytestmark = pytest.mark.once
+
 SERVER_CODES = {str(code) for code in Code if code not in CLIENT_CODES}
 #: Letters, digits, controls, surrogates and the rest: what a hostile client can put in JSON.
 any_char = st.characters(codec=None, categories=["L", "N", "P", "S", "Z", "Cc", "Cs", "Cf"])

@@ -18,7 +18,7 @@ from challenges import authority
 from challenges.identity import PrivateKey, encode_buffer
 from tests import servers
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.once]
 
 
 def post(

@@ -15,7 +15,7 @@ import redis
 from challenges.pubsub import PubSubChannelLayer
 from tests import servers
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.once]
 
 
 async def test_an_inbox_whose_subscription_failed_subscribes_again_once_redis_is_back(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from challenges.identity import PrivateKey
 from tests import servers
 from tests.rpcutil import API_KEY, API_SECRET, Authority, start_authority
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.once]
 SIGNER = PrivateKey.generate()
 TIMEOUT = 2.0
 

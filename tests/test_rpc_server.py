@@ -41,7 +41,7 @@ from tests.rpcutil import (
     start_authority,
 )
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.once]
 SIGNER = PrivateKey.generate()
 DEADLINE = 1.0
 

@@ -36,7 +36,7 @@ from tests.rpcutil import (
     start_authority,
 )
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.once]
 SIGNER = PrivateKey.generate()
 
 

@@ -18,7 +18,7 @@ from challenges.identity import PrivateKey
 from tests import servers
 from tests.rpcutil import API_KEY, API_SECRET, start_authority
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.once]
 KINDS = ["daphne", "uvicorn"]
 
 

@@ -19,7 +19,7 @@ from challenges.identity import PrivateKey
 from tests import servers
 from tests.conftest import VECTOR_PRIVATE, VECTOR_PUBLIC
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.once]
 NODE_DIR = servers.ROOT / "tests" / "node"
 MODULE = servers.ROOT / "challenges" / "static" / "challenges" / "token-client.js"
 AUTHORITY = PrivateKey.generate()

@@ -24,7 +24,7 @@ from tests.grpcwebutil import check_against_the_key_set
 from tests.rpcutil import API_KEY, API_SECRET
 from tests.test_hub_client import NODE_DIR, audited, node_ready
 
-pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.timeout(120), pytest.mark.once]
 
 
 @pytest.fixture(scope="module")
