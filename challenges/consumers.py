@@ -17,7 +17,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from . import protocol, runtime
-from .errors import ChallengeError, Code, LimitError
+from .errors import ChallengeError, Code, FrameError, LimitError
 from .limits import address_scope
 from .pipeline import Conversation
 from .tokens import MintedToken
@@ -26,6 +26,9 @@ from .tokens import MintedToken
 #: 4008 mirrors 1008 "policy violation", 4009 mirrors 1009 "message too big".
 CLOSE_POLICY = 4008
 CLOSE_TOO_LARGE = 4009
+#: RFC 6455's "invalid frame payload data": uvicorn and daphne (see challenges.daphneguard)
+#: close with it on a text frame that is not UTF-8, before the consumer sees the frame.
+CLOSE_INVALID_PAYLOAD = 1007
 
 
 class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
@@ -97,7 +100,13 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         # Channels' own closes old database connections here too, through a thread hop: the
         # last one a flow paid (no groups to discard: there is no channel per connection).
-        await self.disconnect(message.get("code", 1000))
+        code = message.get("code", 1000)
+        if code == CLOSE_INVALID_PAYLOAD and self.conv is not None:
+            # The server's WebSocket layer refused a frame the consumer never saw (and told
+            # the client with the close code): only the audit is left to do.
+            refused = FrameError("a text frame is not UTF-8", code=Code.INVALID_UTF8)
+            await self.runtime.pipeline.refuse(self.conv, refused)
+        await self.disconnect(code)
         raise StopConsumer()
 
     async def disconnect(self, code: int) -> None:

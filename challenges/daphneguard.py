@@ -9,7 +9,11 @@ arrive: a declared ``Content-Length`` over the path's limit, or a streamed
 body passing it, is answered 413 ``frame_too_large`` and the connection
 closed without reading more; a request not received in full within the
 timeout of its first line is answered 408 ``invalid_request`` and closed.
-Each refusal is audited through the runtime, like the ASGI guard's. With
+Each refusal is audited through the runtime, like the ASGI guard's. A
+WebSocket frame that breaks the protocol (a text frame that is not UTF-8)
+is answered with a close frame and its RFC 6455 code, 1007, as uvicorn
+does, instead of autobahn's default of dropping the TCP connection: the
+client learns why, and the application hears the code and audits it. With
 ``access_records``, daphne's access log (lines it writes to stdout itself)
 becomes records of the logger ``daphne.access``, so ``LOG_FORMAT=json`` keeps
 one JSON object per line.
@@ -23,7 +27,7 @@ from http import HTTPStatus
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
-from daphne import access, http_protocol
+from daphne import access, http_protocol, ws_protocol
 
 from . import httpguard
 from .errors import ChallengeError
@@ -40,6 +44,7 @@ def install(limits: BodyLimits, *, access_records: bool = False) -> None:
     (uvicorn) this is inert."""
     GuardedRequest.limits = limits
     http_protocol.WebRequest = GuardedRequest
+    ws_protocol.WebSocketFactory.protocol = GuardedWebSocket
     if access_records:
         access.AccessLogGenerator.write_entry = _access_record
 
@@ -49,6 +54,21 @@ def _access_record(
 ) -> None:
     fields = {"client": host, "request": request, "status": status, "length": length}
     _access.info('%s "%s" %s %s', host, request, status or "-", length or "-", extra=fields)
+
+
+class GuardedWebSocket(ws_protocol.WebSocketProtocol):  # type: ignore[misc]
+    """daphne's WebSocket connection, failing a broken frame as uvicorn does."""
+
+    #: Close with the protocol's code instead of dropping the TCP connection (autobahn copies
+    #: a factory option to a connection only when the connection has none of its own).
+    failByDrop = False
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        # A connection autobahn failed itself ends without a clean handshake, so the
+        # application would hear 1006; tell it the code autobahn closed with instead.
+        if self.failedByMe and self.localCloseCode is not None:
+            code = self.localCloseCode
+        super().onClose(wasClean, code, reason)
 
 
 class GuardedRequest(http_protocol.WebRequest):  # type: ignore[misc]

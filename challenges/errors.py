@@ -63,6 +63,10 @@ class Code(StrEnum):
     UNKNOWN_TYPE = "unknown_type", "the frame's 'type' is not 'token' or 'challenge'"
     BINARY_FRAME = "binary_frame", "binary frames are not accepted; send JSON text"
     FRAME_TOO_LARGE = "frame_too_large", "the frame is larger than the limit (64 KiB)"
+    INVALID_UTF8 = (
+        "invalid_utf8",
+        "a text frame is not UTF-8: the server's WebSocket layer closes the connection with 1007",
+    )
     INVALID_GRPC_WEB = (
         "invalid_grpc_web",
         "gRPC-Web: a message is not the metadata block, a whole gRPC frame of a GetTokenRequest"

@@ -140,15 +140,24 @@ class Live:
 
     def invalid_utf8(self, payload: bytes) -> None:
         """A text frame that is not UTF-8 is refused by the server's WebSocket layer before the
-        application sees it (RFC 6455 §8.1): the connection fails (1007, or dropped), nothing
-        is answered, and the next connection is served as usual."""
+        application sees it (RFC 6455 §8.1): the connection is closed with 1007, nothing is
+        answered, and the next connection is served as usual."""
         assert self.sock is not None
         sock, self.sock = self.sock, None
         sock.send(payload, text=True)
         with pytest.raises(ConnectionClosed) as closed:
             sock.recv(timeout=10)
-        assert closed.value.rcvd is None or closed.value.rcvd.code == 1007, closed.value
+        assert closed.value.rcvd is not None, closed.value
+        assert closed.value.rcvd.code == 1007, closed.value
+        self.told[Code.INVALID_UTF8] += 1
         return None
+
+    def audited(self, outcome: str) -> int:
+        """The refusals with ``outcome`` in the server's audit (rows aggregate repeats)."""
+        rows = self.server.rows(
+            "SELECT COALESCE(SUM(count), 0) FROM challenges_challengeattempt WHERE outcome = ?", (outcome,)
+        )
+        return int(rows[0][0])
 
     def post(self, path: str, body: bytes) -> dict[str, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
@@ -232,8 +241,9 @@ def test_the_token_step_answers_every_body_with_a_coded_error(live: Live, body: 
 def test_a_text_frame_that_is_not_utf8_fails_the_connection_and_nothing_else(
     tmp_path: Path, kind: str
 ) -> None:
-    """Refused by the server's WebSocket layer (uvicorn closes with 1007; daphne drops the
-    connection), logged without a traceback, and the next client gets its token."""
+    """Refused by the server's WebSocket layer, which closes with 1007 (uvicorn's own; daphne's
+    through challenges.daphneguard), audited as invalid_utf8, logged without a traceback, and
+    the next client gets its token."""
     authority = PrivateKey.generate()
     env = servers.base_env(tmp_path, RATE_LIMIT_PER_MINUTE="0", AUTHORITY_PRIVATE_KEY=str(authority))
     with servers.running(tmp_path, kind=kind, env=env) as server:
@@ -242,7 +252,9 @@ def test_a_text_frame_that_is_not_utf8_fails_the_connection_and_nothing_else(
             live.ws("\ud800")
         user = PrivateKey.generate()
         token = asyncio.run(get_token_async(server.ws, user, timeout=10))
+        audited = servers.wait_for(lambda: live.audited(Code.INVALID_UTF8) == 3, timeout=5)
         log = server.log()
+    assert audited, live.audited(Code.INVALID_UTF8)
     assert tokens.verify_token(token, issuer=authority.public)["sub"] == str(user.public)
     assert "Traceback" not in log, log
     assert " ERROR " not in log, log
