@@ -12,6 +12,7 @@ from pathlib import Path
 
 
 def _bench_parser() -> argparse.ArgumentParser:
+    from .memory import SETTLE_SECONDS
     from .run import CONFIGS
 
     parser = argparse.ArgumentParser(prog="python -m bench", description="Token-flow load benchmark.")
@@ -28,6 +29,12 @@ def _bench_parser() -> argparse.ArgumentParser:
         "--idle", type=int, default=10_000, help="idle sockets for the memory figure (0: skip)"
     )
     parser.add_argument("--hold", type=float, default=300, help="seconds make serve holds them (default 300)")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=SETTLE_SECONDS,
+        help=f"seconds RSS settles before each idle-socket reading (default {SETTLE_SECONDS:g})",
+    )
     parser.add_argument("--load", type=int, default=512, help="one more point at this many clients (0: skip)")
     parser.add_argument(
         "--audit-rows",
@@ -129,6 +136,7 @@ def main(argv: list[str]) -> int:
         flows=200 if args.quick else args.flows,
         idle=min(args.idle, 300) if args.quick else args.idle,
         hold=min(args.hold, 10) if args.quick else args.hold,
+        settle=args.settle,
         repeats=args.repeats,
         concurrency=[int(c) for c in args.concurrency.split(",") if c],
         configs=[c for c in args.configs.split(",") if c],

@@ -26,6 +26,7 @@ from .loadgen import classify, open_socket
 from .servers import Server
 
 OPEN_AT_ONCE = 50
+#: Seconds RSS is left to settle before each reading (before, held, closed).
 SETTLE_SECONDS = 2.0
 
 
@@ -50,7 +51,9 @@ class IdleMemory:
         return (self.held_kib - self.before_kib) / self.sockets if self.sockets else 0.0
 
 
-async def _hold(server: Server, count: int, result: IdleMemory, hold: float = 0.0) -> None:
+async def _hold(
+    server: Server, count: int, result: IdleMemory, hold: float = 0.0, settle: float = SETTLE_SECONDS
+) -> None:
     gate = asyncio.Semaphore(OPEN_AT_ONCE)
     pid = server.process.pid
 
@@ -65,14 +68,14 @@ async def _hold(server: Server, count: int, result: IdleMemory, hold: float = 0.
                 result.errors[f"open_{classify(exc)}"] += 1
                 return None
 
-    await asyncio.sleep(SETTLE_SECONDS)
+    await asyncio.sleep(settle)
     result.before_kib = await asyncio.to_thread(procs.rss_kib, pid)
     socks: list[ClientConnection] = []
     try:
         async with asyncio.timeout(120):
             socks = [ws for ws in await asyncio.gather(*(one() for _ in range(count))) if ws is not None]
         result.sockets = len(socks)
-        await asyncio.sleep(SETTLE_SECONDS)
+        await asyncio.sleep(settle)
         result.held_kib = await asyncio.to_thread(procs.rss_kib, pid)
         if hold:
             await asyncio.sleep(hold)
@@ -86,7 +89,7 @@ async def _hold(server: Server, count: int, result: IdleMemory, hold: float = 0.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(60):
                 await asyncio.gather(*(ws.close() for ws in socks), return_exceptions=True)
-    await asyncio.sleep(SETTLE_SECONDS)
+    await asyncio.sleep(settle)
     result.closed_kib = await asyncio.to_thread(procs.rss_kib, pid)
 
 
@@ -99,7 +102,9 @@ async def _ping(ws: ClientConnection) -> str | None:
     return None
 
 
-def measure(tmp: Path, *, authority: PrivateKey, count: int, hold: float = 0.0) -> list[IdleMemory]:
+def measure(
+    tmp: Path, *, authority: PrivateKey, count: int, hold: float = 0.0, settle: float = SETTLE_SECONDS
+) -> list[IdleMemory]:
     from .run import Target, drive
 
     results: list[IdleMemory] = []
@@ -115,7 +120,7 @@ def measure(tmp: Path, *, authority: PrivateKey, count: int, hold: float = 0.0) 
             held = (
                 hold if kind == "serve" and not compression else 0.0
             )  # the long hold: make serve's own setup
-            asyncio.run(_hold(server, count, result, held))
+            asyncio.run(_hold(server, count, result, held, settle))
             if server.process.poll() is not None:
                 result.errors["server_exited"] += 1
             results.append(result)

@@ -96,6 +96,8 @@ class Options:
     idle: int = 10_000
     #: Seconds the idle sockets of make serve are held (none may drop).
     hold: float = 300.0
+    #: Seconds RSS is left to settle before each idle-socket reading.
+    settle: float = memory.SETTLE_SECONDS
     repeats: int = 3
     concurrency: list[int] = field(default_factory=lambda: [1, 16, 128])
     configs: list[str] = field(default_factory=lambda: list(CONFIGS))
@@ -295,7 +297,8 @@ def _flows(
         }
         warmup: dict[str, dict[str, int]] = {}
         for name, target in targets.items():
-            warmup[name] = drive(target, concurrency=16, flows=WARMUP_FLOWS, cpu=cpu, issuer=issuer).errors
+            flows = min(WARMUP_FLOWS, options.flows)  # a short run needs no longer warm-up than its points
+            warmup[name] = drive(target, concurrency=16, flows=flows, cpu=cpu, issuer=issuer).errors
         for repeat in range(options.repeats):
             for c in options.concurrency:
                 for name, target in targets.items():
@@ -353,7 +356,13 @@ def bench(options: Options) -> int:
                 else []
             )
             idle = (
-                memory.measure(tmp / "memory", authority=authority, count=options.idle, hold=options.hold)
+                memory.measure(
+                    tmp / "memory",
+                    authority=authority,
+                    count=options.idle,
+                    hold=options.hold,
+                    settle=options.settle,
+                )
                 if options.idle
                 else []
             )

@@ -26,7 +26,8 @@ def test_a_short_benchmark_writes_its_report_and_charts(tmp_path):
     out = subprocess.run(
         [
             sys.executable, "-m", "bench", "--flows", "40", "--repeats", "1", "--concurrency", "1,4",
-            "--idle", "30", "--hold", "1", "--load", "8", "--audit-rows", "300", "--capacity-flows", "100",
+            "--idle", "30", "--hold", "1", "--settle", "0.2", "--load", "8", "--audit-rows", "300",
+            "--capacity-flows", "100",
             "--out", str(tmp_path),
             *postgres,
         ],
