@@ -17,7 +17,7 @@ from challenges.identity import PrivateKey, encode_buffer
 from challenges.tokens import verify_token
 from tests import servers
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.once]
 AUTHORITY = PrivateKey.generate()
 
 

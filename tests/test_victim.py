@@ -21,7 +21,7 @@ from challenges.identity import PrivateKey, encode_buffer
 from challenges.tokens import verify_token
 from tests import servers
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.once]
 AUTHORITY = PrivateKey.generate()
 ATTACKER, VICTIM = "127.0.0.3", "127.0.0.2"
 

@@ -161,6 +161,7 @@ async def test_unknown_and_forged_ids_get_an_error_within_seconds(cluster):
         assert time.monotonic() - started < 3.5
 
 
+@pytest.mark.once  # Redis's part: nothing in it depends on the database backend
 async def test_redis_restarted_between_challenge_and_signature(cluster):
     redis, a, b = cluster
     user = PrivateKey.generate()
@@ -176,6 +177,7 @@ async def test_redis_restarted_between_challenge_and_signature(cluster):
     assert audit(a, frame["id"])[0] == [("success", "A")]
 
 
+@pytest.mark.once  # Redis's part: nothing in it depends on the database backend
 async def test_redis_down_between_challenge_and_signature_then_back(cluster):
     redis, a, b = cluster
     user = PrivateKey.generate()
@@ -200,6 +202,7 @@ async def test_redis_down_between_challenge_and_signature_then_back(cluster):
     assert ("routing_unavailable", "B") in attempts
 
 
+@pytest.mark.once  # Redis's part: nothing in it depends on the database backend
 async def test_redis_down_when_a_flow_starts(cluster):
     redis, a, b = cluster
     redis.stop()
@@ -240,6 +243,7 @@ async def test_owning_worker_killed_between_challenge_and_signature(cluster):
     assert (await answer(b.ws, other, await ask(b.ws, other)))["type"] == "token"
 
 
+@pytest.mark.once  # Redis's part: nothing in it depends on the database backend
 async def test_idle_sockets_survive_with_the_redis_layer(cluster):
     """redis-py 8's 5 s socket timeout once closed idle sockets with 1011 every few seconds
     (django/channels_redis#422). Hold sockets idle for three of those periods, then use them."""
@@ -358,6 +362,7 @@ async def test_grpc_upstream_across_workers(tmp_path):
         assert "Traceback" not in log, log
 
 
+@pytest.mark.once  # Redis's part: nothing in it depends on the database backend
 async def test_a_routed_answer_costs_at_most_six_redis_commands(tmp_path):
     """Counted with ``INFO commandstats`` on the test's own Redis, with the rate limits on
     (their buckets are in Redis too; Redis counts the script and the two commands inside
