@@ -23,7 +23,7 @@ from challenges import daphneguard, grpcweb_consumer  # noqa: E402
 from challenges.config import RuntimeConfig  # noqa: E402
 from challenges.consumers import TokenConsumer  # noqa: E402
 from challenges.httpguard import HttpGuard  # noqa: E402
-from challenges.lifecycle import LifecycleApp, install_reactor_hooks  # noqa: E402
+from challenges.lifecycle import LifecycleApp, freeze_startup_heap, install_reactor_hooks  # noqa: E402
 from challenges.metricsview import MetricsEndpoint  # noqa: E402
 
 install_reactor_hooks()
@@ -42,3 +42,5 @@ application = LifecycleApp(
         }
     )
 )
+# Last: everything imported and built so far lives as long as the process.
+freeze_startup_heap()

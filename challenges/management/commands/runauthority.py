@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 from challenges.audit import AuditWriter
 from challenges.config import RuntimeConfig
 from challenges.gettoken import AuthorityConfig, StreamCap
+from challenges.lifecycle import freeze_startup_heap
 from challenges.rpc.tls import ServerTls, load_server_tls
 
 log = logging.getLogger("challenges.rpc.server")
@@ -125,6 +126,7 @@ class Command(BaseCommand):
         servicer = AuthorityServicer(config=config, audit=audit, cap=serving.cap, blocked=blocklist)
         server, port = create_server(address, servicer=servicer, api_keys=serving.keys, tls=serving.tls)
         await server.start()
+        freeze_startup_heap()
         host = address.rpartition(":")[0] or "0.0.0.0"  # noqa: S104 (only echoes the address given)
         self.stdout.write(f"listening on {host}:{port}")
         sys.stdout.flush()
