@@ -296,9 +296,9 @@ def _flows(
             for cfg in configs
         }
         warmup: dict[str, dict[str, int]] = {}
+        warm = min(WARMUP_FLOWS, options.flows)  # a short run needs no longer warm-up than its points
         for name, target in targets.items():
-            flows = min(WARMUP_FLOWS, options.flows)  # a short run needs no longer warm-up than its points
-            warmup[name] = drive(target, concurrency=16, flows=flows, cpu=cpu, issuer=issuer).errors
+            warmup[name] = drive(target, concurrency=16, flows=warm, cpu=cpu, issuer=issuer).errors
         for repeat in range(options.repeats):
             for c in options.concurrency:
                 for name, target in targets.items():

@@ -41,8 +41,8 @@ DRAIN_TIMEOUT = 6.0
 _background = TaskSet()
 
 
-def freeze_startup_heap() -> int:
-    """Move every object alive now into the collector's permanent generation; the count.
+def freeze_startup_heap() -> None:
+    """Move every object alive now into the collector's permanent generation.
 
     CPython's full (generation 2) collection walks every tracked object. A worker that has
     imported Django, Channels, gRPC and PyNaCl tracks about 94,000 at start-up, all alive
@@ -53,7 +53,6 @@ def freeze_startup_heap() -> int:
     """
     gc.collect()
     gc.freeze()
-    return gc.get_freeze_count()
 
 
 class LifecycleApp:

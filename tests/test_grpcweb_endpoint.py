@@ -86,11 +86,7 @@ def row(server: servers.Server, pub: str) -> tuple:
 
 def refusals(server: servers.Server, outcome: str) -> int:
     """Refusals of calls that never began are counted per address, code and minute."""
-    [(count,)] = server.rows(
-        "SELECT COALESCE(SUM(count), 0) FROM challenges_challengeattempt WHERE outcome = ? AND transport = ?",
-        (outcome, "grpc-web"),
-    )
-    return int(count)
+    return servers.refusals(server, outcome, "grpc-web")
 
 
 def wait_for_count(server: servers.Server, outcome: str, at_least: int) -> int:

@@ -92,13 +92,7 @@ def rss_kib(server: servers.Server) -> int:
 
 
 def refusals(server: servers.Server, outcome: str) -> int:
-    """How many refusals the audit counts (per address, code and minute a row, with a count)."""
-    rows = server.rows(
-        "SELECT COALESCE(SUM(count), 0) FROM challenges_challengeattempt"
-        " WHERE outcome = ? AND transport = 'http'",
-        (outcome,),
-    )
-    return int(rows[0][0])
+    return servers.refusals(server, outcome, "http")
 
 
 def error_code(body: bytes) -> str:

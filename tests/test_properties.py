@@ -152,13 +152,6 @@ class Live:
         self.told[Code.INVALID_UTF8] += 1
         return None
 
-    def audited(self, outcome: str) -> int:
-        """The refusals with ``outcome`` in the server's audit (rows aggregate repeats)."""
-        rows = self.server.rows(
-            "SELECT COALESCE(SUM(count), 0) FROM challenges_challengeattempt WHERE outcome = ?", (outcome,)
-        )
-        return int(rows[0][0])
-
     def post(self, path: str, body: bytes) -> dict[str, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
         try:
@@ -252,9 +245,9 @@ def test_a_text_frame_that_is_not_utf8_fails_the_connection_and_nothing_else(
             live.ws("\ud800")
         user = PrivateKey.generate()
         token = asyncio.run(get_token_async(server.ws, user, timeout=10))
-        audited = servers.wait_for(lambda: live.audited(Code.INVALID_UTF8) == 3, timeout=5)
+        audited = servers.wait_for(lambda: servers.refusals(server, Code.INVALID_UTF8) == 3, timeout=5)
         log = server.log()
-    assert audited, live.audited(Code.INVALID_UTF8)
+    assert audited, servers.refusals(server, Code.INVALID_UTF8)
     assert tokens.verify_token(token, issuer=authority.public)["sub"] == str(user.public)
     assert "Traceback" not in log, log
     assert " ERROR " not in log, log
