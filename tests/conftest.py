@@ -100,3 +100,18 @@ def _no_persistent_connections() -> None:
 def _drop_server_databases() -> Iterator[None]:
     yield
     servers.drop_server_databases()
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix: None, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """On SQLite, the test database is a WAL file, as production's is, not Django's default
+    in-memory database with a shared cache: there a connection that meets another's write
+    transaction fails at once ("database table is locked") instead of waiting, which the
+    audit writer's and the worker-status reporter's own connections made a random failure."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        database.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")

@@ -75,10 +75,16 @@ ASGI_APPLICATION = "tokensite.asgi.application"
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Concurrent readers with one writer, and a writer that waits, not fails.
+    # Concurrent readers with one writer, and a writer that waits, not fails. A transaction
+    # takes the write lock when it begins (IMMEDIATE): one that read first and wrote later
+    # would fail at once, not wait, if another connection committed in between.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+        {
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+        }
     )
 if env.str("TEST_DATABASE_NAME", default=""):
     # Lets concurrent test runs on one PostgreSQL server each have their own test database.
