@@ -163,6 +163,17 @@ class Command(BaseCommand):
         if options["last"] < 0 or not 0.05 <= options["interval"] <= 60:
             raise CommandError("--last must be >= 0 and --interval within [0.05, 60]")
         out = cast(TextIO, self.stdout._out)  # raw: each line flushed as it comes
+        if options["follow"]:
+            # Ctrl-C and SIGTERM end it cleanly from here on, even when started from a script
+            # that ignores SIGINT (a background job of a non-interactive shell inherits it so).
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, _interrupt)
+        try:
+            self._show(out, options)
+        except KeyboardInterrupt:
+            out.flush()
+
+    def _show(self, out: TextIO, options: dict[str, Any]) -> None:
         selected = {"outcome": options["outcome"], "worker": options["worker"]}
         rows = cli.attempts(selected, now=timezone.now())
         newest = ChallengeAttempt.objects.order_by("-id").values_list("id", flat=True).first() or 0
@@ -175,18 +186,11 @@ class Command(BaseCommand):
         follower = Follower(wanted(outcomes=options["outcome"], worker=options["worker"]), after=newest)
         for row in recent:
             follower.watch(row)
-        # Ctrl-C and SIGTERM end it cleanly, even when started from a script that ignores SIGINT
-        # (a background job of a non-interactive shell inherits SIGINT ignored).
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, _interrupt)
-        try:
-            while True:
-                for text in follower.poll():
-                    out.write(text + "\n")
-                out.flush()
-                time.sleep(options["interval"])
-        except KeyboardInterrupt:
+        while True:
+            for text in follower.poll():
+                out.write(text + "\n")
             out.flush()
+            time.sleep(options["interval"])
 
 
 def _interrupt(signum: int, frame: object) -> None:
