@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -46,9 +46,12 @@ class PublicKey:
     """An Ed25519 public key and its canonical string."""
 
     raw: bytes
+    #: The canonical string when the key was parsed from it: a flow names its key in the
+    #: audit, the log, the blocklist check and the relay, and need not encode it each time.
+    _text: str = field(default="", compare=False, repr=False, kw_only=True)
 
     def __str__(self) -> str:
-        return format_public_key(self.raw)
+        return self._text or format_public_key(self.raw)
 
     def verify(self, message: bytes, signature: bytes) -> None:
         """Raise :class:`SignatureError` unless ``signature`` signs ``message``."""
@@ -135,7 +138,7 @@ def parse_public_key(text: object) -> PublicKey:
         raise IdentityError("the public key is not an Ed25519 key (libp2p type 1)")
     if data[:4] != PUBLIC_PREFIX:
         raise IdentityError("the public key does not hold 32 bytes of key data")
-    return PublicKey(data[4:])
+    return PublicKey(data[4:], _text=text)  # canonical: _b32decode refuses any other spelling
 
 
 def parse_private_key(text: str) -> PrivateKey:

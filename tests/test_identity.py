@@ -115,6 +115,19 @@ def test_generated_keys_round_trip():
     assert parse_public_key(str(key.public)) == key.public
 
 
+def test_a_parsed_public_key_keeps_its_string_and_equals_the_same_key_from_bytes():
+    """A parsed key keeps the string it came from (a flow names its key many times); the
+    kept string is no part of the key's identity."""
+    text = str(PrivateKey.generate().public)
+    parsed = parse_public_key(text)
+    from_bytes = PublicKey(parsed.raw)
+    assert str(parsed) == str(from_bytes) == text
+    assert parsed == from_bytes
+    assert hash(parsed) == hash(from_bytes)
+    assert {parsed: 1}[from_bytes] == 1
+    assert repr(parsed) == repr(from_bytes)  # the kept string is not shown twice
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
