@@ -85,6 +85,13 @@ CONFIGS = {
             "relay",
             baseline="serve",
         ),
+        Config(
+            "remote",
+            "the same relay with `runauthority` on the load generator's CPU, off the provider's core,"
+            " as an authority on its own host is",
+            "remote",
+            baseline="serve",
+        ),
     )
 }
 WARMUP_FLOWS = 100
@@ -224,13 +231,19 @@ def drive(target: Target, *, concurrency: int, flows: int, cpu: int | None, issu
 
 
 def _start_groups(
-    stack: contextlib.ExitStack, tmp: Path, groups: set[str], authority: PrivateKey, cpus: set[int] | None
+    stack: contextlib.ExitStack,
+    tmp: Path,
+    groups: set[str],
+    authority: PrivateKey,
+    cpus: set[int] | None,
+    other_cpus: set[int] | None = None,
 ) -> dict[str, Target]:
-    """The servers of each group, started once: a template Target per group."""
+    """The servers of each group, started once: a template Target per group. Every server
+    process is pinned to ``cpus``, but the ``remote`` group's authority, to ``other_cpus``."""
 
-    def started(server: Server) -> Server:
+    def started(server: Server, on: set[int] | None = cpus) -> Server:
         stack.callback(server.stop)
-        procs.pin(server.process.pid, cpus)
+        procs.pin(server.process.pid, on)
         return server
 
     found: dict[str, Target] = {}
@@ -265,9 +278,9 @@ def _start_groups(
                 ["worker A", "worker B", "redis-server"],
                 redis.port,
             )
-        elif group == "relay":
+        elif group in ("relay", "remote"):
             hub, relay = procs.start_relay(where, authority=authority)
-            started(hub)
+            started(hub, cpus if group == "relay" else other_cpus)
             started(relay)
             found[group] = Target(
                 group,
@@ -290,7 +303,9 @@ def _flows(
     configs = [CONFIGS[name] for name in options.configs]
     points = {(c, cfg.name): Point(cfg.name, c) for c in options.concurrency for cfg in configs}
     with contextlib.ExitStack() as stack:
-        groups = _start_groups(stack, tmp, {cfg.group for cfg in configs}, authority, server_cpus)
+        groups = _start_groups(
+            stack, tmp, {cfg.group for cfg in configs}, authority, server_cpus, client_cpus
+        )
         targets = {
             cfg.name: Target(**{**asdict(groups[cfg.group]), "name": cfg.name, "mode": cfg.mode})
             for cfg in configs
