@@ -48,6 +48,8 @@ class RuntimeConfig:
     #: Request bodies: bytes by path, and seconds to arrive (challenges.httpguard).
     http: BodyLimits = field(default_factory=BodyLimits)
     rate: Rate = field(default_factory=Rate)
+    #: Sign-in attempts on the admin, per address (challenges.httpguard).
+    login_rate: Rate = field(default_factory=lambda: Rate(per_minute=5, burst=10))
     rate_redis_grace: float = 30.0
     #: The bearer token introspection callers present (empty: introspection refuses everyone).
     introspection_token: str = field(default="", repr=False)
@@ -123,6 +125,7 @@ class RuntimeConfig:
             relay_resume_grace=settings.RELAY_RESUME_GRACE,
             route_check_every=settings.ROUTE_LIVENESS_CHECK,
             rate=Rate(per_minute=settings.RATE_LIMIT_PER_MINUTE, burst=settings.RATE_LIMIT_BURST),
+            login_rate=Rate(per_minute=settings.ADMIN_LOGIN_PER_MINUTE, burst=settings.ADMIN_LOGIN_BURST),
             rate_redis_grace=settings.RATE_LIMIT_REDIS_GRACE,
             introspection_token=settings.INTROSPECTION_TOKEN,
             previous_keys=tuple(settings.AUTHORITY_PREVIOUS_KEYS),

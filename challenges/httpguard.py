@@ -13,6 +13,9 @@ file) before any view runs, and waits for it as long as the client likes.
 * every request but ``GET /api/health`` (a load balancer's probe) takes a
   token from its address's rate limit (:mod:`challenges.ratelimit`): none
   left, 429 ``rate_limited`` with ``Retry-After``;
+* a sign-in attempt on the admin (a ``POST`` to its login page) takes one more
+  from its address's sign-in bucket (``ADMIN_LOGIN_PER_MINUTE``, far slower), so
+  passwords cannot be guessed at the request rate;
 * while it runs, a request holds one of its address's connection slots, the
   ones WebSockets count against (:class:`~challenges.limits.Limits`): none
   free, 429 ``too_many_connections``.
@@ -29,15 +32,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from functools import cache
 from typing import Any
 
+from django.urls import reverse
+
 from . import httpapi, runtime
-from .errors import ChallengeError, Code, FrameError
+from .errors import ChallengeError, Code, FrameError, RateLimited
 from .http import refusal
 from .limits import address_scope
 from .pipeline import Conversation
 
 HEALTH = "/api/health"
+#: The sign-in buckets' scopes: apart from the request rate's.
+SIGN_IN = "sign-in:"
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -57,6 +65,8 @@ class HttpGuard:
         try:
             if scope.get("path") != HEALTH:  # a load balancer's probe is not a client's request
                 await rt.limiter.take(address_scope(conv.client.ip))
+            if scope.get("method") == "POST" and scope.get("path") == _login_path():
+                await _take_sign_in(rt, address_scope(conv.client.ip))
             rt.limits.open_connection(conv.client.ip)
         except ChallengeError as error:
             await _refuse(rt, conv, send, error)
@@ -88,6 +98,21 @@ async def _body(
     except ChallengeError as error:
         await _refuse(rt, conv, send, error)
     return None
+
+
+@cache
+def _login_path() -> str:
+    return reverse("admin:login")
+
+
+async def _take_sign_in(rt: runtime.Runtime, scope: str) -> None:
+    try:
+        await rt.login_limiter.take(SIGN_IN + scope)
+    except RateLimited as limited:
+        wait = limited.retry_after
+        raise RateLimited(
+            f"too many sign-in attempts from this address; retry in {wait} s", retry_after=wait
+        ) from None
 
 
 def too_large(limit: int) -> FrameError:

@@ -33,7 +33,7 @@ from .limits import Limits
 from .liveness import PROCESS_WORKERS, Liveness, LocalLiveness, RedisLiveness
 from .outcomes import Outcomes
 from .pipeline import Pipeline
-from .ratelimit import LocalBuckets, RateLimiter, RedisBuckets
+from .ratelimit import LocalBuckets, Rate, RateLimiter, RedisBuckets
 from .refusals import Refusals
 from .revocation import Blocklist
 from .routing import Router, new_tag
@@ -57,11 +57,9 @@ class Runtime:
         self.audit = AuditWriter(metrics=self.metrics)
         self.refusals = Refusals(audit=self.audit, clock=self.clock)
         self.blocklist = Blocklist(version=selectors.revocation_version, load=selectors.blocked_keys)
-        self.limiter: RateLimiter = (
-            RedisBuckets(config.rate, redis=self.redis, clock=self.clock, grace=config.rate_redis_grace)
-            if self.redis is not None
-            else LocalBuckets(config.rate, clock=self.clock)
-        )
+        self.limiter = self._limiter(config.rate)
+        #: Sign-in attempts on the admin, per address (challenges.httpguard).
+        self.login_limiter = self._limiter(config.login_rate)
         #: The caps: pending challenges (the service's) and connections per address (the edges').
         self.limits = Limits(config.caps, on_pending=self.metrics.pending)
         self.service = FlowService(
@@ -202,6 +200,11 @@ class Runtime:
         if self.redis is not None:
             await self.redis.aclose()
         metrics.process_stopped()
+
+    def _limiter(self, rate: Rate) -> RateLimiter:
+        if self.redis is not None:
+            return RedisBuckets(rate, redis=self.redis, clock=self.clock, grace=self.config.rate_redis_grace)
+        return LocalBuckets(rate, clock=self.clock)
 
     def _optional_signer(self) -> PrivateKey | None:
         if self.config.token_upstream == "local" or self.config.authority_private_key or self.config.debug:

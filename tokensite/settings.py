@@ -212,6 +212,11 @@ MAX_ERRORS_PER_CONNECTION = env.int("MAX_ERRORS_PER_CONNECTION", default=20)
 #: request. 0 turns it off. Shared through Redis when REDIS_URL is set.
 RATE_LIMIT_PER_MINUTE = env.float("RATE_LIMIT_PER_MINUTE", default=300.0)
 RATE_LIMIT_BURST = env.int("RATE_LIMIT_BURST", default=60)
+#: Sign-in attempts on the admin (a POST to its login page) per address: a bucket of their own,
+#: on top of the request rate, refilled at this many a minute and holding at most
+#: ADMIN_LOGIN_BURST. 0 turns it off. Shared through Redis when REDIS_URL is set.
+ADMIN_LOGIN_PER_MINUTE = env.float("ADMIN_LOGIN_PER_MINUTE", default=5.0)
+ADMIN_LOGIN_BURST = env.int("ADMIN_LOGIN_BURST", default=10)
 #: Seconds the shared rate limits count in-process while Redis is unreachable; then new
 #: requests are refused (limits_unavailable).
 RATE_LIMIT_REDIS_GRACE = env.float("RATE_LIMIT_REDIS_GRACE", default=30.0)
