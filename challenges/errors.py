@@ -89,6 +89,10 @@ class Code(StrEnum):
     TOO_MANY_CONNECTIONS = "too_many_connections", "too many connections from this address"
     TOO_MANY_ERRORS = "too_many_errors", "too many bad frames on this connection"
     RATE_LIMITED = "rate_limited", "too many requests from this address; retry after 'retry_after' seconds"
+    TOO_MANY_SIGN_INS = (
+        "too_many_sign_ins",
+        "too many sign-in attempts on the admin from this address; retry after 'retry_after' seconds",
+    )
     LIMITS_UNAVAILABLE = "limits_unavailable", "the shared rate limits cannot be reached; retry shortly"
     KEY_BLOCKED = "key_blocked", "an operator blocked this public key"
     ORIGIN_NOT_ALLOWED = "origin_not_allowed", "the page's Origin is not allowed to get tokens here"
@@ -178,6 +182,12 @@ class RateLimited(LimitError):
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class SignInLimited(RateLimited):
+    """Too many sign-in attempts on the admin from one address (the request rate's sibling)."""
+
+    code = Code.TOO_MANY_SIGN_INS
 
 
 class RefusedError(ChallengeError):

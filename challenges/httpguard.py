@@ -13,9 +13,10 @@ file) before any view runs, and waits for it as long as the client likes.
 * every request but ``GET /api/health`` (a load balancer's probe) takes a
   token from its address's rate limit (:mod:`challenges.ratelimit`): none
   left, 429 ``rate_limited`` with ``Retry-After``;
-* a sign-in attempt on the admin (a ``POST`` to its login page) takes one more
-  from its address's sign-in bucket (``ADMIN_LOGIN_PER_MINUTE``, far slower), so
-  passwords cannot be guessed at the request rate;
+* a sign-in attempt on the admin (a ``POST`` to its login page whose body
+  arrived) takes one more from its address's sign-in bucket
+  (``ADMIN_LOGIN_PER_MINUTE``, far slower), so passwords cannot be guessed at
+  the request rate: none left, 429 ``too_many_sign_ins``;
 * while it runs, a request holds one of its address's connection slots, the
   ones WebSockets count against (:class:`~challenges.limits.Limits`): none
   free, 429 ``too_many_connections``.
@@ -35,10 +36,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from functools import cache
 from typing import Any
 
-from django.urls import reverse
+from django.urls import NoReverseMatch, get_script_prefix, reverse
 
 from . import httpapi, runtime
-from .errors import ChallengeError, Code, FrameError, RateLimited
+from .errors import ChallengeError, Code, FrameError, RateLimited, SignInLimited
 from .http import refusal
 from .limits import address_scope
 from .pipeline import Conversation
@@ -62,20 +63,21 @@ class HttpGuard:
             return
         rt = await runtime.get()
         conv = Conversation(client=rt.config.clients.describe(scope, transport="http"))
+        address = address_scope(conv.client.ip)
         try:
             if scope.get("path") != HEALTH:  # a load balancer's probe is not a client's request
-                await rt.limiter.take(address_scope(conv.client.ip))
-            if scope.get("method") == "POST" and scope.get("path") == _login_path():
-                await _take_sign_in(rt, address_scope(conv.client.ip))
+                await rt.limiter.take(address)
             rt.limits.open_connection(conv.client.ip)
         except ChallengeError as error:
             await _refuse(rt, conv, send, error)
             return
         try:
             body = await _body(rt, conv, scope, receive, send)
-            if body is not None and httpapi.handles(scope):
+            if body is None:
+                return  # refused (and answered), or the client left
+            if httpapi.handles(scope):
                 await httpapi.answer(rt, conv, scope, body, send)  # the two-step: no Django
-            elif body is not None:
+            elif not _signs_in(scope) or await _sign_in_allowed(rt, conv, address, send):
                 await self.app(scope, _replay(body, receive), send)
         finally:
             rt.limits.close_connection(conv.client.ip)
@@ -101,18 +103,33 @@ async def _body(
 
 
 @cache
-def _login_path() -> str:
-    return reverse("admin:login")
-
-
-async def _take_sign_in(rt: runtime.Runtime, scope: str) -> None:
+def _login_path() -> str | None:
+    """The admin's login page below the application's root (None: no admin is routed)."""
     try:
-        await rt.login_limiter.take(SIGN_IN + scope)
+        return "/" + reverse("admin:login").removeprefix(get_script_prefix())
+    except NoReverseMatch:
+        return None
+
+
+def _signs_in(scope: Mapping[str, Any]) -> bool:
+    """A ``POST`` to the admin's login page (the scope's path includes its ``root_path``)."""
+    path = str(scope.get("path", "")).removeprefix(str(scope.get("root_path", "")))
+    return scope.get("method") == "POST" and path == _login_path()
+
+
+async def _sign_in_allowed(rt: runtime.Runtime, conv: Conversation, address: str, send: Send) -> bool:
+    """Take a sign-in attempt from the address's bucket; False once refused and answered."""
+    try:
+        await rt.login_limiter.take(SIGN_IN + address)
     except RateLimited as limited:
         wait = limited.retry_after
-        raise RateLimited(
-            f"too many sign-in attempts from this address; retry in {wait} s", retry_after=wait
-        ) from None
+        message = f"too many sign-in attempts from this address; retry in {wait} s"
+        await _refuse(rt, conv, send, SignInLimited(message, retry_after=wait))
+        return False
+    except ChallengeError as error:  # the shared limits unreachable
+        await _refuse(rt, conv, send, error)
+        return False
+    return True
 
 
 def too_large(limit: int) -> FrameError:

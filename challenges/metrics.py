@@ -89,6 +89,7 @@ UPSTREAM_STATUS = Counter(
 REFUSAL_KINDS = frozenset(
     {
         "rate_limited",
+        "too_many_sign_ins",
         "too_many_pending",
         "too_many_connections",
         "too_many_errors",
