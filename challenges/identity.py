@@ -46,9 +46,10 @@ class PublicKey:
     """An Ed25519 public key and its canonical string."""
 
     raw: bytes
-    #: The canonical string when the key was parsed from it: a flow names its key in the
-    #: audit, the log, the blocklist check and the relay, and need not encode it each time.
-    _text: str = field(default="", compare=False, repr=False, kw_only=True)
+    #: The canonical string, kept by :func:`parse_public_key` (never an argument, so no
+    #: other string can be passed in, and ``dataclasses.replace`` does not carry it over):
+    #: a flow names its key in the audit, the log, the blocklist check and the relay.
+    _text: str = field(default="", init=False, compare=False, repr=False)
 
     def __str__(self) -> str:
         return self._text or format_public_key(self.raw)
@@ -138,7 +139,9 @@ def parse_public_key(text: object) -> PublicKey:
         raise IdentityError("the public key is not an Ed25519 key (libp2p type 1)")
     if data[:4] != PUBLIC_PREFIX:
         raise IdentityError("the public key does not hold 32 bytes of key data")
-    return PublicKey(data[4:], _text=text)  # canonical: _b32decode refuses any other spelling
+    key = PublicKey(data[4:])
+    object.__setattr__(key, "_text", text)  # canonical: _b32decode refuses any other spelling
+    return key
 
 
 def parse_private_key(text: str) -> PrivateKey:

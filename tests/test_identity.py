@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,8 @@ def test_a_parsed_public_key_keeps_its_string_and_equals_the_same_key_from_bytes
     assert hash(parsed) == hash(from_bytes)
     assert {parsed: 1}[from_bytes] == 1
     assert repr(parsed) == repr(from_bytes)  # the kept string is not shown twice
+    other = PrivateKey.generate().public
+    assert str(replace(parsed, raw=other.raw)) == str(other)  # no stale string
 
 
 @pytest.mark.parametrize(
