@@ -320,8 +320,9 @@ def _relay(by: dict[Any, Any], costs: dict[int, Any], ratio: Any) -> list[str]:
         " point) costs what the bare columns show. The ceiling is the ratio the relay would reach if it cost"
         " only the local flow plus that exchange: serve / (serve + bare client + bare server). With the"
         " authority on another host, as a Hub is, the provider's core carries only the provider's share:"
-        " serve / provider is the ratio its CPU alone would allow, and `remote` measures it, with"
-        " `runauthority` on the load generator's CPU.",
+        " serve / provider is the ratio its CPU alone would allow (the provider's CPU as `remote`"
+        " measured it, with `runauthority` on the load generator's CPU; as `relay` did, without"
+        " `remote`), and the remote ratio is what `remote` reached.",
         "",
         "| clients | local flow (serve) CPU ms | provider | runauthority | bare gRPC client"
         " | bare gRPC server | bare gRPC calls/s | relay ratio | ceiling | serve / provider | remote ratio |",
@@ -334,10 +335,12 @@ def _relay(by: dict[Any, Any], costs: dict[int, Any], ratio: Any) -> list[str]:
             statistics.median(r.cpu_by_role.get(role, 0.0) for r in relay.runs)
             for role in ("provider", "runauthority")
         )
+        alone = by.get(("remote", c), relay)  # the provider with the authority off its core
+        own = statistics.median(r.cpu_by_role.get("provider", 0.0) for r in alone.runs)
         lines.append(
             f"| c={c} | {local:.2f} | {provider:.2f} | {authority:.2f} | {cost.client_ms:.2f}"
             f" | {cost.server_ms:.2f} | {cost.rate:,.0f} | {ratio('relay', c)}"
-            f" | {ceiling[c]:.2f} | {local / provider if provider else 0:.2f} | {ratio('remote', c)} |"
+            f" | {ceiling[c]:.2f} | {local / own if own else 0:.2f} | {ratio('remote', c)} |"
         )
     return lines
 
@@ -436,12 +439,14 @@ METHOD = [
     " (`MAX_CONNECTIONS_PER_IP`, `MAX_PENDING_PER_IP`: all load comes from 127.0.0.1); all"
     " server-side processes (both workers and redis-server included) are pinned to the first CPU, the load"
     " generator (a separate process) to the last, so every configuration gets the same server budget of"
-    " one core. Server CPU is user+system time of those processes over the run, divided by the flows.",
+    " one core. Server CPU is user+system time of those processes over the run, divided by the flows"
+    " (`remote`'s `runauthority` included, though it runs on the other CPU).",
     "- `relay` / `remote`: the provider relays to `runauthority` over gRPC. In `relay` both are on the"
     " server core; in `remote` `runauthority` runs on the load generator's CPU, the nearest this machine"
-    " has to an authority on its own host (it takes CPU from the load generator, so it can only"
-    " understate the provider). A relay's upstream is another service: `remote` is what the relay"
-    " target is read on, and `relay` is what the pair costs together (against its ceiling).",
+    " has to an authority on its own host (it takes CPU from the load generator; and it answers over"
+    " loopback, where a remote authority would add the network's round trips to every flow). A relay's"
+    " upstream is another service: `remote` is what the relay target is read on, and `relay` is what"
+    " the pair costs together (against its ceiling). With `--no-pin`, `remote` runs as `relay` does.",
     "- Repeats are interleaved (each repeat visits every concurrency and configuration in turn); every"
     " configuration is warmed up with 100 flows first. The machine is shared: the ratio to the floor and"
     " the server CPU per flow are steadier than flows/s.",
