@@ -39,7 +39,7 @@ from typing import Any
 from django.urls import NoReverseMatch, get_script_prefix, reverse
 
 from . import httpapi, runtime
-from .errors import ChallengeError, Code, FrameError, RateLimited, SignInLimited
+from .errors import ChallengeError, Code, FrameError
 from .http import refusal
 from .limits import address_scope
 from .pipeline import Conversation
@@ -121,12 +121,7 @@ async def _sign_in_allowed(rt: runtime.Runtime, conv: Conversation, address: str
     """Take a sign-in attempt from the address's bucket; False once refused and answered."""
     try:
         await rt.login_limiter.take(SIGN_IN + address)
-    except RateLimited as limited:
-        wait = limited.retry_after
-        message = f"too many sign-in attempts from this address; retry in {wait} s"
-        await _refuse(rt, conv, send, SignInLimited(message, retry_after=wait))
-        return False
-    except ChallengeError as error:  # the shared limits unreachable
+    except ChallengeError as error:  # too_many_sign_ins, or the shared limits unreachable
         await _refuse(rt, conv, send, error)
         return False
     return True

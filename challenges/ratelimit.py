@@ -4,7 +4,8 @@ Each address scope (:func:`challenges.limits.address_scope`) has a bucket of
 ``burst`` tokens refilled at ``per_minute``; a request takes one, or is
 refused with ``rate_limited`` and the seconds until one is there
 (``retry_after``). What is charged: opening a WebSocket, each ``token`` frame
-on it, and each HTTP request.
+on it, and each HTTP request. A second, slower limiter counts the admin's
+sign-in attempts; it refuses with ``too_many_sign_ins`` (its ``refusal``).
 
 * :class:`LocalBuckets` (no ``REDIS_URL``): the buckets of this process, at
   most ``max_scopes`` of them (the least recently used full ones go first).
@@ -20,11 +21,12 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .clock import Clock
-from .errors import Code, RateLimited, RefusedError
+from .errors import Code, RateLimited, RefusedError, SignInLimited
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +50,27 @@ class RateLimiter(Protocol):
 
 
 def refused(wait: float) -> RateLimited:
+    """The request rate's refusal: ``rate_limited``."""
     seconds = max(1, math.ceil(wait))
     return RateLimited(f"too many requests from this address; retry in {seconds} s", retry_after=seconds)
 
 
+def sign_ins_refused(wait: float) -> RateLimited:
+    """The admin's sign-in attempts' refusal: ``too_many_sign_ins``."""
+    seconds = max(1, math.ceil(wait))
+    message = f"too many sign-in attempts from this address; retry in {seconds} s"
+    return SignInLimited(message, retry_after=seconds)
+
+
+#: What a limiter raises when a bucket is empty, from the seconds until it is not.
+Refusal = Callable[[float], RateLimited]
+
+
 class LocalBuckets:
-    def __init__(self, rate: Rate, *, clock: Clock, max_scopes: int = 100_000) -> None:
+    def __init__(
+        self, rate: Rate, *, clock: Clock, max_scopes: int = 100_000, refusal: Refusal = refused
+    ) -> None:
+        self.refusal = refusal
         self.rate = rate
         self.clock = clock
         self.max_scopes = max_scopes
@@ -63,7 +80,7 @@ class LocalBuckets:
     async def take(self, scope: str) -> None:
         wait = self.wait(scope)
         if wait:
-            raise refused(wait)
+            raise self.refusal(wait)
 
     def wait(self, scope: str) -> float:
         """Take a token if there is one (0.0), else the seconds until there is one."""
@@ -107,13 +124,16 @@ return wait
 class RedisBuckets:
     PREFIX = "tokenflow:rate:"
 
-    def __init__(self, rate: Rate, *, redis: Any, clock: Clock, grace: float = 30.0) -> None:
+    def __init__(
+        self, rate: Rate, *, redis: Any, clock: Clock, grace: float = 30.0, refusal: Refusal = refused
+    ) -> None:
+        self.refusal = refusal
         self.rate = rate
         self.clock = clock
         self.grace = grace
         self._redis = redis
         self._script = redis.register_script(_SCRIPT)
-        self._local = LocalBuckets(rate, clock=clock)
+        self._local = LocalBuckets(rate, clock=clock, refusal=refusal)
         self._down_since: float | None = None
 
     async def take(self, scope: str) -> None:
@@ -135,7 +155,7 @@ class RedisBuckets:
             log.info("rate limits are shared through Redis again")
             self._down_since = None
         if wait_ms:
-            raise refused(int(wait_ms) / 1000)
+            raise self.refusal(int(wait_ms) / 1000)
 
     async def _fallback(self, scope: str, exc: Exception) -> None:
         now = self.clock.monotonic()

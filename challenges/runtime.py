@@ -33,7 +33,7 @@ from .limits import Limits
 from .liveness import PROCESS_WORKERS, Liveness, LocalLiveness, RedisLiveness
 from .outcomes import Outcomes
 from .pipeline import Pipeline
-from .ratelimit import LocalBuckets, Rate, RateLimiter, RedisBuckets
+from .ratelimit import LocalBuckets, Rate, RateLimiter, RedisBuckets, Refusal, refused, sign_ins_refused
 from .refusals import Refusals
 from .revocation import Blocklist
 from .routing import Router, new_tag
@@ -59,7 +59,7 @@ class Runtime:
         self.blocklist = Blocklist(version=selectors.revocation_version, load=selectors.blocked_keys)
         self.limiter = self._limiter(config.rate)
         #: Sign-in attempts on the admin, per address (challenges.httpguard).
-        self.login_limiter = self._limiter(config.login_rate)
+        self.login_limiter = self._limiter(config.login_rate, refusal=sign_ins_refused)
         #: The caps: pending challenges (the service's) and connections per address (the edges').
         self.limits = Limits(config.caps, on_pending=self.metrics.pending)
         self.service = FlowService(
@@ -201,10 +201,11 @@ class Runtime:
             await self.redis.aclose()
         metrics.process_stopped()
 
-    def _limiter(self, rate: Rate) -> RateLimiter:
+    def _limiter(self, rate: Rate, *, refusal: Refusal = refused) -> RateLimiter:
         if self.redis is not None:
-            return RedisBuckets(rate, redis=self.redis, clock=self.clock, grace=self.config.rate_redis_grace)
-        return LocalBuckets(rate, clock=self.clock)
+            grace = self.config.rate_redis_grace
+            return RedisBuckets(rate, redis=self.redis, clock=self.clock, grace=grace, refusal=refusal)
+        return LocalBuckets(rate, clock=self.clock, refusal=refusal)
 
     def _optional_signer(self) -> PrivateKey | None:
         if self.config.token_upstream == "local" or self.config.authority_private_key or self.config.debug:
