@@ -17,7 +17,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from . import protocol, runtime
-from .errors import ChallengeError, Code, FrameError, LimitError
+from .errors import CLOSE_INVALID_PAYLOAD, ChallengeError, Code, LimitError, not_utf8
 from .limits import address_scope
 from .pipeline import Conversation
 from .tokens import MintedToken
@@ -26,9 +26,6 @@ from .tokens import MintedToken
 #: 4008 mirrors 1008 "policy violation", 4009 mirrors 1009 "message too big".
 CLOSE_POLICY = 4008
 CLOSE_TOO_LARGE = 4009
-#: RFC 6455's "invalid frame payload data": uvicorn and daphne (see challenges.daphneguard)
-#: close with it on a text frame that is not UTF-8, before the consumer sees the frame.
-CLOSE_INVALID_PAYLOAD = 1007
 
 
 class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
@@ -104,8 +101,7 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if code == CLOSE_INVALID_PAYLOAD and self.conv is not None:
             # The server's WebSocket layer refused a frame the consumer never saw (and told
             # the client with the close code): only the audit is left to do.
-            refused = FrameError("a text frame is not UTF-8", code=Code.INVALID_UTF8)
-            await self.runtime.pipeline.refuse(self.conv, refused)
+            await self.runtime.pipeline.refuse(self.conv, not_utf8())
         await self.disconnect(code)
         raise StopConsumer()
 

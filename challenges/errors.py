@@ -154,6 +154,17 @@ class FrameError(ChallengeError):
     code = Code.INVALID_FRAME
 
 
+#: RFC 6455's "invalid frame payload data": uvicorn and daphne (see challenges.daphneguard)
+#: close with it on a text frame that is not UTF-8, before the application sees the frame,
+#: which hears of it only in the disconnect.
+CLOSE_INVALID_PAYLOAD = 1007
+
+
+def not_utf8() -> FrameError:
+    """What a connection closed with :data:`CLOSE_INVALID_PAYLOAD` is audited as."""
+    return FrameError("a text frame is not UTF-8", code=Code.INVALID_UTF8)
+
+
 class PubKeyError(ChallengeError):
     code = Code.INVALID_PUB
 

@@ -21,7 +21,9 @@ Every call is an audit row (``transport`` ``grpc-web``, with its API key as
 call refused before it began (admission, a malformed or missing metadata
 block, the server shutting down), a refusal counted per address, code and
 minute as ``/ws/token``'s are. Malformed framing gets a trailer naming what
-was wrong and a normal close, never 1011. When the server drains, a call in
+was wrong and a normal close, never 1011 (a text message that is not UTF-8
+is closed by the server's WebSocket layer, 1007: the call ends as
+``invalid_utf8``, not as cancelled). When the server drains, a call in
 progress ends with ``UNAVAILABLE`` "the server is shutting down; retry".
 """
 
@@ -36,7 +38,7 @@ from typing import Any
 from . import grpcweb, runtime
 from .apikeys import API_KEY_HEADER
 from .clients import ClientInfo
-from .errors import ApiKeyError, ChallengeError, Code, RefusedError
+from .errors import CLOSE_INVALID_PAYLOAD, ApiKeyError, ChallengeError, Code, RefusedError, not_utf8
 from .gettoken import FIRST_MESSAGE_WAIT, Caller, Reply
 from .grpcweb import Request
 from .hub import GetTokenService
@@ -58,6 +60,9 @@ METADATA_WAIT = 10.0
 MAX_QUEUED = 8
 #: A message larger than this is refused unread (a metadata block or a frame over 64 KiB).
 MAX_QUEUED_BYTES = grpcweb.MAX_MESSAGE_BYTES + 6
+#: Seconds a call failed by the server's WebSocket layer has to audit its end before it is
+#: cancelled (it only has its audit row to write: the socket is gone).
+FAILED_CALL_WAIT = 5.0
 _SHUTDOWN = object()
 
 
@@ -82,6 +87,11 @@ class GetTokenSocket:
             while True:  # until the socket is closed, by either side
                 message = await receive()
                 if message["type"] == "websocket.disconnect":
+                    if message.get("code") == CLOSE_INVALID_PAYLOAD:
+                        # A text frame that was not UTF-8, refused by the server's WebSocket
+                        # layer: the call ends with it (audited as such), not as cancelled.
+                        connection.fail(not_utf8())
+                        await asyncio.wait({call}, timeout=FAILED_CALL_WAIT)
                     break
                 if message["type"] == "websocket.receive":
                     connection.feed(message)
@@ -125,6 +135,12 @@ class _Connection:
             self.closed = True
         else:
             self.inbox.put_nowait(data)
+
+    def fail(self, error: ChallengeError) -> None:
+        """The server's WebSocket layer failed the connection: whatever the call waits for
+        next is ``error``, and nothing more is read."""
+        self.closed = True
+        self.inbox.put_nowait(error)
 
     def stop(self) -> None:
         """The server drains: whatever the call waits for next is the shutdown."""

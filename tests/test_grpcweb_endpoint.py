@@ -280,6 +280,32 @@ async def test_hostile_input_in_the_call(server, case, status, says, outcome):
         assert audited[:4] == (outcome, Status(status).name, "grpc-web", API_KEY)
 
 
+async def test_a_text_frame_that_is_not_utf8_ends_the_call_audited_as_such(server):
+    """The server's WebSocket layer refuses it before the endpoint sees it and closes with 1007
+    (uvicorn's own; daphne's through challenges.daphneguard). Before the metadata block it is
+    a refusal counted per address; in the call, the call's row says invalid_utf8, not that
+    the caller cancelled."""
+    before = refusals(server, "invalid_utf8")
+    call = await Call.open(base(server))
+    await call.ws.send(b"\xff\xfe", text=True)
+    assert (await call.end()).close_code == 1007
+    assert wait_for_count(server, "invalid_utf8", before + 1) == before + 1
+
+    user = PrivateKey.generate()
+    call = await Call.open(base(server))
+    await call.send(metadata_block(), key_message(str(user.public)))
+    await call.challenge()
+    await call.ws.send(b"sig\xc0", text=True)
+    assert (await call.end()).close_code == 1007
+    assert row(server, str(user.public))[:4] == ("invalid_utf8", "INTERNAL", "grpc-web", API_KEY)
+
+    after = PrivateKey.generate()  # and the next caller is served
+    call = await Call.open(base(server))
+    await call.send(metadata_block(), key_message(str(after.public)))
+    await call.send(signature_message(after.sign(await call.challenge())), HALF_CLOSE)
+    assert (await call.end()).status == (0, "")
+
+
 async def test_a_call_with_no_request_or_a_half_close_only_is_the_hubs(server):
     for first in (HALF_CLOSE, data(b"")):  # the half-close, or a request with neither field
         call = await Call.open(base(server))
