@@ -81,6 +81,26 @@ class ClientFrameErrors(logging.Filter):
         return True
 
 
+#: What uvicorn logs on ``uvicorn.error`` for every WebSocket: its answer to the handshake
+#: ('... "WebSocket /ws/token" [accepted]', or a status) and the websockets library's
+#: "connection open", "connection closed", "connection rejected (...)".
+_WEBSOCKET_LINES = ('%s - "WebSocket %s"', "connection open", "connection closed", "connection rejected")
+
+
+class WebSocketAccessLines(logging.Filter):
+    """uvicorn's access log covers HTTP requests only: each WebSocket still gets two or three
+    INFO lines on ``uvicorn.error``. They are the WebSocket side of the access log, and go
+    with it: while ``uvicorn.access`` is silenced (``make serve``, or uvicorn's
+    ``--no-access-log``) they are dropped. The flow's own outcome line and the audit say
+    who came and what they got; a client opening sockets cannot flood the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(_WEBSOCKET_LINES):
+            access = logging.getLogger("uvicorn.access")
+            return bool(access.handlers or access.propagate)
+        return True
+
+
 def fingerprint(key: str) -> str:
     """12 hex digits of the key string's SHA-256 (``""`` for no key): enough to follow one
     key through the logs, and nothing a client wrote is copied into them."""

@@ -186,3 +186,24 @@ def test_json_lines_are_ascii(level):
     line = JsonFormatter().format(record("clé %s", "\u2028", level=level))
     assert line.isascii()
     assert json.loads(line)["message"] == "clé \u2028"
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+def test_uvicorns_lines_for_each_websocket_go_with_its_access_log(access_log):
+    access = logging.getLogger("uvicorn.access")
+    saved = access.handlers, access.propagate
+    access.handlers, access.propagate = ([logging.NullHandler()] if access_log else []), False
+    try:
+        keep = logs.WebSocketAccessLines().filter
+        lines = [
+            record('%s - "WebSocket %s" [accepted]', "127.0.0.1:5000", "/ws/token"),
+            record('%s - "WebSocket %s" 403', "127.0.0.1:5000", "/ws/x"),
+            record("connection open"),
+            record("connection closed"),
+            record("connection rejected (%d %s)", 403, "Forbidden"),
+        ]
+        assert [keep(line) for line in lines] == [access_log] * len(lines)
+        assert keep(record("Uvicorn running on %s", "http://127.0.0.1:8000"))
+        assert keep(record("Exception in ASGI application", level=logging.ERROR))
+    finally:
+        access.handlers, access.propagate = saved

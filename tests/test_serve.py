@@ -3,6 +3,7 @@ and serves token flows with two worker processes on one port and a Redis of the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -13,7 +14,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
+from challenges.client import get_token_async
 from challenges.identity import PrivateKey, encode_buffer
 from challenges.tokens import verify_token
 from tests import servers
@@ -101,7 +105,8 @@ def post(port: int, path: str, body: dict) -> dict:
 
 def test_make_serve_runs_two_workers_on_one_port(tmp_path):
     with servers.redis_server(tmp_path / "redis") as redis:
-        env = production_env(tmp_path, REDIS_URL=redis.url)
+        # 63 flows from one address: past the default request rate's burst.
+        env = production_env(tmp_path, REDIS_URL=redis.url, RATE_LIMIT_PER_MINUTE="0")
         port = servers.free_port()
         process, log_path = make_serve(env, port, workers=2)
         try:
@@ -122,6 +127,12 @@ def test_make_serve_runs_two_workers_on_one_port(tmp_path):
                 assert token["type"] == "token", token
                 assert verify_token(token["value"], issuer=AUTHORITY.public)["sub"] == str(user.public)
             assert len(owners) == 2, "both workers should have issued challenges"
+            for _ in range(3):  # and WebSocket flows, with no access log lines of their own
+                user = PrivateKey.generate()
+                token = asyncio.run(get_token_async(f"ws://127.0.0.1:{port}/ws/token", user, timeout=10))
+                assert verify_token(token, issuer=AUTHORITY.public)["sub"] == str(user.public)
+            with pytest.raises(InvalidStatus):  # a refused handshake
+                connect(f"ws://127.0.0.1:{port}/ws/elsewhere", open_timeout=10).close()
             rows = servers.query(
                 env["DATABASE_URL"],
                 "SELECT DISTINCT worker FROM challenges_challengeattempt WHERE outcome = 'success'",
@@ -139,6 +150,11 @@ def test_make_serve_runs_two_workers_on_one_port(tmp_path):
     assert "Traceback" not in log
     assert "WARNING" not in log
     assert "serving on http://127.0.0.1" in log
+    # No access log: uvicorn's lines for each WebSocket go with it (the flow's own line stays).
+    assert log.count("transport=ws") == 3, log
+    for line in ('"WebSocket /ws/', "connection open", "connection closed", "connection rejected"):
+        assert line not in log, line
+    assert "Uvicorn running on" in log  # uvicorn's other lines stay
 
 
 def _group_alive(pgid: int) -> bool:

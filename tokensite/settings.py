@@ -257,6 +257,7 @@ LOGGING = {
     "filters": {
         "quiet_reconnects": {"()": "challenges.redisconf.QuietReconnects"},
         "client_frame_errors": {"()": "challenges.logs.ClientFrameErrors"},
+        "websocket_access": {"()": "challenges.logs.WebSocketAccessLines"},
     },
     "handlers": {
         "console": {
@@ -274,7 +275,8 @@ LOGGING = {
         # uvicorn's records through our handler, in LOG_FORMAT, not its command line's handler.
         # Not "uvicorn" itself (configuring it would reset uvicorn.access, which serve and
         # --no-access-log silence) and not uvicorn.access (an access log on keeps uvicorn's format).
-        "uvicorn.error": {"handlers": ["console"], "propagate": False},
+        # Its per-WebSocket lines go with the access log (challenges.logs.WebSocketAccessLines).
+        "uvicorn.error": {"handlers": ["console"], "propagate": False, "filters": ["websocket_access"]},
         "uvicorn.asgi": {"handlers": ["console"], "propagate": False},
     },
 }
