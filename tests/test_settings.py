@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from django.core.checks import run_checks
@@ -113,6 +116,54 @@ def test_env_example_lists_every_setting():
     assert os.environ.get("AUTHORITY_PRIVATE_KEY", "") not in example or not os.environ.get(
         "AUTHORITY_PRIVATE_KEY"
     )
+
+
+def _project_copy(tmp_path: Path, dotenv: str) -> Path:
+    """The project's code in ``tmp_path`` with ``dotenv`` as its ``.env``."""
+    root = tmp_path / "project"
+    ignore = shutil.ignore_patterns("__pycache__", "node_modules")
+    for package in ("tokensite", "challenges"):
+        shutil.copytree(servers.ROOT / package, root / package, ignore=ignore)
+    shutil.copy(servers.ROOT / "manage.py", root)
+    (root / ".env").write_text(dotenv)
+    return root
+
+
+def test_env_example_copied_to_dotenv_runs_as_with_nothing_set(tmp_path):
+    """Its ``NAME=`` lines are the defaults they document, and a value in .env is read
+    (VAR_DIR too, which the development key's path comes from)."""
+    elsewhere = tmp_path / "elsewhere"
+    example = (servers.ROOT / ".env.example").read_text()
+    root = _project_copy(tmp_path, example.replace("\nVAR_DIR=\n", f"\nVAR_DIR={elsewhere}\n"))
+    clean = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}  # nothing from this test run
+    check = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=root,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stderr
+    code = (
+        "import json, django; django.setup(); from django.conf import settings as s;"
+        " print(json.dumps([s.DATABASES['default']['ENGINE'], str(s.DATABASES['default']['NAME']),"
+        " s.WORKER_ID, str(s.VAR_DIR), s.LOGGING['root']['level'], s.DEBUG]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        env=clean | {"DJANGO_SETTINGS_MODULE": "tokensite.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    engine, name, worker, var_dir, level, debug = json.loads(out.stdout)
+    assert (engine, name) == ("django.db.backends.sqlite3", str(root / "db.sqlite3"))
+    assert worker.startswith(socket.gethostname() + ":")
+    assert worker.split(":")[-1].isdigit()
+    assert (var_dir, level, debug) == (str(elsewhere), "INFO", True)
 
 
 def test_readme_documents_every_error_code_and_variable():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import environ
@@ -19,11 +20,30 @@ from django.core.exceptions import ImproperlyConfigured
 from challenges.redisconf import RedisTarget, parse_sentinels
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
 
-env = environ.Env()
+
+class _Set(Mapping[str, str]):
+    """The environment without its empty variables: ``NAME=`` (as ``.env.example`` lists
+    them) is the same as no ``NAME``, its default."""
+
+    def __getitem__(self, name: str) -> str:
+        value = os.environ[name]
+        if value == "":
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, value in os.environ.items() if value != "")
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 if (BASE_DIR / ".env").is_file():  # (else django-environ logs so, before LOGGING is set up)
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+env = environ.Env()
+env.ENVIRON = _Set()
+VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
 
 DEBUG = env.bool("DEBUG", default=True)
 #: Placeholder only when DEBUG; a missing SECRET_KEY in production is a check error.
