@@ -14,7 +14,7 @@ from .access import parse_networks
 from .apikeys import decode_secret, parse_api_keys
 from .clients import wildcard_hosts
 from .errors import IdentityError
-from .identity import parse_private_key
+from .identity import parse_private_key, parse_public_key
 
 
 @register()
@@ -49,6 +49,7 @@ def check_secrets(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 id="challenges.E004",
             )
         )
+    errors += _check_verification_keys()
     errors += _check_api_keys()
     errors += _check_tls()
     if settings.CHALLENGE_TIMEOUT <= 0 or settings.CHALLENGE_TIMEOUT > 600:
@@ -114,6 +115,25 @@ def check_metrics(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
             )
         ]
     return []
+
+
+def _check_verification_keys() -> list[Error]:
+    """The public keys tokens are also checked against (the key set, verification): a
+    malformed one would fail every request that needs them. The value is never quoted (a
+    private key pasted in by mistake is a secret)."""
+    errors: list[Error] = []
+    named = [("UPSTREAM_PUBLIC_KEY", settings.UPSTREAM_PUBLIC_KEY)] + [
+        (f"AUTHORITY_PREVIOUS_KEYS entry {n}", text)
+        for n, text in enumerate(settings.AUTHORITY_PREVIOUS_KEYS, start=1)
+    ]
+    for name, text in named:
+        if not text.strip():
+            continue
+        try:
+            parse_public_key(text.strip())
+        except IdentityError as exc:
+            errors.append(Error(f"{name} is not a public key string: {exc.message}", id="challenges.E016"))
+    return errors
 
 
 def _check_api_keys() -> list[Error]:

@@ -53,6 +53,22 @@ def test_malformed_settings_are_check_errors_that_do_not_quote_the_key(settings)
     assert "SECRETSECRET" not in " ".join(e.msg for e in found)
 
 
+def test_malformed_verification_keys_are_check_errors_that_name_the_entry(settings):
+    secret = str(PrivateKey.generate())  # pasted where a public key belongs: never quoted
+    settings.AUTHORITY_PREVIOUS_KEYS = [str(PrivateKey.generate().public), "garbage", secret]
+    settings.UPSTREAM_PUBLIC_KEY = "bbaareq"
+    found = [e for e in run_checks() if e.id == "challenges.E016"]
+    assert [e.msg.split(" is not")[0] for e in found] == [
+        "UPSTREAM_PUBLIC_KEY",
+        "AUTHORITY_PREVIOUS_KEYS entry 2",
+        "AUTHORITY_PREVIOUS_KEYS entry 3",
+    ]
+    assert all(secret not in e.msg and "garbage" not in e.msg for e in found)
+    settings.AUTHORITY_PREVIOUS_KEYS = [str(PrivateKey.generate().public)]
+    settings.UPSTREAM_PUBLIC_KEY = ""
+    assert "challenges.E016" not in errors_ids(settings)
+
+
 def test_development_key_is_generated_once_and_private(settings, tmp_path):
     settings.DEBUG = True
     settings.AUTHORITY_PRIVATE_KEY = ""
