@@ -207,6 +207,12 @@ class RefusedError(ChallengeError):
     code = Code.ORIGIN_NOT_ALLOWED
 
 
+def key_blocked() -> RefusedError:
+    """A flow for a public key an operator blocked (refused when it starts, and when it is
+    answered if the block came meanwhile)."""
+    return RefusedError("this public key is blocked", code=Code.KEY_BLOCKED)
+
+
 class UpstreamError(ChallengeError):
     code = Code.UPSTREAM_UNAVAILABLE
 

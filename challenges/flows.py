@@ -26,7 +26,15 @@ from datetime import datetime
 from .authority import Challenge
 from .clients import ClientInfo
 from .clock import Clock, Timer
-from .errors import ChallengeError, Code, InternalError, RefusedError, StateError, UpstreamError
+from .errors import (
+    ChallengeError,
+    Code,
+    InternalError,
+    RefusedError,
+    StateError,
+    UpstreamError,
+    key_blocked,
+)
 from .identity import PublicKey
 from .limits import Limits
 from .outcomes import Outcomes
@@ -108,7 +116,7 @@ class FlowService:
             if not self.accepting:
                 raise RefusedError("the server is shutting down; retry", code=Code.SERVER_SHUTDOWN)
             if str(key) in self.blocked:
-                raise RefusedError("this public key is blocked", code=Code.KEY_BLOCKED)
+                raise key_blocked()
             self.limits.reserve(key=key.raw, ip=client.ip)  # before awaiting the upstream
             try:
                 async with asyncio.timeout(self.timeout):  # a scope, not a task per flow
@@ -156,6 +164,10 @@ class FlowService:
             await self.refuse(unknown, client=client, challenge_id=flow_id)
             raise unknown
         flow.answered_at = self.clock.now()
+        if str(flow.key) in self.blocked:  # blocked while its challenge was pending
+            blocked = key_blocked()
+            await self._end(flow, blocked, exclude=finisher)
+            raise blocked
         remaining = (flow.challenge.expires_at - flow.answered_at).total_seconds()
         try:
             async with asyncio.timeout(max(remaining, 0.001) + 1):

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .audit import AuditWriter
-from .errors import ChallengeError, Code, IdentityError, LimitError, RefusedError
+from .errors import ChallengeError, Code, IdentityError, LimitError, key_blocked
 from .identity import PrivateKey, PublicKey, parse_public_key
 from .services import AuditRecord
 from .tasks import TaskSet
@@ -218,8 +218,7 @@ class GetTokenCall:
         except IdentityError as bad_key:
             return await self._refuse(bad_key, status_name)
         if str(key) in self.blocked:
-            blocked = RefusedError("this public key is blocked", code=Code.KEY_BLOCKED)
-            return await self._refuse(blocked, status_name)
+            return await self._refuse(key_blocked(), status_name)
         challenge = secrets.token_bytes(CHALLENGE_BYTES)
         self.caller.challenged = time.monotonic()
         await send(Reply(challenge=challenge))
@@ -236,6 +235,8 @@ class GetTokenCall:
             key.verify(challenge, second[1])
         except ChallengeError as bad_sig:
             return await self._refuse(bad_sig, status_name)
+        if str(key) in self.blocked:  # blocked while the call waited for the signature
+            return await self._refuse(key_blocked(), status_name)
         return await self._issue(key, send)
 
     async def _issue(self, key: PublicKey, send: Callable[[Reply], Awaitable[None]]) -> ChallengeError | None:

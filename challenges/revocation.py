@@ -1,7 +1,8 @@
 """Revocation: what operators take back, and which keys may not start a flow.
 
 Operators revoke a token (by ``jti``) or block a public key (all its live
-tokens, and every new flow for it gets ``key_blocked``) from the admin or
+tokens, and every new flow for it gets ``key_blocked``, as does the answer to
+a challenge it was given before) from the admin or
 ``manage.py tokens``; :func:`revoke_token`, :func:`block_key` and
 :func:`unblock_key` write it, each with an event naming who did it.
 

@@ -7,13 +7,14 @@ cannot be read.
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from challenges import tokens
+from challenges import runtime, tokens
 from challenges.identity import PrivateKey
 from challenges.models import ChallengeAttempt
 from challenges.revocation import block_key
@@ -65,7 +66,10 @@ def status(messages: list[bytes]) -> tuple[int, str]:
     return int(trailers["grpc-status"]), urllib.parse.unquote(trailers.get("grpc-message", ""))
 
 
-async def token_flow(user: PrivateKey, metadata: bytes) -> tuple[tuple[int, str], list[bytes]]:
+async def token_flow(
+    user: PrivateKey, metadata: bytes, *, meanwhile: Callable[[], Awaitable[None]] | None = None
+) -> tuple[tuple[int, str], list[bytes]]:
+    """The call, with ``meanwhile`` run between the challenge and the signature."""
     comm = await open_call()
     await comm.send_to(bytes_data=metadata)
     await comm.send_to(bytes_data=key_message(str(user.public)))
@@ -76,6 +80,8 @@ async def token_flow(user: PrivateKey, metadata: bytes) -> tuple[tuple[int, str]
         [(_, payload)] = blocks(challenge_message)
         kind, challenge = parse_reply(payload)
         assert kind == "challenge"
+        if meanwhile is not None:
+            await meanwhile()
         await comm.send_to(bytes_data=signature_message(user.sign(challenge)))
         await comm.send_to(bytes_data=HALF_CLOSE)
         messages = [first["bytes"], challenge_message, *await until_closed(comm)]
@@ -129,6 +135,19 @@ async def test_a_blocked_public_key_gets_no_token(keys, user_key):
     (code, message), messages = await token_flow(user_key, metadata_block())
     assert (code, message) == (7, "this public key is blocked")
     assert len(messages) == 1  # no challenge was sent
+    assert await rows(str(user_key.public)) == [("key_blocked", "PERMISSION_DENIED", API_KEY)]
+
+
+async def test_a_key_blocked_while_the_call_waits_for_its_signature_gets_no_token(keys, user_key):
+    keys.AUTHORITY_API_KEYS = f"{API_KEY}:{API_SECRET}"
+
+    async def block() -> None:
+        await database_sync_to_async(block_key)(public_key=str(user_key.public), actor="test")
+        await (await runtime.get()).blocklist.refresh()  # what the worker's poll does within a second
+
+    (code, message), messages = await token_flow(user_key, metadata_block(), meanwhile=block)
+    assert (code, message) == (7, "this public key is blocked")
+    assert len(messages) == 3  # the headers, the challenge, the trailers: no token
     assert await rows(str(user_key.public)) == [("key_blocked", "PERMISSION_DENIED", API_KEY)]
 
 

@@ -119,6 +119,20 @@ async def test_a_blocked_key_cannot_start_a_flow_and_unblocking_lets_it(user_key
     await comm.disconnect()
 
 
+async def test_a_key_blocked_while_its_challenge_is_pending_gets_no_token(user_key):
+    rt = await runtime.get()
+    comm = await connect()
+    value = await challenge(comm, user_key)
+    await database_sync_to_async(block_key)(public_key=str(user_key.public), actor="test")
+    await rt.blocklist.refresh()
+    frame = await send(comm, sign_frame(user_key, value))
+    assert (frame["type"], frame["code"]) == ("error", "key_blocked")
+    await comm.disconnect()
+    row = await ChallengeAttempt.objects.filter(public_key=str(user_key.public)).aget()
+    assert (row.outcome, row.answered_at is not None) == ("key_blocked", True)
+    assert not await IssuedToken.objects.filter(public_key=str(user_key.public)).aexists()
+
+
 async def test_a_rotated_out_keys_tokens_stay_active_until_they_expire(settings, authority_signer, user_key):
     old_token = await get_token(user_key)
     new = PrivateKey.generate()
