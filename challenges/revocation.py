@@ -24,7 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from .identity import parse_public_key
-from .models import BlockedKey, RevocationEvent, RevokedToken
+from .models import BlockedKey, IssuedToken, RevocationEvent, RevokedToken
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +95,19 @@ class Blocklist:
 # -- what operators do (the admin's actions, ``manage.py tokens``): each action recorded --------
 
 
+class UnknownToken(LookupError):
+    """No issued token has this ``jti``: nothing to revoke (a typo would otherwise be
+    recorded as a revocation while the real token stayed active)."""
+
+
 def revoke_token(*, jti: str, actor: str, reason: str = "") -> bool:
-    """Revoke the token ``jti``; False if it was revoked already."""
+    """Revoke the issued token ``jti``; False if it was revoked already. Raises
+    :class:`UnknownToken` when no issued token has that ``jti``."""
+    if not IssuedToken.objects.filter(jti=jti).exists():
+        raise UnknownToken(jti)
     with transaction.atomic():
         _, created = RevokedToken.objects.get_or_create(
-            jti=jti[:64],
+            jti=jti,
             defaults={"revoked_at": timezone.now(), "actor": actor[:150], "reason": reason[:200]},
         )
         if created:

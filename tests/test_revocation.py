@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 import pytest
 from channels.db import database_sync_to_async
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.test import AsyncClient
 from django.utils import timezone
 
@@ -150,7 +150,17 @@ async def test_a_rotated_out_keys_tokens_stay_active_until_they_expire(settings,
     assert (await introspect(old_token))[1] == {"active": False}  # dropped from the list: no longer ours
 
 
+def issued(jti: str, key: PrivateKey) -> IssuedToken:
+    attempt = ChallengeAttempt.objects.create(
+        created_at=timezone.now(), finished_at=timezone.now(), outcome="success", public_key=str(key.public)
+    )
+    return IssuedToken.objects.create(
+        attempt=attempt, jti=jti, token_sha256="0" * 64, public_key=str(key.public), issued_at=timezone.now()
+    )
+
+
 def test_the_command_line_revokes_blocks_and_unblocks_and_records_who(user_key):
+    issued("jti-1", user_key)
     out = io.StringIO()
     call_command("tokens", "revoke", "jti-1", "--reason", "leaked", stdout=out)
     call_command("tokens", "revoke", "jti-1", stdout=out)
@@ -175,6 +185,17 @@ def test_the_command_line_revokes_blocks_and_unblocks_and_records_who(user_key):
     assert not BlockedKey.objects.exists()
     with pytest.raises(Exception, match="not a public key"):
         call_command("tokens", "block", "bbaa-not-a-key")
+
+
+@pytest.mark.parametrize("jti", ["jti-2", "", "jti-1" + "x" * 64])
+def test_revoking_a_jti_no_token_has_revokes_nothing_and_says_so(user_key, jti):
+    """A typo would have been recorded as a revocation while the real token stayed active
+    (and a jti past 64 characters was cut to a real one's)."""
+    issued("jti-1" + "x" * 59, user_key)  # 64 characters: what the longest cut to
+    with pytest.raises(CommandError, match=r"no issued token has the jti .*: nothing was revoked"):
+        call_command("tokens", "revoke", jti, stdout=io.StringIO())
+    assert not RevokedToken.objects.exists()
+    assert not RevocationEvent.objects.exists()
 
 
 def test_admin_actions_revoke_and_block_and_name_the_operator(

@@ -27,7 +27,7 @@ from django.utils import timezone
 from challenges import cli, reports
 from challenges.errors import IdentityError
 from challenges.models import BlockedKey, IssuedToken, RevokedToken
-from challenges.revocation import block_key, revoke_token, unblock_key
+from challenges.revocation import UnknownToken, block_key, revoke_token, unblock_key
 
 
 class Command(BaseCommand):
@@ -76,6 +76,11 @@ class Command(BaseCommand):
                 self._say(done, f"unblocked key {options['key']}", "that key was not blocked")
         except IdentityError as exc:
             raise CommandError(f"not a public key string: {exc.message}") from exc
+        except UnknownToken:
+            raise CommandError(
+                f"no issued token has the jti {options['jti'][:80]!r}: nothing was revoked"
+                " ('tokens list' shows them)"
+            ) from None
 
     def list(self, options: dict[str, Any]) -> None:
         now = timezone.now()
