@@ -98,7 +98,10 @@ def parse_when(text: str, *, now: datetime) -> datetime:
     text = text.strip()
     relative = _RELATIVE.match(text.lower())
     if relative:
-        return now - timedelta(seconds=float(relative.group(1)) * _SECONDS[relative.group(2)])
+        try:
+            return now - timedelta(seconds=float(relative.group(1)) * _SECONDS[relative.group(2)])
+        except OverflowError:
+            raise ValueError(f"too far back: {text[:40]!r} (before the year 1)") from None
     try:
         when = datetime.fromisoformat(text)
     except ValueError:

@@ -192,6 +192,9 @@ def test_a_custom_range_and_a_wrong_one(admin_client, audit):
     assert "not a time" in wrong
     backwards = admin_client.get(URL, {"range": "custom", "since": "1d", "until": "2d"}).content.decode()
     assert "the end must be after the start" in backwards
+    ancient = admin_client.get(URL, {"range": "custom", "since": "800000d"})  # was a 500
+    assert ancient.status_code == 200
+    assert "too far back" in ancient.content.decode()
 
 
 def test_workers_live_and_gone(admin_client):

@@ -367,3 +367,67 @@ async def _some_flows(url: str, key: PrivateKey) -> None:
         for _ in range(3):
             await ws.send("not json")
             assert json.loads(await ws.recv())["code"] == "invalid_json"
+
+
+# -- out-of-range arguments: one clear line each, never a traceback ------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("audit", "list", "--since", "800000d"),
+        ("tokens", "list", "--since", "800000d"),
+        ("auditexport", "--until", "99999999w"),
+    ],
+)
+def test_a_time_before_the_year_1_is_refused_in_words(args):
+    with pytest.raises(CommandError, match=r"too far back: '\d+[dw]' \(before the year 1\)"):
+        run(*args)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("days", ["nan", "inf", "1000000", "-1"])
+def test_pruneaudit_refuses_an_age_that_is_no_number_of_days(days):
+    flow("success", ago=timedelta(days=400))
+    with pytest.raises(CommandError, match="--older-than"):
+        run("pruneaudit", "--older-than", days)
+    assert ChallengeAttempt.objects.count() == 1
+
+
+def test_gettoken_reads_a_key_file_an_editor_saved_with_a_bom_and_refuses_other_bytes(tmp_path):
+    me = PrivateKey.generate()
+    (tmp_path / "bom").write_bytes(b"\xef\xbb\xbf" + str(me).encode() + b"\n")
+    (tmp_path / "latin").write_bytes(str(me).encode()[:-1] + b"\xe9\n")
+    closed = f"ws://127.0.0.1:{servers.free_port()}/ws/token"  # nothing listens: the read is what counts
+    with pytest.raises(CommandError) as read:
+        run("gettoken", "--key-file", str(tmp_path / "bom"), "--url", closed, "--timeout", "2")
+    assert "cannot read the private key" not in str(read.value)
+    with pytest.raises(CommandError, match="a byte that is not ASCII") as refused:
+        run("gettoken", "--key-file", str(tmp_path / "latin"), "--url", closed)
+    assert str(me)[8:] not in str(refused.value)  # never the key
+    for timeout in ("0", "nan", "inf"):
+        with pytest.raises(CommandError, match="--timeout must be a positive number"):
+            run("gettoken", "--url", closed, "--timeout", timeout)
+
+
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        (["serve", "--port", "99999"], "a port is 1 to 65535, not 99999"),
+        (["serve", "--port", "http"], "not a port number: 'http'"),
+        (["runauthority", "--address", "127.0.0.1:99999"], "the port must be 0 to 65535"),
+    ],
+)
+def test_a_port_out_of_range_is_refused_not_wrapped(tmp_path, command, says):
+    """The kernel took 99999 as 99999 - 65536 and the server answered there."""
+    env = servers.base_env(tmp_path, DEBUG="false", SECRET_KEY="s" * 50, ALLOWED_HOSTS="127.0.0.1")
+    env["AUTHORITY_PRIVATE_KEY"] = str(PrivateKey.generate())
+    env["AUTHORITY_API_KEYS"] = "bopenopenopenopenopenopenop"
+    out = subprocess.run(
+        [sys.executable, "manage.py", *command],
+        cwd=servers.ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert says in out.stderr
+    assert "Traceback" not in out.stderr

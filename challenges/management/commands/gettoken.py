@@ -31,14 +31,21 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             if options["key_file"]:
-                with open(options["key_file"], encoding="ascii") as fh:
-                    key = parse_private_key(fh.read().strip())
+                with open(options["key_file"], "rb") as fh:  # a BOM an editor wrote is not the key's
+                    key = parse_private_key(fh.read().removeprefix(b"\xef\xbb\xbf").decode("ascii").strip())
             elif os.environ.get("TOKEN_PRIVATE_KEY"):
                 key = parse_private_key(os.environ["TOKEN_PRIVATE_KEY"])
             else:
                 key = PrivateKey.generate()
+        except UnicodeDecodeError:
+            raise CommandError(
+                "cannot read the private key: the file holds a byte that is not ASCII, and a private"
+                " key string is ASCII"
+            ) from None
         except (OSError, IdentityError) as exc:
             raise CommandError(f"cannot read the private key: {exc}") from exc
+        if not 0 < options["timeout"] < float("inf"):
+            raise CommandError("--timeout must be a positive number of seconds")
         self.stderr.write(f"# identity: {key.public}")
         try:
             token = get_token(

@@ -29,9 +29,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         days, batch = options["older_than"], options["batch_size"]
-        if days < 0 or batch < 1:
+        if not days >= 0 or batch < 1:  # (NaN is not >= 0)
             raise CommandError("--older-than must be >= 0 and --batch-size >= 1")
-        cutoff = timezone.now() - timedelta(days=days)
+        try:
+            cutoff = timezone.now() - timedelta(days=days)
+        except OverflowError:
+            raise CommandError("--older-than goes back before the year 1: nothing is that old") from None
         candidates = prunable(cutoff=cutoff, now=timezone.now())
         total = candidates.count()
         if options["dry_run"]:

@@ -16,6 +16,7 @@ the process's own registry is read.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument("--port", type=_port, default=os.environ.get("PORT") or "8000")
         parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "1")))
         parser.add_argument(
             "--loop",
@@ -91,6 +92,17 @@ class Command(BaseCommand):
             log_config=None,  # every record through LOGGING's handler (LOG_FORMAT)
             log_level=str(settings.LOGGING["root"]["level"]).lower(),  # type: ignore[index]
         )
+
+
+def _port(text: str) -> int:
+    """A TCP port, 1 to 65535 (the kernel took 99999 as 99999 - 65536, and served there)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text[:20]!r}") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, not {port}")
+    return port
 
 
 def _metrics_dir(var_dir: Path, port: int) -> Path:
