@@ -58,7 +58,10 @@ class Code(StrEnum):
 
     # -- frames ------------------------------------------------------------
     INVALID_JSON = "invalid_json", "the text frame is not JSON"
-    INVALID_FRAME = "invalid_frame", "the JSON is not an object, or a field has the wrong type"
+    INVALID_FRAME = (
+        "invalid_frame",
+        "the JSON is not an object (a field of the wrong type gets that field's own code)",
+    )
     MISSING_TYPE = "missing_type", "the frame has no 'type'"
     UNKNOWN_TYPE = "unknown_type", "the frame's 'type' is not 'token' or 'challenge'"
     BINARY_FRAME = "binary_frame", "binary frames are not accepted; send JSON text"

@@ -109,8 +109,10 @@ def verify_token(
     if not isinstance(token, str) or len(token) > 8192 or token.count(".") != 2:
         raise TokenError("the token is not a compact JWT")
     header, unverified = (_segment(part) for part in token.split(".")[:2])
+    if not isinstance(header, dict) or not isinstance(unverified, dict):
+        raise TokenError("the token's header or claims are not base64url JSON objects")
     issuers = [issuer] if isinstance(issuer, PublicKey) else list(issuer)
-    key = next((k for k in issuers if isinstance(unverified, dict) and unverified.get("iss") == str(k)), None)
+    key = next((k for k in issuers if unverified.get("iss") == str(k)), None)
     if key is None:
         raise TokenError("the token was issued by another authority")
     if header not in (_HEADER, {**_HEADER, "kid": key_id(key)}):

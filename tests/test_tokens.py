@@ -98,6 +98,13 @@ def test_rotated_keys_verify_their_own_tokens_and_a_wrong_kid_is_refused(vector_
         tokens.verify_token(f"{forged_header}.{claims}.{sig}", issuer=both, now=NOW)
 
 
+@pytest.mark.parametrize("token", ["a.b.c", "e30.W10.x", "bnVsbA.e30.x"])
+def test_a_token_whose_parts_are_not_json_objects_is_called_malformed_not_foreign(vector_key, token):
+    # "a.b.c", a header {} with claims [], a header null with claims {}
+    with pytest.raises(TokenError, match="not base64url JSON objects"):
+        tokens.verify_token(token, issuer=vector_key.public, now=NOW)
+
+
 def test_no_audience_claim_when_unconfigured(vector_key):
     tok = tokens.mint_token(signer=vector_key, subject=vector_key.public, ttl=60, now=NOW)
     assert "aud" not in b64url_json(tok.token.split(".")[1])
