@@ -8,11 +8,15 @@ body may take to arrive (enforced by :mod:`challenges.httpguard`).
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 
 from . import protocol
 from .errors import ChallengeError, Code
@@ -84,6 +88,36 @@ def error_response(error: ChallengeError) -> JsonResponse:
     if retry_after is not None:
         response["Retry-After"] = str(retry_after)
     return response
+
+
+def method_not_allowed(allowed: str) -> bytes:
+    """The body of an API endpoint's 405 (with an ``Allow`` header): JSON, as all its answers."""
+    return json.dumps({"error": "method_not_allowed", "error_description": f"use {allowed}"}).encode()
+
+
+View = TypeVar("View", bound=Callable[..., Awaitable[HttpResponse]])
+
+
+def only(method: str) -> Callable[[View], View]:
+    """An API view that takes ``method`` only (``GET`` takes ``HEAD`` too). Any other method
+    gets 405, ``Allow`` and a JSON body (Django's own answer was an empty HTML page), and no
+    CSRF check comes first (it answered a POST to a GET endpoint with a 403 HTML page)."""
+    allowed = ("GET", "HEAD") if method == "GET" else (method,)
+
+    def decorate(view: View) -> View:
+        @functools.wraps(view)
+        async def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in allowed:
+                response = HttpResponse(
+                    method_not_allowed(method), status=405, content_type="application/json"
+                )
+                response["Allow"] = ", ".join(allowed)
+                return response
+            return await view(request, *args, **kwargs)
+
+        return cast(View, csrf_exempt(checked))
+
+    return decorate
 
 
 def bounded_body(request: HttpRequest, limit: int) -> bytes | None:

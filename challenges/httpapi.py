@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .errors import ChallengeError
-from .http import status_of
+from .http import method_not_allowed, status_of
 from .pipeline import Conversation, Outcome
 from .runtime import Runtime
 
@@ -47,7 +47,7 @@ async def answer(
 ) -> None:
     """Run one step for the request and send its response."""
     if scope.get("method") != "POST":
-        await _send(send, 405, b"", [(b"allow", b"POST")])
+        await _send(send, 405, method_not_allowed("POST"), [(b"allow", b"POST")])
         return
     conv.requires_id, conv.charge_token_frames = True, False
     try:

@@ -19,16 +19,14 @@ import json
 from typing import Any
 
 from django.http import HttpRequest, JsonResponse
-from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
 
 from . import runtime
 from .errors import ChallengeError, Code, FrameError
-from .http import MAX_VERIFY_BODY, bounded_body, error_response
+from .http import MAX_VERIFY_BODY, bounded_body, error_response, only
 from .introspection import inspect
 
 
-@require_GET
+@only("GET")
 async def jwks(request: HttpRequest) -> JsonResponse:
     """``GET /.well-known/jwks.json``: the key set (cacheable, readable from any origin)."""
     rt = await runtime.get()
@@ -38,8 +36,7 @@ async def jwks(request: HttpRequest) -> JsonResponse:
     return response
 
 
-@csrf_exempt
-@require_POST
+@only("POST")
 async def introspect(request: HttpRequest) -> JsonResponse:
     """``POST /api/token/introspect``: RFC 7662 token introspection, for resource servers."""
     rt = await runtime.get()
@@ -62,8 +59,7 @@ async def introspect(request: HttpRequest) -> JsonResponse:
     return response
 
 
-@csrf_exempt
-@require_POST
+@only("POST")
 async def token_verify(request: HttpRequest) -> JsonResponse:
     """``POST /api/token/verify`` with ``{"token": "..."}``: is this token one of ours, and live?
 

@@ -20,11 +20,12 @@ from django.views.decorators.http import require_GET
 from django.views.static import serve as static_serve
 
 from . import runtime, selectors
+from .http import only
 
 log = logging.getLogger(__name__)
 
 
-@require_GET
+@only("GET")
 async def health(request: HttpRequest) -> JsonResponse:
     """``GET /api/health``: the database and the channel layer, each ``ok`` or an error."""
     rt = await runtime.get()

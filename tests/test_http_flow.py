@@ -11,6 +11,7 @@ from challenges import authority
 from challenges.identity import PrivateKey, encode_buffer
 from challenges.tokens import verify_token
 from tests.asgiclient import HOST, AsgiClient
+from tests.test_views import METHOD_NOT_ALLOWED
 from tests.wsutil import attempts, challenge, connect, receive, tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -121,8 +122,15 @@ async def test_foreign_origin_is_403(client, user_key):
     assert json.loads(response.content)["code"] == "origin_not_allowed"
 
 
-async def test_get_is_refused(client):
-    assert (await client.get("/api/token")).status_code == 405
+@pytest.mark.parametrize("path", ["/api/token", "/api/token/challenge"])
+async def test_get_is_refused_with_a_json_405(client, path):
+    response = await client.get(path)
+    assert (response.status_code, response["allow"], response["content-type"]) == (
+        405,
+        "POST",
+        "application/json",
+    )
+    assert response.json() == METHOD_NOT_ALLOWED["POST"]
 
 
 async def test_websocket_challenge_answered_over_http_reaches_the_socket(client, user_key):

@@ -12,6 +12,11 @@ from challenges.identity import PrivateKey
 from challenges.tokens import mint_token
 
 pytestmark = pytest.mark.django_db(transaction=True)
+#: What an API endpoint answers a method it does not take (the two-step's too: test_http_flow).
+METHOD_NOT_ALLOWED = {
+    method: {"error": "method_not_allowed", "error_description": f"use {method}"}
+    for method in ("GET", "POST")
+}
 
 
 @pytest.fixture
@@ -91,3 +96,22 @@ async def test_the_client_module_may_be_imported_from_other_origins(client):
     assert css.status_code == 200
     assert "Access-Control-Allow-Origin" not in css
     assert (await client.get("/static/challenges/../settings.py")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("post", "/api/health", "GET, HEAD"),
+        ("post", "/.well-known/jwks.json", "GET, HEAD"),
+        ("get", "/api/token/verify", "POST"),
+        ("put", "/api/token/introspect", "POST"),
+    ],
+)
+async def test_a_method_an_api_endpoint_does_not_take_is_a_json_405(method, path, allow):
+    """With the CSRF check on, as a browser meets it: it does not come first (a POST to a GET
+    endpoint was a 403 HTML page), and every answer is JSON (a 405 was an empty HTML page)."""
+    response = await getattr(AsyncClient(enforce_csrf_checks=True), method)(path)
+    assert (response.status_code, response["Allow"]) == (405, allow)
+    assert response["Content-Type"] == "application/json"
+    assert json.loads(response.content) == METHOD_NOT_ALLOWED[allow.split(",")[0]]
+    assert (await AsyncClient().head("/api/health")).status_code == 200
