@@ -8,6 +8,8 @@ Times are UTC. A key is shown by its first 12 characters on a terminal (its fing
 
 from __future__ import annotations
 
+import argparse
+import ipaddress
 import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -17,6 +19,7 @@ from django.core.management.base import CommandError, CommandParser
 from django.db.models import QuerySet
 
 from . import reports
+from .errors import Code
 from .models import SUCCESS, ChallengeAttempt, IssuedToken
 
 ANY_FAILURE = reports.ANY_FAILURE
@@ -63,15 +66,34 @@ def add_time_options(parser: Any) -> None:
     parser.add_argument("--until", help="before this time (same forms)")
 
 
+def outcome(text: str) -> str:
+    """An ``--outcome`` value: ``success``, an error code, or ``failure`` (every outcome but
+    success). Anything else is refused: it would select nothing, silently."""
+    if text in (SUCCESS, ANY_FAILURE) or Code.lookup(text) is not None:
+        return text
+    raise argparse.ArgumentTypeError(
+        f"not an outcome: {text[:40]!r} (success, {ANY_FAILURE}, or an error code such as bad_signature)"
+    )
+
+
+def address(text: str) -> str:
+    """An ``--address`` value: an IPv4 or IPv6 address, as the audit records it."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text[:40]!r}") from None
+
+
 def add_attempt_options(parser: Any) -> None:
     add_time_options(parser)
     parser.add_argument("--key", help="this public key string")
     parser.add_argument(
         "--outcome",
         action="append",
+        type=outcome,
         help=f"this outcome (repeat for several; '{ANY_FAILURE}' for every outcome but success)",
     )
-    parser.add_argument("--address", help="this client address")
+    parser.add_argument("--address", type=address, help="this client address")
     parser.add_argument("--worker", help="this worker")
 
 
@@ -83,9 +105,8 @@ def attempts(options: dict[str, Any], *, now: datetime) -> QuerySet[ChallengeAtt
     if options.get("worker"):
         rows = rows.filter(worker=options["worker"])
     outcomes = set(options.get("outcome") or [])
-    if ANY_FAILURE in outcomes:
-        rows = rows.exclude(outcome=SUCCESS)
-        outcomes.discard(ANY_FAILURE)
+    if ANY_FAILURE in outcomes:  # every failure, or with success too, every row
+        return rows if SUCCESS in outcomes else rows.exclude(outcome=SUCCESS)
     if outcomes:
         rows = rows.filter(outcome__in=sorted(outcomes))
     return rows

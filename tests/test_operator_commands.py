@@ -431,3 +431,28 @@ def test_a_port_out_of_range_is_refused_not_wrapped(tmp_path, command, says):
     assert out.returncode != 0
     assert says in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("audit", "list", "--outcome", "nosuch"), "not an outcome: 'nosuch'"),
+        (("auditexport", "--outcome", "Success"), "not an outcome: 'Success'"),
+        (("flows", "--outcome", "bad-signature"), "not an outcome: 'bad-signature'"),
+        (("audit", "list", "--address", "not-an-ip"), "not an IP address: 'not-an-ip'"),
+    ],
+)
+def test_a_filter_that_could_match_nothing_is_refused_not_an_empty_answer(args, says):
+    with pytest.raises(CommandError, match=re.escape(says)):
+        run(*args)
+
+
+@pytest.mark.django_db
+def test_the_filters_take_every_outcome_and_an_address_in_any_spelling():
+    flow("bad_signature", client_ip="2001:db8::1")
+    flow("success")
+    out, _ = run("audit", "list", "--outcome", "bad_signature", "--address", "2001:DB8:0::1", "--json")
+    assert [row["outcome"] for row in json.loads(out)] == ["bad_signature"]
+    both, _ = run("audit", "list", "--outcome", "failure", "--outcome", "success", "--json")
+    assert len(json.loads(both)) == 2  # the union (it was success among the failures: none)

@@ -153,7 +153,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("-f", "--follow", action="store_true", help="keep printing new rows")
         parser.add_argument(
-            "--outcome", action="append", help=f"only this outcome (repeat; '{cli.ANY_FAILURE}': not success)"
+            "--outcome",
+            action="append",
+            type=cli.outcome,
+            help=f"only this outcome (repeat; '{cli.ANY_FAILURE}': not success)",
         )
         parser.add_argument("--worker", help="only this worker")
         parser.add_argument("--last", type=int, default=10, help="rows already there to print first (10)")
