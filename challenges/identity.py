@@ -146,8 +146,12 @@ def parse_public_key(text: object) -> PublicKey:
 
 def parse_private_key(text: str) -> PrivateKey:
     """Parse a private key string; keeps the seed, checks the embedded public key."""
-    if not isinstance(text, str) or len(text) != PRIVATE_KEY_LENGTH:
-        raise IdentityError(f"an Ed25519 private key string has {PRIVATE_KEY_LENGTH} characters")
+    if not isinstance(text, str):
+        raise IdentityError("the private key must be a string")
+    if len(text) != PRIVATE_KEY_LENGTH:
+        raise IdentityError(
+            f"an Ed25519 private key string has {PRIVATE_KEY_LENGTH} characters, not {len(text)}"
+        )
     data = _b32decode(text, what="the private key")
     if data[:4] != PRIVATE_PREFIX:
         raise IdentityError("the private key is not a 64-byte Ed25519 libp2p key")

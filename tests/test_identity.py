@@ -286,3 +286,10 @@ def test_a_public_key_that_is_not_32_bytes_is_refused(length):
         PublicKey(key).verify(CHALLENGE, sig)
     with pytest.raises(IdentityError, match="32 bytes"):
         format_public_key(key)
+
+
+@pytest.mark.parametrize(("text", "says"), [(None, "must be a string"), ("bbaareq", "110 characters, not 7")])
+def test_a_private_key_that_is_no_key_string_says_why_without_quoting_it(text, says):
+    with pytest.raises(IdentityError, match=says) as refused:
+        parse_private_key(text)  # type: ignore[arg-type]
+    assert "bbaareq" not in str(refused.value)
