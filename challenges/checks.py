@@ -14,7 +14,8 @@ from .access import parse_networks
 from .apikeys import decode_secret, parse_api_keys
 from .clients import wildcard_hosts
 from .errors import IdentityError
-from .identity import parse_private_key, parse_public_key
+from .identity import parse_private_key
+from .keys import verification_key
 
 
 @register()
@@ -127,10 +128,8 @@ def _check_verification_keys() -> list[Error]:
         for n, text in enumerate(settings.AUTHORITY_PREVIOUS_KEYS, start=1)
     ]
     for name, text in named:
-        if not text.strip():
-            continue
         try:
-            parse_public_key(text.strip())
+            verification_key(text)
         except IdentityError as exc:
             errors.append(Error(f"{name} is not a public key string: {exc.message}", id="challenges.E016"))
     return errors

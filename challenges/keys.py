@@ -45,6 +45,12 @@ def _private(path: str, flags: int) -> int:
     return os.open(path, flags, 0o600)
 
 
+def verification_key(text: str) -> PublicKey | None:
+    """An entry of ``AUTHORITY_PREVIOUS_KEYS`` or ``UPSTREAM_PUBLIC_KEY``: None when blank;
+    raises :class:`~challenges.errors.IdentityError` when it is not a public key string."""
+    return parse_public_key(text.strip()) if text.strip() else None
+
+
 @dataclass(frozen=True)
 class AuthorityKeys:
     """The keys tokens of ours are verified against, and published as a JWK set.
@@ -64,10 +70,9 @@ class AuthorityKeys:
     ) -> AuthorityKeys:
         keys: list[PublicKey] = [signer.public] if signer is not None else []
         for text in (upstream, *previous):
-            if text:
-                key = parse_public_key(text.strip())
-                if key not in keys:
-                    keys.append(key)
+            key = verification_key(text)
+            if key is not None and key not in keys:
+                keys.append(key)
         return cls(signer=signer, verifiers=tuple(keys))
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:

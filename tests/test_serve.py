@@ -93,6 +93,25 @@ def test_serve_refuses_several_workers_without_redis(tmp_path):
     assert "serve: WORKERS=2 needs REDIS_URL" in out.stderr
 
 
+def test_serve_takes_empty_variables_as_their_defaults(tmp_path):
+    """HOST= bound every interface, WORKERS= was a traceback, SERVE_LOOP= reached uvicorn."""
+    port = servers.free_port()
+    env = production_env(
+        tmp_path, HOST="", WORKERS="", SERVE_LOOP="", SERVE_HTTP="", PORT=str(port), DEBUG="false"
+    )
+    process, log_path = servers.launch(
+        [sys.executable, "manage.py", "serve"], env=env, log_path=tmp_path / "serve.log"
+    )
+    try:
+        servers.wait_ready(process, log_path, lambda: _health(port), timeout=60, what="manage.py serve")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+    log = log_path.read_text()
+    assert f"serving on http://127.0.0.1:{port} with 1 worker(s)" in log
+    assert "Traceback" not in log
+
+
 def post(port: int, path: str, body: dict) -> dict:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}",

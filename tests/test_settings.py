@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.checks import run_checks
@@ -18,7 +19,7 @@ from challenges.clients import ClientPolicy, daphne_forwarded_header
 from challenges.config import RuntimeConfig
 from challenges.errors import Code
 from challenges.identity import PrivateKey, parse_private_key
-from challenges.keys import AuthorityKeyMissing
+from challenges.keys import AuthorityKeyMissing, AuthorityKeys
 from tests import servers
 
 
@@ -161,25 +162,47 @@ def test_env_example_copied_to_dotenv_runs_as_with_nothing_set(tmp_path):
         timeout=60,
     )
     assert check.returncode == 0, check.stderr
+    engine, name, worker, var_dir, level, debug, _ = _settings_of(root, clean)
+    assert (engine, name) == ("django.db.backends.sqlite3", str(root / "db.sqlite3"))
+    assert worker.startswith(socket.gethostname() + ":")
+    assert worker.split(":")[-1].isdigit()
+    assert (var_dir, level, debug) == (str(elsewhere), "INFO", True)
+
+
+def _settings_of(root: Path, env: dict[str, str]) -> list[Any]:
     code = (
         "import json, django; django.setup(); from django.conf import settings as s;"
         " print(json.dumps([s.DATABASES['default']['ENGINE'], str(s.DATABASES['default']['NAME']),"
-        " s.WORKER_ID, str(s.VAR_DIR), s.LOGGING['root']['level'], s.DEBUG]))"
+        " s.WORKER_ID, str(s.VAR_DIR), s.LOGGING['root']['level'], s.DEBUG, s.AUTHORITY_PREVIOUS_KEYS]))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
         cwd=root,
-        env=clean | {"DJANGO_SETTINGS_MODULE": "tokensite.settings"},
+        env=env | {"DJANGO_SETTINGS_MODULE": "tokensite.settings"},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
-    engine, name, worker, var_dir, level, debug = json.loads(out.stdout)
-    assert (engine, name) == ("django.db.backends.sqlite3", str(root / "db.sqlite3"))
-    assert worker.startswith(socket.gethostname() + ":")
-    assert worker.split(":")[-1].isdigit()
-    assert (var_dir, level, debug) == (str(elsewhere), "INFO", True)
+    return list(json.loads(out.stdout))
+
+
+def test_an_empty_variable_is_filled_by_dotenv_and_an_empty_debug_is_false(tmp_path):
+    old = str(PrivateKey.generate().public)
+    root = _project_copy(tmp_path, f"LOG_LEVEL=WARNING\nAUTHORITY_PREVIOUS_KEYS={old}, \n")
+    clean = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    *_, level, debug, previous = _settings_of(root, clean | {"LOG_LEVEL": "", "DEBUG": ""})
+    assert (level, debug) == ("WARNING", False)  # .env fills the empty one; DEBUG= fails closed
+    assert _settings_of(root, clean)[5] is True  # DEBUG absent: development
+    # The blank entry of the list is skipped by the key set and by the check alike.
+    assert previous == [old, " "]
+    assert [str(k) for k in AuthorityKeys.build(signer=None, previous=previous).verifiers] == [old]
+
+
+def test_a_blank_verification_key_entry_is_no_check_error(settings):
+    settings.AUTHORITY_PREVIOUS_KEYS = [str(PrivateKey.generate().public), " "]
+    settings.UPSTREAM_PUBLIC_KEY = " "
+    assert "challenges.E016" not in errors_ids(settings)
 
 
 def test_readme_documents_every_error_code_and_variable():

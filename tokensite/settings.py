@@ -40,12 +40,20 @@ class _Set(Mapping[str, str]):
 
 
 if (BASE_DIR / ".env").is_file():  # (else django-environ logs so, before LOGGING is set up)
+    # .env fills what the environment leaves unset, and an empty variable is unset.
+    _empty = [name for name, value in os.environ.items() if value == ""]
+    for _name in _empty:
+        del os.environ[_name]
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+    for _name in _empty:
+        os.environ.setdefault(_name, "")
 env = environ.Env()
 env.ENVIRON = _Set()
 VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
 
-DEBUG = env.bool("DEBUG", default=True)
+#: The one exception to "empty is the default": an empty DEBUG is false, so debug is only
+#: ever on when asked for by name or when DEBUG is absent (development with nothing set).
+DEBUG = env.bool("DEBUG", default=os.environ.get("DEBUG") != "")
 #: Placeholder only when DEBUG; a missing SECRET_KEY in production is a check error.
 SECRET_KEY = env.str("SECRET_KEY", default="") or "insecure-development-only-secret-key"
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])

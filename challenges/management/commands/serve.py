@@ -38,19 +38,19 @@ class Command(BaseCommand):
     requires_system_checks: list[str] = []  # our refusals first, one line each; then the checks
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--host", default=os.environ.get("HOST") or "127.0.0.1")
         parser.add_argument("--port", type=_port, default=os.environ.get("PORT") or "8000")
-        parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "1")))
+        parser.add_argument("--workers", type=int, default=os.environ.get("WORKERS") or "1")
         parser.add_argument(
             "--loop",
             choices=("uvloop", "asyncio"),
-            default=os.environ.get("SERVE_LOOP", "uvloop"),
+            default=os.environ.get("SERVE_LOOP") or "uvloop",
             help="the event loop (default uvloop, the faster in bench/REPORT.md)",
         )
         parser.add_argument(
             "--http",
             choices=("httptools", "h11"),
-            default=os.environ.get("SERVE_HTTP", "httptools"),
+            default=os.environ.get("SERVE_HTTP") or "httptools",
             help="the HTTP/1.1 parser (default httptools)",
         )
 
