@@ -32,7 +32,7 @@ from .models import (
     RevokedToken,
     WorkerStatus,
 )
-from .revocation import block_key, revoke_token, unblock_key
+from .revocation import UnknownToken, block_key, revoke_token, unblock_key
 
 # The index links to the dashboard (a documented AdminSite attribute; the template extends
 # the admin's own index).
@@ -192,8 +192,16 @@ class IssuedTokenAdmin(ExportCSV, RevocationActions, ReadOnlyAdmin):
     @admin.action(description="Revoke the selected tokens", permissions=["revoke"])
     def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         jtis = list(queryset.values_list("jti", flat=True))
-        done = sum(revoke_token(jti=jti, actor=_actor(request), reason="admin") for jti in jtis)
-        messages.info(request, f"revoked {done} token(s); {len(jtis) - done} were revoked already")
+        done = gone = 0
+        for jti in jtis:
+            try:
+                done += revoke_token(jti=jti, actor=_actor(request), reason="admin")
+            except UnknownToken:  # pruned since the page was shown
+                gone += 1
+        note = f"; {gone} were pruned meanwhile" if gone else ""
+        messages.info(
+            request, f"revoked {done} token(s); {len(jtis) - done - gone} were revoked already{note}"
+        )
 
     list_display = ("issued_at", "jti", "public_key", "audience", "expires_at", "standing")
     readonly_fields = ("standing",)

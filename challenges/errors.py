@@ -17,7 +17,7 @@ Hub's status for ``GetToken`` over gRPC and gRPC-Web (``hubstatus``).
     ├── StateError            the frame does not fit the flow's state
     ├── LimitError            a cap was hit (pending, connections, errors)
     │   └── RateLimited       too many requests from one address (``retry_after``)
-    ├── RefusedError          refused before any flow: Host, Origin, a blocked key, shutdown
+    ├── RefusedError          refused by policy: Host, Origin, a blocked key, shutdown
     ├── UpstreamError         the upstream authority failed or refused
     │   └── RoutingUnavailable  the worker owning a challenge cannot be reached
     ├── TokenError            a token failed verification
@@ -205,7 +205,8 @@ class SignInLimited(RateLimited):
 
 
 class RefusedError(ChallengeError):
-    """Refused before any flow: a Host or Origin, or a server that is shutting down."""
+    """Refused by policy: a Host or Origin, a blocked key (at the start of its flow or at its
+    answer), or a server that is shutting down."""
 
     code = Code.ORIGIN_NOT_ALLOWED
 

@@ -86,7 +86,7 @@ class FlowService:
     ) -> None:
         self.upstream = upstream
         self.outcomes = outcomes
-        #: Keys an operator blocked: they may not start a flow.
+        #: Keys an operator blocked: they may not start a flow, nor finish one they hold.
         self.blocked = blocked
         self.limits = limits
         self.clock = clock

@@ -148,7 +148,7 @@ class GetTokenCall:
         self.audit = audit
         self.caller = caller
         self.cap = cap
-        #: Public keys an operator blocked: refused once read.
+        #: Public keys an operator blocked: refused once read, and at the signature.
         self.blocked = blocked
         self._tasks = tasks
 
@@ -231,12 +231,12 @@ class GetTokenCall:
         if second is None or second[0] != "signature" or not isinstance(second[1], bytes):
             missing = ChallengeError("Signature is required", code=Code.MISSING_SIG)
             return await self._refuse(missing, status_name, ended=second is None)
+        if str(key) in self.blocked:  # blocked while the call waited for the signature
+            return await self._refuse(key_blocked(), status_name)
         try:
             key.verify(challenge, second[1])
         except ChallengeError as bad_sig:
             return await self._refuse(bad_sig, status_name)
-        if str(key) in self.blocked:  # blocked while the call waited for the signature
-            return await self._refuse(key_blocked(), status_name)
         return await self._issue(key, send)
 
     async def _issue(self, key: PublicKey, send: Callable[[Reply], Awaitable[None]]) -> ChallengeError | None:

@@ -100,12 +100,16 @@ class UnknownToken(LookupError):
     recorded as a revocation while the real token stayed active)."""
 
 
-def revoke_token(*, jti: str, actor: str, reason: str = "") -> bool:
+def revoke_token(*, jti: str, actor: str, reason: str = "", issued_elsewhere: bool = False) -> bool:
     """Revoke the issued token ``jti``; False if it was revoked already. Raises
-    :class:`UnknownToken` when no issued token has that ``jti``."""
-    if not IssuedToken.objects.filter(jti=jti).exists():
+    :class:`UnknownToken` when no issued token has that ``jti``, unless
+    ``issued_elsewhere`` (a token of ours no row here records: another database's
+    ``runauthority``, or rows pruned), which takes any non-empty jti of at most 64 characters."""
+    if issued_elsewhere and not 0 < len(jti) <= 64:
         raise UnknownToken(jti)
     with transaction.atomic():
+        if not issued_elsewhere and not IssuedToken.objects.filter(jti=jti).exists():
+            raise UnknownToken(jti)
         _, created = RevokedToken.objects.get_or_create(
             jti=jti,
             defaults={"revoked_at": timezone.now(), "actor": actor[:150], "reason": reason[:200]},
@@ -117,7 +121,8 @@ def revoke_token(*, jti: str, actor: str, reason: str = "") -> bool:
 
 def block_key(*, public_key: str, actor: str, reason: str = "") -> bool:
     """Block ``public_key`` (a canonical key string): its live tokens are inactive at once,
-    and it may not start a flow. False if it was blocked already."""
+    it may not start a flow, and a challenge it holds gets no token. False if it was
+    blocked already."""
     key = str(parse_public_key(public_key))
     with transaction.atomic():
         _, created = BlockedKey.objects.get_or_create(

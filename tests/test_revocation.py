@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import json
 from datetime import timedelta
+from unittest import mock
 from urllib.parse import urlencode
 
 import pytest
@@ -16,7 +18,7 @@ from django.core.management import CommandError, call_command
 from django.test import AsyncClient
 from django.utils import timezone
 
-from challenges import runtime
+from challenges import revocation, runtime
 from challenges.identity import PrivateKey
 from challenges.models import BlockedKey, ChallengeAttempt, IssuedToken, RevocationEvent, RevokedToken
 from challenges.revocation import Blocklist, block_key, revoke_token
@@ -155,7 +157,11 @@ def issued(jti: str, key: PrivateKey) -> IssuedToken:
         created_at=timezone.now(), finished_at=timezone.now(), outcome="success", public_key=str(key.public)
     )
     return IssuedToken.objects.create(
-        attempt=attempt, jti=jti, token_sha256="0" * 64, public_key=str(key.public), issued_at=timezone.now()
+        attempt=attempt,
+        jti=jti,
+        token_sha256=hashlib.sha256(jti.encode()).hexdigest(),
+        public_key=str(key.public),
+        issued_at=timezone.now(),
     )
 
 
@@ -196,6 +202,38 @@ def test_revoking_a_jti_no_token_has_revokes_nothing_and_says_so(user_key, jti):
         call_command("tokens", "revoke", jti, stdout=io.StringIO())
     assert not RevokedToken.objects.exists()
     assert not RevocationEvent.objects.exists()
+
+
+def test_a_token_issued_elsewhere_is_revoked_when_the_operator_says_so():
+    """A runauthority with a database of its own issued it: no row here records it."""
+    out = io.StringIO()
+    call_command("tokens", "revoke", "jti-elsewhere", "--issued-elsewhere", stdout=out)
+    assert out.getvalue() == "revoked token jti-elsewhere\n"
+    assert RevokedToken.objects.get().jti == "jti-elsewhere"
+    for jti in ("", "x" * 65):  # still no empty jti, and none cut to 64 characters
+        with pytest.raises(CommandError, match="nothing was revoked"):
+            call_command("tokens", "revoke", jti, "--issued-elsewhere", stdout=io.StringIO())
+    assert RevokedToken.objects.count() == 1
+
+
+def test_the_admin_revokes_what_is_left_when_a_selected_token_was_pruned(admin_client, user_key):
+    kept, pruned = issued("jti-kept", user_key), issued("jti-pruned", user_key)
+    changelist = "/admin/challenges/issuedtoken/"
+    selected = [kept.pk, pruned.pk]
+    real_revoke = revocation.revoke_token
+
+    def pruned_meanwhile(**kwargs):  # pruneaudit deletes it between the page and the action
+        if kwargs["jti"] == "jti-pruned":
+            IssuedToken.objects.filter(jti="jti-pruned").delete()
+        return real_revoke(**kwargs)
+
+    with mock.patch("challenges.admin.revoke_token", pruned_meanwhile):
+        response = admin_client.post(
+            changelist, {"action": "revoke_tokens", "_selected_action": selected}, follow=True
+        )
+    assert response.status_code == 200
+    assert "Revoked 1 token(s); 0 were revoked already; 1 were pruned meanwhile" in response.content.decode()
+    assert list(RevokedToken.objects.values_list("jti", flat=True)) == ["jti-kept"]
 
 
 def test_admin_actions_revoke_and_block_and_name_the_operator(

@@ -2,7 +2,7 @@
 
     python manage.py tokens list [--key KEY] [--since 7d] [--until ...] [--active | --revoked] [--json]
     python manage.py tokens show JTI [--json]
-    python manage.py tokens revoke JTI [--reason TEXT]
+    python manage.py tokens revoke JTI [--reason TEXT] [--issued-elsewhere]
     python manage.py tokens block KEY [--reason TEXT]
     python manage.py tokens unblock KEY [--reason TEXT]
 
@@ -56,6 +56,12 @@ class Command(BaseCommand):
             action = actions.add_parser(name, help=f"{name} {target}")
             action.add_argument(target, help=what)
             action.add_argument("--reason", default="", help="why (kept with the action)")
+            if name == "revoke":
+                action.add_argument(
+                    "--issued-elsewhere",
+                    action="store_true",
+                    help="revoke a jti no issued token here has (a runauthority with its own database)",
+                )
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"]
@@ -66,7 +72,12 @@ class Command(BaseCommand):
         actor, reason = f"cli:{_user()}", options["reason"]
         try:
             if action == "revoke":
-                done = revoke_token(jti=options["jti"], actor=actor, reason=reason)
+                done = revoke_token(
+                    jti=options["jti"],
+                    actor=actor,
+                    reason=reason,
+                    issued_elsewhere=options["issued_elsewhere"],
+                )
                 self._say(done, f"revoked token {options['jti']}", "that token was already revoked")
             elif action == "block":
                 done = block_key(public_key=options["key"], actor=actor, reason=reason)
@@ -78,8 +89,8 @@ class Command(BaseCommand):
             raise CommandError(f"not a public key string: {exc.message}") from exc
         except UnknownToken:
             raise CommandError(
-                f"no issued token has the jti {options['jti'][:80]!r}: nothing was revoked"
-                " ('tokens list' shows them)"
+                f"no issued token has the jti {options['jti'][:80]!r}: nothing was revoked ('tokens list'"
+                " shows them; --issued-elsewhere revokes a jti of 1 to 64 characters all the same)"
             ) from None
 
     def list(self, options: dict[str, Any]) -> None:
