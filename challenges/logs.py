@@ -95,7 +95,11 @@ class WebSocketAccessLines(logging.Filter):
     who came and what they got; a client opening sockets cannot flood the log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and record.msg.startswith(_WEBSOCKET_LINES):
+        if (
+            record.levelno <= logging.INFO
+            and isinstance(record.msg, str)
+            and record.msg.startswith(_WEBSOCKET_LINES)
+        ):
             access = logging.getLogger("uvicorn.access")
             return bool(access.handlers or access.propagate)
         return True

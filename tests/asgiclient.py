@@ -14,6 +14,13 @@ from tokensite.asgi import application
 HOST = "testserver"
 
 
+#: What an API endpoint answers a method it does not take, by the method it takes.
+METHOD_NOT_ALLOWED = {
+    method: {"error": "method_not_allowed", "error_description": f"use {method}"}
+    for method in ("GET", "POST")
+}
+
+
 class Response:
     def __init__(self, status: int, headers: list[tuple[bytes, bytes]], content: bytes) -> None:
         self.status_code = status

@@ -10,8 +10,7 @@ import pytest
 from challenges import authority
 from challenges.identity import PrivateKey, encode_buffer
 from challenges.tokens import verify_token
-from tests.asgiclient import HOST, AsgiClient
-from tests.test_views import METHOD_NOT_ALLOWED
+from tests.asgiclient import HOST, METHOD_NOT_ALLOWED, AsgiClient
 from tests.wsutil import attempts, challenge, connect, receive, tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -205,5 +205,6 @@ def test_uvicorns_lines_for_each_websocket_go_with_its_access_log(access_log):
         assert [keep(line) for line in lines] == [access_log] * len(lines)
         assert keep(record("Uvicorn running on %s", "http://127.0.0.1:8000"))
         assert keep(record("Exception in ASGI application", level=logging.ERROR))
+        assert keep(record("connection closed unexpectedly", level=logging.WARNING))  # never a warning
     finally:
         access.handlers, access.propagate = saved

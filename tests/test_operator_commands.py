@@ -407,7 +407,7 @@ def test_gettoken_reads_a_key_file_an_editor_saved_with_a_bom_and_refuses_other_
         run("gettoken", "--key-file", str(tmp_path / "latin"), "--url", closed)
     assert str(me)[8:] not in str(refused.value)  # never the key
     for timeout in ("0", "nan", "inf"):
-        with pytest.raises(CommandError, match="--timeout must be a positive number"):
+        with pytest.raises(CommandError, match="argument --timeout: must be a positive number of seconds"):
             run("gettoken", "--url", closed, "--timeout", timeout)
 
 

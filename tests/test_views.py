@@ -10,13 +10,9 @@ from django.test import AsyncClient
 
 from challenges.identity import PrivateKey
 from challenges.tokens import mint_token
+from tests.asgiclient import METHOD_NOT_ALLOWED
 
 pytestmark = pytest.mark.django_db(transaction=True)
-#: What an API endpoint answers a method it does not take (the two-step's too: test_http_flow).
-METHOD_NOT_ALLOWED = {
-    method: {"error": "method_not_allowed", "error_description": f"use {method}"}
-    for method in ("GET", "POST")
-}
 
 
 @pytest.fixture
@@ -114,4 +110,7 @@ async def test_a_method_an_api_endpoint_does_not_take_is_a_json_405(method, path
     assert (response.status_code, response["Allow"]) == (405, allow)
     assert response["Content-Type"] == "application/json"
     assert json.loads(response.content) == METHOD_NOT_ALLOWED[allow.split(",")[0]]
+
+
+async def test_a_get_endpoint_takes_head():
     assert (await AsyncClient().head("/api/health")).status_code == 200

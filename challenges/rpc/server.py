@@ -115,9 +115,8 @@ def create_server(
     the server (not started) and the bound port. Raises :class:`RuntimeError`
     when the address cannot be bound.
     """
-    _, _, port_text = address.rpartition(":")
-    if not address.startswith("unix:") and not (port_text.isdigit() and int(port_text) < 65536):
-        # grpc would bind 99999 as 99999 - 65536 and report that port
+    port_text = address.rpartition(":")[2]
+    if port_text.isdigit() and int(port_text) > 65535:  # grpc bound 99999 as 99999 - 65536
         raise RuntimeError(f"cannot listen on {address}: the port must be 0 to 65535")
     if api_keys:
         servicer.known_keys = frozenset(api_keys)

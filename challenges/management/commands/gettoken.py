@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import os
 from typing import Any
 
@@ -21,7 +22,7 @@ class Command(BaseCommand):
         parser.add_argument("--url", default="ws://127.0.0.1:8000/ws/token")
         parser.add_argument("--key-file", help="file holding a private key string")
         parser.add_argument("--audience", help="expected audience (default: the URL's origin)")
-        parser.add_argument("--timeout", type=float, default=30.0)
+        parser.add_argument("--timeout", type=_seconds, default=30.0, help="seconds (default 30)")
         parser.add_argument(
             "--accept-raw",
             action="store_true",
@@ -44,8 +45,6 @@ class Command(BaseCommand):
             ) from None
         except (OSError, IdentityError) as exc:
             raise CommandError(f"cannot read the private key: {exc}") from exc
-        if not 0 < options["timeout"] < float("inf"):
-            raise CommandError("--timeout must be a positive number of seconds")
         self.stderr.write(f"# identity: {key.public}")
         try:
             token = get_token(
@@ -58,3 +57,13 @@ class Command(BaseCommand):
         except TokenClientError as exc:
             raise CommandError(f"{exc.code}: {exc.message}") from exc
         self.stdout.write(token)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text[:20]!r}")
+    return value
