@@ -19,54 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Container
-from dataclasses import dataclass, field
+from collections.abc import Container
 from datetime import datetime
 
-from .authority import Challenge
 from .clients import ClientInfo
-from .clock import Clock, Timer
-from .errors import (
-    ChallengeError,
-    Code,
-    InternalError,
-    RefusedError,
-    StateError,
-    UpstreamError,
-    key_blocked,
-)
+from .clock import Clock
+from .errors import ChallengeError, Code, InternalError, RefusedError, StateError, UpstreamError, key_blocked
 from .identity import PublicKey
 from .limits import Limits
 from .outcomes import Outcomes
+from .pending import Flow, Watcher
 from .tasks import TaskSet
 from .tokens import MintedToken
-from .upstream import PendingChallenge, Upstream
+from .upstream import Upstream
 
 log = logging.getLogger(__name__)
-
-#: Told how a watched flow ended: its id, and the token or the error.
-Watcher = Callable[[str, MintedToken | ChallengeError], Awaitable[None]]
-
-
-@dataclass(eq=False)
-class Flow:
-    """One pending challenge: ``id`` is what clients quote (the owner's tag first)."""
-
-    id: str
-    key: PublicKey
-    pending: PendingChallenge
-    client: ClientInfo
-    created_at: datetime
-    started: float
-    challenged_at: datetime | None = None
-    answered_at: datetime | None = None
-    watchers: list[Watcher] = field(default_factory=list)
-    timer: Timer | None = None
-    grace: Timer | None = None
-
-    @property
-    def challenge(self) -> Challenge:
-        return self.pending.challenge
 
 
 class FlowService:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import logs
 from .audit import AuditWriter
@@ -27,12 +27,10 @@ from .clock import Clock
 from .errors import ChallengeError, UpstreamError
 from .metrics import DEFAULT, Metrics
 from .models import SUCCESS
+from .pending import Flow
 from .refusals import Refusals
 from .services import AuditRecord
 from .tokens import MintedToken
-
-if TYPE_CHECKING:
-    from .flows import Flow
 
 
 class Outcomes:

@@ -22,8 +22,9 @@ from typing import Any
 from . import protocol
 from .clients import ClientInfo
 from .errors import ChallengeError, Code, StateError
-from .flows import FlowService, Watcher
+from .flows import FlowService
 from .limits import address_scope
+from .pending import Watcher
 from .protocol import ChallengeResponse, FrameContext, TokenRequest
 from .ratelimit import RateLimiter
 from .routing import Router

@@ -39,9 +39,10 @@ from typing import Any
 from .clients import ClientInfo
 from .clock import Clock
 from .errors import ChallengeError, Code, LimitError, RoutingUnavailable, StateError, UpstreamError
-from .flows import FlowService, Watcher
+from .flows import FlowService
 from .liveness import Liveness
 from .metrics import DEFAULT, Metrics
+from .pending import Watcher
 from .tasks import TaskSet
 
 log = logging.getLogger(__name__)
