@@ -1,4 +1,5 @@
-"""Settings, read once from the environment (and ``.env``) with django-environ.
+"""Settings, read once from the environment (and ``.env``) with django-environ
+(:mod:`tokensite.environment`: an empty variable is its default).
 
 Every variable is listed, with its default, in ``.env.example`` and the
 README. With nothing set, the project runs for development: DEBUG on, SQLite,
@@ -11,44 +12,17 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from challenges.redisconf import RedisTarget, parse_sentinels
+from tokensite import environment
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
-class _Set(Mapping[str, str]):
-    """The environment without its empty variables: ``NAME=`` (as ``.env.example`` lists
-    them) is the same as no ``NAME``, its default."""
-
-    def __getitem__(self, name: str) -> str:
-        value = os.environ[name]
-        if value == "":
-            raise KeyError(name)
-        return value
-
-    def __iter__(self) -> Iterator[str]:
-        return (name for name, value in os.environ.items() if value != "")
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-if (BASE_DIR / ".env").is_file():  # (else django-environ logs so, before LOGGING is set up)
-    # .env fills what the environment leaves unset, and an empty variable is unset.
-    _empty = [name for name, value in os.environ.items() if value == ""]
-    for _name in _empty:
-        del os.environ[_name]
-    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
-    for _name in _empty:
-        os.environ.setdefault(_name, "")
-env = environ.Env()
-env.ENVIRON = _Set()
+env = environment.read(BASE_DIR / ".env")
 VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
 
 #: The one exception to "empty is the default": an empty DEBUG is false, so debug is only
