@@ -9,6 +9,7 @@ report links the ones kept in ``bench/``: what guided the work, before and after
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,11 +23,22 @@ from . import procs, servers
 from .loadgen import Result, Spec
 
 
+def py_spy() -> str:
+    """The py-spy of this interpreter's environment (``make install-dev`` puts it beside
+    ``python``, which need not be on ``PATH``), else the one on ``PATH``."""
+    beside = Path(sys.executable).with_name("py-spy")
+    found = str(beside) if beside.is_file() else shutil.which("py-spy")
+    if found is None:
+        raise SystemExit("profile: py-spy is not installed (make install-dev installs it)")
+    return found
+
+
 def profile(
     *, config: str, concurrency: int, flows: int, out: Path, mode: str = "one", rate: int = 250
 ) -> int:
     """Record ``config`` under load into ``out``; ``relay`` records its two processes, into
     ``out`` with ``-provider`` and ``-runauthority`` added to its name."""
+    spy_command = py_spy()
     authority = PrivateKey.generate()
     spies: dict[Path, subprocess.Popen[bytes]] = {}
     errors: dict[Path, bytes] = {}
@@ -43,7 +55,7 @@ def profile(
         try:
             for path, recorded_server in recorded.items():
                 spies[path] = subprocess.Popen(
-                    ["py-spy", "record", "--pid", str(recorded_server.process.pid), "--rate", str(rate),
+                    [spy_command, "record", "--pid", str(recorded_server.process.pid), "--rate", str(rate),
                      "--output", str(path), "--format", "raw" if path.suffix == ".txt" else "flamegraph",
                      "--threads", "--nonblocking"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

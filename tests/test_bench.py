@@ -59,3 +59,22 @@ def test_a_short_benchmark_writes_its_report_and_charts(tmp_path):
         assert data.startswith(b"\x89PNG\r\n\x1a\n"), chart
         assert len(data) > 10_000, chart
         assert f"]({chart})" in report
+
+
+def test_profile_writes_a_flame_graph_without_the_venv_on_path(tmp_path):
+    """``python -m bench profile`` finds the py-spy installed beside its interpreter, as
+    ``.venv/bin/python -m bench profile`` is run without the virtualenv activated."""
+    out_svg = tmp_path / "flame.svg"
+    env = dict(os.environ, PATH="/usr/bin:/bin")
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "profile", "--config", "serve", "--concurrency", "4",
+         "--flows", "200", "--out", str(out_svg)],
+        cwd=servers.ROOT, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "200 flows" in out.stdout, out.stdout
+    assert "errors {}" in out.stdout, out.stdout
+    svg = out_svg.read_text()
+    assert svg.startswith("<?xml")
+    assert "<svg" in svg
+    assert "challenges/consumers.py" in svg  # the server's own frames were sampled
