@@ -34,6 +34,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -963,6 +965,53 @@ def test_compose_file_wires_the_services():
     assert "static:" + static_mount.split(":")[1] in services["migrate"]["volumes"]
     assert "collectstatic" in services["migrate"]["command"][-1]
     assert any(p.endswith(":443") for p in nginx["ports"])
+
+
+@pytest.mark.server
+def test_compose_workers_health_check_passes_on_a_worker_serving_its_public_host(tmp_path):
+    """The workers' health check, run as Compose runs it inside the container: against the
+    worker's own address, which ALLOWED_HOSTS (the public host) does not name. Django
+    refused it (400, DisallowedHost), so the workers never became healthy and nginx, which
+    waits for them, never started."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    worker = compose["services"]["worker1"]
+    port = servers.free_port()
+    env = servers.base_env(
+        tmp_path,
+        SECRET_KEY="a-long-random-test-secret-" + "x" * 30,
+        AUTHORITY_PRIVATE_KEY=str(PrivateKey.generate()),
+        ALLOWED_HOSTS="tokens.example.com",
+        TOKEN_AUDIENCE="https://tokens.example.com",
+        ALLOWED_ORIGINS="https://tokens.example.com",
+        SECURE_PROXY_SSL_HEADER="X-Forwarded-Proto",
+        DEBUG="false",
+        REDIS_URL="",
+    )
+    process, log_path = servers.launch(
+        [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        log_path=tmp_path / "serve.log",
+    )
+    check = [arg.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for arg in worker["healthcheck"]["test"]]
+    assert check[0] == "CMD"
+
+    def listening() -> bool | None:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+        return None
+
+    try:
+        servers.wait_ready(process, log_path, listening, timeout=60, what="manage.py serve")
+        out = subprocess.run([sys.executable, *check[2:]], capture_output=True, text=True, timeout=10)
+        assert out.returncode == 0, out.stderr[-2000:]
+        # The exemption is the probe's alone: another path with that Host is still refused.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/.well-known/jwks.json", timeout=5)
+        refused.value.close()
+        assert refused.value.code == 400
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
 
 
 def redis_args(command: list[str], ports: dict[str, int]) -> list[str]:

@@ -38,3 +38,18 @@ def test_health_reports_a_broken_channel_layer(client, settings):
 
 def test_health_is_get_only(client):
     assert client.post("/api/health").status_code == 405
+
+
+@pytest.mark.django_db(transaction=True)
+def test_health_answers_a_probe_at_the_workers_own_address(client, settings):
+    """A load balancer probes a worker by its address, which ALLOWED_HOSTS does not list:
+    the probe is answered; any other path with that Host is still refused."""
+    settings.ALLOWED_HOSTS = ["tokens.example.com"]
+    response = client.get("/api/health", HTTP_HOST="10.0.0.5:8000")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+    assert client.head("/api/health", HTTP_HOST="10.0.0.5:8000").status_code == 200
+    assert client.post("/api/health", HTTP_HOST="10.0.0.5:8000").status_code == 405
+    assert client.get("/", HTTP_HOST="10.0.0.5:8000").status_code == 400
+    assert client.get("/.well-known/jwks.json", HTTP_HOST="10.0.0.5:8000").status_code == 400
+    assert client.get("/api/health/", HTTP_HOST="10.0.0.5:8000").status_code == 400
