@@ -88,12 +88,14 @@ def check_tokens(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
             )
         )
     relay = settings.TOKEN_UPSTREAM.startswith(("grpc://", "grpcs://"))
-    if relay and not settings.DEBUG and not settings.AUTHORITY_PRIVATE_KEY:
+    keyless = not settings.AUTHORITY_PRIVATE_KEY and not settings.UPSTREAM_PUBLIC_KEY.strip()
+    if relay and not settings.DEBUG and keyless:
         messages.append(
             Error(
-                "AUTHORITY_PRIVATE_KEY is not set: POST /api/token/verify has no key to check the"
-                " relayed tokens against",
-                hint="Set the private key of the authority that signs the tokens (runauthority's).",
+                "neither UPSTREAM_PUBLIC_KEY nor AUTHORITY_PRIVATE_KEY is set: POST /api/token/verify"
+                " has no key to check the relayed tokens against",
+                hint="Set UPSTREAM_PUBLIC_KEY to the public key of the authority that signs them"
+                " (runauthority's), or AUTHORITY_PRIVATE_KEY to its private key.",
                 id="challenges.E011",
             )
         )

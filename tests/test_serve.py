@@ -19,8 +19,9 @@ from websockets.sync.client import connect
 
 from challenges.client import get_token_async
 from challenges.identity import PrivateKey, encode_buffer
-from challenges.tokens import verify_token
+from challenges.tokens import jwk, verify_token
 from tests import servers
+from tests.rpcutil import API_KEY, API_SECRET, authority
 
 pytestmark = [pytest.mark.server, pytest.mark.once]
 AUTHORITY = PrivateKey.generate()
@@ -120,6 +121,49 @@ def post(port: int, path: str, body: dict) -> dict:
     )
     with urllib.request.urlopen(request, timeout=10) as response:  # a new connection each time
         return json.load(response)
+
+
+def test_a_relay_serves_with_the_upstreams_public_key_alone(tmp_path):
+    """A production relay holds no private key: ``UPSTREAM_PUBLIC_KEY`` checks the relayed
+    tokens (verify, JWKS). serve refused to start without AUTHORITY_PRIVATE_KEY, and check's
+    E011 asked for it too: a relay had to hold the authority's private key, or a made-up one
+    it then published in its key set."""
+    hub_env = servers.base_env(
+        tmp_path / "hub", AUTHORITY_PRIVATE_KEY=str(AUTHORITY), AUTHORITY_API_KEYS=f"{API_KEY}:{API_SECRET}"
+    )
+    with authority(tmp_path / "hub", env=hub_env) as hub:
+        port = servers.free_port()
+        env = production_env(
+            tmp_path,
+            AUTHORITY_PRIVATE_KEY="",
+            TOKEN_UPSTREAM=f"grpc://{hub.target}",
+            USER_API_KEY=API_KEY,
+            USER_API_SECRET=API_SECRET,
+            UPSTREAM_PUBLIC_KEY=str(AUTHORITY.public),
+        )
+        check = subprocess.run(
+            [sys.executable, "manage.py", "check", "--fail-level", "ERROR"],
+            cwd=servers.ROOT, env=dict(env, DEBUG="false"), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert check.returncode == 0, check.stderr
+        process, log_path = make_serve(env, port)
+        try:
+            servers.wait_ready(process, log_path, lambda: _health(port), timeout=60, what="make serve")
+            user = PrivateKey.generate()
+            ws = f"ws://127.0.0.1:{port}/ws/token"
+            token = asyncio.run(get_token_async(ws, user, accept_raw=True, timeout=10))
+            assert verify_token(token, issuer=AUTHORITY.public)["sub"] == str(user.public)
+            assert post(port, "/api/token/verify", {"token": token})["active"] is True
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/.well-known/jwks.json", headers={"x-forwarded-proto": "https"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                published = json.load(response)["keys"]
+            assert [key["x"] for key in published] == [jwk(AUTHORITY.public)["x"]]
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(15)
+    assert "Traceback" not in log_path.read_text()
 
 
 def test_make_serve_runs_two_workers_on_one_port(tmp_path):

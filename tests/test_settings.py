@@ -289,6 +289,12 @@ def test_a_relay_in_production_needs_the_verification_key(settings):
     settings.TOKEN_UPSTREAM = "grpcs://hub.example.com:443"
     settings.AUTHORITY_PRIVATE_KEY = ""
     assert errors_ids(settings) == {"challenges.E011"}
+    settings.UPSTREAM_PUBLIC_KEY = "  "
+    assert errors_ids(settings) == {"challenges.E011"}
+    # The public key of the authority relayed to is enough: a relay mints nothing.
+    settings.UPSTREAM_PUBLIC_KEY = str(PrivateKey.generate().public)
+    assert errors_ids(settings) == set()
+    settings.UPSTREAM_PUBLIC_KEY = ""
     settings.AUTHORITY_PRIVATE_KEY = str(PrivateKey.generate())
     assert errors_ids(settings) == set()
 

@@ -3,9 +3,10 @@
 uvicorn with its sans-I/O WebSocket protocol, ``WORKERS`` processes on one
 port, the ASGI lifespan on (the runtime starts and drains with each worker),
 migrations applied first. It refuses to start, with one line per missing
-setting, without ``SECRET_KEY``, ``AUTHORITY_PRIVATE_KEY`` or
-``ALLOWED_HOSTS``, with ``DEBUG`` on, or with several workers and no
-``REDIS_URL`` or ``REDIS_SENTINELS`` (their challenges could not reach each other).
+setting, without ``SECRET_KEY``, ``AUTHORITY_PRIVATE_KEY`` (a ``grpc`` relay
+may set ``UPSTREAM_PUBLIC_KEY`` instead) or ``ALLOWED_HOSTS``, with ``DEBUG``
+on, or with several workers and no ``REDIS_URL`` or ``REDIS_SENTINELS`` (their
+challenges could not reach each other).
 
 With several workers, the metrics run in prometheus-client's multiprocess
 mode: a fresh, empty ``VAR_DIR/metrics/<port>`` is made before the workers
@@ -123,8 +124,13 @@ def _refusals(workers: int) -> list[str]:
         )
     if settings.SECRET_KEY.startswith("insecure-"):  # the development placeholder
         lines.append("SECRET_KEY is not set: set a long random string in the environment or .env")
-    if not settings.AUTHORITY_PRIVATE_KEY:
-        lines.append("AUTHORITY_PRIVATE_KEY is not set: 'python manage.py keygen' prints one")
+    relay = settings.TOKEN_UPSTREAM.startswith(("grpc://", "grpcs://"))
+    if not settings.AUTHORITY_PRIVATE_KEY and not (relay and settings.UPSTREAM_PUBLIC_KEY.strip()):
+        # A relay mints nothing: the public key of the authority it relays to is enough.
+        lines.append(
+            "AUTHORITY_PRIVATE_KEY is not set: 'python manage.py keygen' prints one"
+            + (" (or set UPSTREAM_PUBLIC_KEY, the public key of the authority relayed to)" if relay else "")
+        )
     if not settings.ALLOWED_HOSTS:
         lines.append("ALLOWED_HOSTS is not set: the host names clients use, comma-separated")
     if workers < 1:
