@@ -13,7 +13,7 @@ from pathlib import Path
 from .access import MetricsAccess
 from .apikeys import configured_api_keys
 from .clients import ClientPolicy, daphne_forwarded_header
-from .http import DJANGO_UPLOAD_LIMIT, BodyLimits
+from .http import DJANGO_UPLOAD_LIMIT, BodyLimits, HttpsPolicy
 from .identity import PrivateKey
 from .keys import load_authority_key
 from .limits import Caps
@@ -47,6 +47,8 @@ class RuntimeConfig:
     implied_ip_header: bool = False
     #: Request bodies: bytes by path, and seconds to arrive (challenges.httpguard).
     http: BodyLimits = field(default_factory=BodyLimits)
+    #: The https redirect and HSTS of what is answered outside Django (the two-step).
+    https: HttpsPolicy = field(default_factory=HttpsPolicy)
     rate: Rate = field(default_factory=Rate)
     #: Sign-in attempts on the admin, per address (challenges.httpguard).
     login_rate: Rate = field(default_factory=lambda: Rate(per_minute=5, burst=10))
@@ -136,6 +138,7 @@ class RuntimeConfig:
                 other=settings.DATA_UPLOAD_MAX_MEMORY_SIZE or DJANGO_UPLOAD_LIMIT,
                 timeout=settings.HTTP_BODY_TIMEOUT,
             ),
+            https=HttpsPolicy.from_settings(settings),
             authority_api_keys=settings.AUTHORITY_API_KEYS,
             authority_challenge_deadline=settings.AUTHORITY_CHALLENGE_DEADLINE,
             authority_max_streams=settings.AUTHORITY_MAX_STREAMS,

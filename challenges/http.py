@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
+from urllib.parse import quote
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -148,3 +149,35 @@ def refusal(
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
     return status or status_of(error.code), headers, body
+
+
+@dataclass(frozen=True, slots=True)
+class HttpsPolicy:
+    """Django's https settings for what is answered outside its middleware (the two-step):
+    ``SECURE_SSL_REDIRECT`` (and ``SECURE_SSL_HOST``), and the ``Strict-Transport-Security``
+    header of ``SECURE_HSTS_*`` on https answers."""
+
+    redirect: bool = False
+    ssl_host: str = ""
+    hsts: str = ""
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> HttpsPolicy:
+        hsts = ""
+        if settings.SECURE_HSTS_SECONDS:
+            hsts = f"max-age={settings.SECURE_HSTS_SECONDS}"
+            hsts += "; includeSubDomains" if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS else ""
+            hsts += "; preload" if settings.SECURE_HSTS_PRELOAD else ""
+        return cls(redirect=settings.SECURE_SSL_REDIRECT, ssl_host=settings.SECURE_SSL_HOST or "", hsts=hsts)
+
+    def location(self, *, secure: bool, host: str, scope: Mapping[str, Any]) -> str | None:
+        """Where a plain-http request goes instead (None: answer it). ``host`` must have
+        passed ``ALLOWED_HOSTS``: it is written into the redirect."""
+        if not self.redirect or secure:
+            return None
+        path = quote(f"{scope.get('root_path', '')}{scope.get('path', '')}", safe="/")
+        query = bytes(scope.get("query_string", b"")).decode("latin-1")
+        return f"https://{self.ssl_host or host}{path}" + (f"?{query}" if query else "")
+
+    def headers(self, *, secure: bool) -> list[tuple[bytes, bytes]]:
+        return [(b"strict-transport-security", self.hsts.encode())] if secure and self.hsts else []

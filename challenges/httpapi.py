@@ -50,23 +50,28 @@ async def answer(
         await _send(send, 405, method_not_allowed("POST"), [(b"allow", b"POST")])
         return
     conv.requires_id, conv.charge_token_frames = True, False
+    client, https = conv.client, rt.config.https
     try:
-        rt.config.clients.admit(conv.client)
+        rt.config.clients.admit(client)
     except ChallengeError as error:
         outcome = await rt.pipeline.refuse(conv, error)
     else:
+        # SECURE_SSL_REDIRECT, as Django's pages have it; 308 keeps the POST and its body.
+        location = https.location(secure=client.secure, host=client.host, scope=scope)
+        if location is not None:
+            await _send(send, 308, b"", [(b"location", location.encode())])
+            return
         outcome = await rt.pipeline.body(conv, body, kind=ROUTES[str(scope["path"])])
-    await _send_outcome(send, outcome)
+    await _send_outcome(send, outcome, https.headers(secure=client.secure))
 
 
-async def _send_outcome(send: Send, outcome: Outcome) -> None:
-    extra: list[tuple[bytes, bytes]] = []
+async def _send_outcome(send: Send, outcome: Outcome, extra: list[tuple[bytes, bytes]]) -> None:
     status = 200
     if outcome.error is not None:
         status = status_of(outcome.error.code)
         retry_after = getattr(outcome.error, "retry_after", None)
         if retry_after is not None:
-            extra.append((b"retry-after", str(retry_after).encode()))
+            extra = [*extra, (b"retry-after", str(retry_after).encode())]
     await _send(send, status, json.dumps(outcome.frame).encode(), extra)
 
 

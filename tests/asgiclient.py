@@ -41,9 +41,8 @@ class AsgiClient:
     async def request(
         self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
     ) -> Response:
-        raw = [(b"host", HOST.encode())] + [
-            (k.lower().encode(), v.encode()) for k, v in (headers or {}).items()
-        ]
+        given = {k.lower(): v for k, v in (headers or {}).items()}
+        raw = [(k.encode(), v.encode()) for k, v in {"host": HOST, **given}.items()]
         comm = HttpCommunicator(application, method, path, body=body, headers=raw)
         comm.scope["client"] = self.client
         response = await comm.get_response(timeout=10)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from challenges import authority
+from challenges import authority, runtime
 from challenges.identity import PrivateKey, encode_buffer
 from challenges.tokens import verify_token
 from tests.asgiclient import HOST, METHOD_NOT_ALLOWED, AsgiClient
@@ -165,3 +165,43 @@ async def test_deeply_nested_json_is_a_400_not_a_500(client, path, body):
     status, got = await post(client, path, body)
     assert (status, got["code"]) == (400, "invalid_json")
     assert [r.outcome for r in await attempts()] == ["invalid_json"]
+
+
+@pytest.fixture
+def https_only(settings):
+    """Production's https settings, behind a TLS proxy that says so in X-Forwarded-Proto."""
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.SECURE_HSTS_SECONDS = 3600
+    settings.SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    settings.SECURE_HSTS_PRELOAD = False
+    return settings
+
+
+@pytest.mark.parametrize("path", ["/api/token/challenge", "/api/token"])
+async def test_plain_http_is_redirected_to_https_with_the_method_kept(client, user_key, https_only, path):
+    """SECURE_SSL_REDIRECT covers the two-step as it does Django's pages (they were answered,
+    token included, over plain http): 308, so the POST and its body go to the https URL."""
+    response = await client.post(path + "?v=1", {"pub": str(user_key.public)})
+    assert response.status_code == 308
+    assert response["location"] == f"https://testserver{path}?v=1"
+    assert response.content == b""
+    assert await attempts() == []  # nothing was asked: no challenge, no row
+    https_only.SECURE_SSL_HOST = "tokens.example.com"
+    await runtime.stop()  # the next request's runtime reads the settings again
+    response = await client.post(path, {"pub": str(user_key.public)})
+    assert response["location"] == f"https://tokens.example.com{path}"
+
+
+async def test_https_answers_carry_hsts_and_a_foreign_host_is_not_redirected(client, user_key, https_only):
+    proxied = {"x-forwarded-proto": "https"}
+    response = await client.post("/api/token/challenge", {"pub": str(user_key.public)}, headers=proxied)
+    assert response.status_code == 200
+    assert response["strict-transport-security"] == "max-age=3600; includeSubDomains"
+    # A Host outside ALLOWED_HOSTS is refused, never written into a redirect.
+    response = await client.post(
+        "/api/token/challenge", {"pub": str(user_key.public)}, headers={"host": "evil.example"}
+    )
+    assert response.status_code == 403
+    assert response.json()["code"] == "invalid_host"
+    assert "location" not in response.headers

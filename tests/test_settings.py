@@ -208,6 +208,8 @@ def test_a_blank_verification_key_entry_is_no_check_error(settings):
 def test_readme_documents_every_error_code_and_variable():
     readme = (servers.ROOT / "README.md").read_text()
     assert [str(c) for c in Code if f"`{c}`" not in readme] == []
+    codes = (servers.ROOT / "docs" / "PROTOCOL.md").read_text().split("## Error codes", 1)[1]
+    assert [str(c) for c in Code if f"`{c}`" not in codes.split("\n## ", 1)[0]] == []
     assert "make run" in readme
     assert "make test" in readme
 
