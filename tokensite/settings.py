@@ -35,6 +35,8 @@ if DEBUG and not ALLOWED_HOSTS:
     ALLOWED_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
 
 INSTALLED_APPS = [
+    # First: its runserver (daphne's, with the browser client's headers) replaces daphne's.
+    "challenges",
     "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
@@ -43,7 +45,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
-    "challenges",
 ]
 
 MIDDLEWARE = [
