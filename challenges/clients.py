@@ -99,13 +99,21 @@ class ClientPolicy:
             secure=secure,
         )
 
-    def admit(self, client: ClientInfo) -> None:
-        """Raise :class:`~challenges.errors.RefusedError` unless Host and Origin are allowed."""
+    def check_host(self, client: ClientInfo) -> str:
+        """The Host's domain; raises :class:`~challenges.errors.RefusedError` (``invalid_host``)
+        when ``ALLOWED_HOSTS`` does not allow it, as Django would."""
         from django.http.request import split_domain_port, validate_host
 
         domain, _port = split_domain_port(client.host)
         if not domain or not validate_host(domain, list(self.allowed_hosts)):
             raise RefusedError("the Host header is not an allowed host", code=Code.INVALID_HOST)
+        return domain
+
+    def admit(self, client: ClientInfo) -> None:
+        """Raise :class:`~challenges.errors.RefusedError` unless Host and Origin are allowed."""
+        from django.http.request import validate_host
+
+        domain = self.check_host(client)
         if not self.audience and not validate_host(domain, _exact(self.allowed_hosts)):
             # The audience would come from a Host the client chose: challenges for any site.
             raise RefusedError(

@@ -18,7 +18,7 @@ signature is the credential), no templates.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from .errors import ChallengeError
@@ -38,7 +38,7 @@ _HEADERS = [
 ]
 
 
-def handles(scope: dict[str, Any]) -> bool:
+def handles(scope: Mapping[str, Any]) -> bool:
     return scope.get("path") in ROUTES
 
 

@@ -13,6 +13,10 @@ file) before any view runs, and waits for it as long as the client likes.
 * every request but ``GET /api/health`` (a load balancer's probe) takes a
   token from its address's rate limit (:mod:`challenges.ratelimit`): none
   left, 429 ``rate_limited`` with ``Retry-After``;
+* a request for Django (not the two-step, ``/metrics`` or the health probe)
+  whose Host is outside ``ALLOWED_HOSTS`` is answered 403 ``invalid_host``,
+  as the two-step and the sockets are (Django answered an HTML 400, wrote no
+  audit row, and logged an ERROR with its traceback for each);
 * a sign-in attempt on the admin (a ``POST`` to its login page whose body
   arrived) takes one more from its address's sign-in bucket
   (``ADMIN_LOGIN_PER_MINUTE``, far slower), so passwords cannot be guessed at
@@ -42,6 +46,7 @@ from . import httpapi, runtime
 from .errors import ChallengeError, Code, FrameError
 from .http import refusal
 from .limits import address_scope
+from .metricsview import PATH as METRICS_PATH
 from .pipeline import Conversation
 
 HEALTH = "/api/health"
@@ -67,6 +72,9 @@ class HttpGuard:
         try:
             if scope.get("path") != HEALTH:  # a load balancer's probe is not a client's request
                 await rt.limiter.take(address)
+                if _for_django(scope):
+                    # Django's answer was a 400 page, unaudited, and an ERROR with its traceback.
+                    rt.config.clients.check_host(conv.client)
             rt.limits.open_connection(conv.client.ip)
         except ChallengeError as error:
             await _refuse(rt, conv, send, error)
@@ -100,6 +108,12 @@ async def _body(
     except ChallengeError as error:
         await _refuse(rt, conv, send, error)
     return None
+
+
+def _for_django(scope: Mapping[str, Any]) -> bool:
+    """Answered by Django: not the two-step (its own checks) nor ``/metrics`` (scraped at
+    the worker's address, behind its own access rule)."""
+    return not httpapi.handles(scope) and scope.get("path") != METRICS_PATH
 
 
 @cache

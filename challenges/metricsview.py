@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import metrics, runtime
-from .httpguard import Receive, Send
+
+if TYPE_CHECKING:  # the guard imports this module (its path)
+    from .httpguard import Receive, Send
 
 log = logging.getLogger(__name__)
 

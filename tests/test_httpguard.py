@@ -225,3 +225,31 @@ def post(server: servers.Server, path: str, body: dict) -> dict:
     status, answer = exchange(server, path, json.dumps(body).encode())
     assert status == 200, (status, answer)
     return dict(json.loads(answer))
+
+
+def get(port: int, path: str, host: str) -> tuple[int, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        response = read_response(sock, timeout=5)
+    assert response is not None, path
+    return response
+
+
+@pytest.mark.parametrize("path", ["/.well-known/jwks.json", "/admin/login/", "/", "/api/token/verify"])
+def test_a_foreign_host_is_refused_with_a_code_and_an_audit_row_not_a_traceback(server, path):
+    """Django answered a Host outside ALLOWED_HOSTS with an HTML 400, no audit row, and an
+    ERROR with its traceback in the log (the fixture checks there is none): any client
+    could fill the log. The guard refuses it as the two-step and the sockets do."""
+    audited = refusals(server, "invalid_host")
+    status, body = get(server.port, path, "evil.example")
+    assert (status, error_code(body)) == (403, "invalid_host")
+    assert servers.wait_for(lambda: refusals(server, "invalid_host") == audited + 1, timeout=5)
+    assert get(server.port, path, f"127.0.0.1:{server.port}")[0] != 403  # its own host passes
+
+
+def test_the_probe_and_the_metrics_answer_at_any_host(server):
+    """A load balancer probes, and Prometheus scrapes, a worker at its own address."""
+    assert get(server.port, "/api/health", "10.0.0.5:8000")[0] == 200
+    status, body = get(server.port, "/metrics", "10.0.0.5:8000")
+    assert status == 200
+    assert b"# HELP" in body
