@@ -22,7 +22,7 @@ from django.views.decorators.csrf import csrf_exempt
 from . import protocol
 from .errors import ChallengeError, Code
 
-#: ``POST /api/token/verify``: bigger than any token verify_token accepts (8 KiB).
+#: ``POST /api/token/verify`` and ``/introspect``: bigger than any token verify_token accepts (8 KiB).
 MAX_VERIFY_BODY = 16 * 1024
 #: Django's default ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (2.5 MB).
 DJANGO_UPLOAD_LIMIT = 2_621_440
@@ -39,7 +39,7 @@ class BodyLimits:
     timeout: float = 10.0
 
     def for_path(self, path: str) -> int:
-        if path.rstrip("/") == "/api/token/verify":
+        if path.rstrip("/") in ("/api/token/verify", "/api/token/introspect"):
             return self.verify
         return self.api if path.startswith("/api/") else self.other
 

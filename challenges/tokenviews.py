@@ -19,6 +19,7 @@ import json
 from typing import Any
 
 from django.http import HttpRequest, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 
 from . import runtime
 from .errors import ChallengeError, Code, FrameError
@@ -90,7 +91,10 @@ def _token_of(request: HttpRequest, *, form: bool) -> tuple[str, tuple[str, int]
     if raw is None:
         return "", (f"the body is limited to {MAX_VERIFY_BODY} bytes", 413)
     if form and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        token = request.POST.get("token")
+        try:
+            token = request.POST.get("token")
+        except MultiPartParserError:  # e.g. no boundary: Django's HTML 400 and a logged traceback
+            return "", ("the form body is malformed", 400)
     else:
         try:
             body = json.loads(raw)

@@ -140,10 +140,13 @@ def test_a_chunked_body_over_the_limit_is_refused(server):
 
 
 def test_the_limit_is_the_paths(server):
-    """64 KiB for the token API, 16 KiB for verify, Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB)
-    for the admin: 100 KB is too large for the API, not for the admin's login form."""
+    """64 KiB for the token API, 16 KiB for verify and introspection, Django's
+    DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) for the admin: 100 KB is too large for the API, not
+    for the admin's login form. Each refusal is the error frame, before the body is read."""
+    audited = refusals(server, "frame_too_large")
     for path, length, refused in [
         ("/api/token/verify", 20_000, True),
+        ("/api/token/introspect", 20_000, True),
         ("/api/token", 100_000, True),
         ("/admin/login/", 100_000, False),
         ("/admin/login/", 3_000_000, True),
@@ -155,6 +158,9 @@ def test_the_limit_is_the_paths(server):
             response = read_response(sock, timeout=5)
         assert response is not None, path
         assert (response[0] == 413) is refused, (path, length, response)
+        if refused:
+            assert error_code(response[1]) == "frame_too_large", path
+    assert servers.wait_for(lambda: refusals(server, "frame_too_large") == audited + 4, timeout=5)
 
 
 def test_a_body_that_trickles_in_is_dropped_after_the_timeout(server):

@@ -82,6 +82,22 @@ async def test_introspection_needs_the_bearer_token(user_key):
     assert (await introspect(token, form=True))[1]["active"] is True  # RFC 7662's form body
 
 
+async def test_a_malformed_form_body_is_a_400_not_a_traceback(user_key, caplog):
+    """A multipart body without its boundary: Django's HTML 400 and a logged traceback."""
+    response = await AsyncClient().post(
+        "/api/token/introspect",
+        b"token=abc",
+        content_type="multipart/form-data",
+        headers={"authorization": f"Bearer {SECRET}"},
+    )
+    assert response.status_code == 400
+    assert json.loads(response.content) == {
+        "error": "invalid_request",
+        "error_description": "the form body is malformed",
+    }
+    assert not [r for r in caplog.records if r.exc_info]
+
+
 async def test_introspection_says_inactive_and_nothing_more(authority_signer, user_key):
     expired = mint_token(signer=authority_signer, subject=user_key.public, ttl=-60).token
     foreign = mint_token(signer=PrivateKey.generate(), subject=user_key.public, ttl=60).token
