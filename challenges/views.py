@@ -16,7 +16,8 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_safe
 from django.views.static import serve as static_serve
 
 from . import runtime, selectors
@@ -76,7 +77,10 @@ _DEMO_CSP = "; ".join(
 )
 
 
-@require_GET
+# GET and HEAD (RFC 9110: wherever GET is); any other method 405 with Allow, not the CSRF
+# check's 403 page first (these pages take no input).
+@csrf_exempt
+@require_safe
 def demo(request: HttpRequest) -> HttpResponse:
     """``GET /``: the demo page of the browser client (``static/challenges/demo.js``)."""
     response = render(
@@ -89,7 +93,8 @@ def demo(request: HttpRequest) -> HttpResponse:
     return response
 
 
-@require_GET
+@csrf_exempt
+@require_safe
 def client_asset(request: HttpRequest, path: str) -> HttpResponseBase:
     """``GET /static/challenges/<file>``: the client module and the demo's files.
 

@@ -114,3 +114,16 @@ async def test_a_method_an_api_endpoint_does_not_take_is_a_json_405(method, path
 
 async def test_a_get_endpoint_takes_head():
     assert (await AsyncClient().head("/api/health")).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/", "/static/challenges/token-client.js"])
+async def test_the_pages_take_head_and_answer_other_methods_405(path):
+    """HEAD works wherever GET does (it was 405); PUT, DELETE, PATCH get 405 with Allow, not the
+    CSRF check's 403 page first."""
+    client = AsyncClient(enforce_csrf_checks=True)
+    head = await client.head(path)
+    head.close()  # a file's response holds the file open until closed
+    assert head.status_code == 200
+    for method in ("put", "delete", "patch", "post"):
+        response = await getattr(client, method)(path)
+        assert (response.status_code, response["Allow"]) == (405, "GET, HEAD"), method
