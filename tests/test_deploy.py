@@ -1007,8 +1007,9 @@ def test_compose_workers_health_check_passes_on_a_worker_serving_its_public_host
         # The exemption is the probe's alone: another path with that Host is still refused.
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/.well-known/jwks.json", timeout=5)
+        body = json.loads(refused.value.read())
         refused.value.close()
-        assert refused.value.code == 400
+        assert (refused.value.code, body["code"]) == (403, "invalid_host")
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(15)
