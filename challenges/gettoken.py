@@ -19,6 +19,11 @@ caller's first message, for the key in the audit, and ends with the refusal.
 :class:`StreamCap` bounds the calls in progress; one cap is shared by every
 transport a process serves ``GetToken`` on. A call past it is refused at
 once (``too_many_pending``, the Hub's ``RESOURCE_EXHAUSTED``) and audited.
+
+Every outcome audited is counted too (:func:`count`, into the transport's
+:class:`~challenges.metrics.Metrics`), as ``outcomes.py`` counts the other
+transports': with its latency, or, for a call refused before its challenge,
+as a refusal; a call whose key was read counts as started.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from datetime import UTC, datetime
 from .audit import AuditWriter
 from .errors import ChallengeError, Code, IdentityError, LimitError, key_blocked
 from .identity import PrivateKey, PublicKey, parse_public_key
+from .metrics import DEFAULT, Metrics
 from .services import AuditRecord
 from .tasks import TaskSet
 from .tokens import MintedToken, mint_token
@@ -45,6 +51,9 @@ DEFAULT_MAX_STREAMS = 1000
 #: before ending: a grpc.aio client whose write races the status reports INTERNAL
 #: instead of it (as the API-key check's refusals, in rpc/interceptor.py).
 FIRST_MESSAGE_WAIT = 1.0
+
+#: The upstream a call's audit rows and metrics name: the embedded authority mints.
+AUTHORITY = "authority"
 
 #: A caller's message: ("key", str), ("signature", bytes), or (None, None) for any other.
 Request = tuple[str | None, str | bytes | None]
@@ -123,12 +132,18 @@ class Caller:
             user_agent=self.user_agent,
             transport=self.transport,
             worker=worker,
-            upstream="authority",
+            upstream=AUTHORITY,
             upstream_status=status,
             latency_ms=None if self.challenged is None else (time.monotonic() - self.challenged) * 1000,
             api_key=self.api_key,
             token=token,
         )
+
+
+def count(metrics: Metrics, record: AuditRecord) -> None:
+    """Count ``record``'s outcome: with its latency, or none (refused before its challenge)."""
+    latency = record.latency_ms
+    metrics.finished(record.outcome, record.transport, None if latency is None else latency / 1000)
 
 
 class GetTokenCall:
@@ -143,6 +158,7 @@ class GetTokenCall:
         tasks: TaskSet,
         cap: StreamCap | None = None,
         blocked: Container[str] = frozenset(),
+        metrics: Metrics = DEFAULT,
     ) -> None:
         self.config = config
         self.audit = audit
@@ -150,6 +166,7 @@ class GetTokenCall:
         self.cap = cap
         #: Public keys an operator blocked: refused once read, and at the signature.
         self.blocked = blocked
+        self.metrics = metrics
         self._tasks = tasks
 
     async def run(
@@ -182,6 +199,7 @@ class GetTokenCall:
                 else:
                     code = Code.MISSING_PUB
                 record = self._record(code, status="CANCELLED", detail="the caller cancelled the call")
+                count(self.metrics, record)
                 self._tasks.spawn(self.audit.record_quietly(record))
             raise
         finally:
@@ -217,6 +235,7 @@ class GetTokenCall:
             key = parse_public_key(first[1])
         except IdentityError as bad_key:
             return await self._refuse(bad_key, status_name)
+        self.metrics.started(self.caller.transport)
         if str(key) in self.blocked:
             return await self._refuse(key_blocked(), status_name)
         challenge = secrets.token_bytes(CHALLENGE_BYTES)
@@ -242,10 +261,14 @@ class GetTokenCall:
     async def _issue(self, key: PublicKey, send: Callable[[Reply], Awaitable[None]]) -> ChallengeError | None:
         config = self.config
         token = mint_token(signer=config.signer, subject=key, ttl=config.ttl, audience=config.audience)
+        record = self._record("success", status="OK", token=token)
         try:
-            await self.audit.record(self._record("success", status="OK", token=token))
-        except ChallengeError as error:  # no row, no token
+            await self.audit.record(record)
+        except ChallengeError as error:  # no row, no token: counted as what the caller is told
+            record.outcome, record.token = error.code, None
+            count(self.metrics, record)
             return error
+        count(self.metrics, record)
         await send(Reply(token=token.token))
         return None
 
@@ -257,9 +280,9 @@ class GetTokenCall:
             # of the loop later: let that land, so the audit tells a cancelled call from a
             # half-closed one.
             await asyncio.sleep(0.1)
-        await self.audit.record_quietly(
-            self._record(error.code, status=status_name(error), detail=error.message)
-        )
+        record = self._record(error.code, status=status_name(error), detail=error.message)
+        count(self.metrics, record)
+        await self.audit.record_quietly(record)
         return error
 
     def _record(

@@ -20,7 +20,9 @@ Every call is an audit row (``transport`` ``grpc-web``, with its API key as
 :func:`~challenges.hub.key_label` shows it): the call's outcome, or, for a
 call refused before it began (admission, a malformed or missing metadata
 block, the server shutting down), a refusal counted per address, code and
-minute as ``/ws/token``'s are. Malformed framing gets a trailer naming what
+minute as ``/ws/token``'s are. Each is counted in the metrics as the other
+transports' outcomes are (``transport`` ``grpc-web``, ``upstream``
+``authority``, as its audit row). Malformed framing gets a trailer naming what
 was wrong and a normal close, never 1011 (a text message that is not UTF-8
 is closed by the server's WebSocket layer, 1007: the call ends as
 ``invalid_utf8``, not as cancelled). When the server drains, a call in
@@ -39,7 +41,7 @@ from . import grpcweb, runtime
 from .apikeys import API_KEY_HEADER
 from .clients import ClientInfo
 from .errors import CLOSE_INVALID_PAYLOAD, ApiKeyError, ChallengeError, Code, RefusedError, not_utf8
-from .gettoken import FIRST_MESSAGE_WAIT, Caller, Reply
+from .gettoken import FIRST_MESSAGE_WAIT, Caller, Reply, count
 from .grpcweb import Request
 from .hub import GetTokenService
 from .hubstatus import Status, status_of
@@ -233,6 +235,7 @@ class _Connection:
         """A call refused before it began: counted per address, code and minute, then ended."""
         status, message = status_of(error)
         record = caller.record(error.code, status=status.name, worker=self.rt.config.worker, detail=message)
+        count(self.rt.authority_metrics, record)
         await self.rt.refusals.add(record)
         log.debug("GetToken over gRPC-Web refused from %s: %s", client.ip, error.code)
         await self.finish(error)

@@ -11,9 +11,9 @@ calls this process serves to the Hub's JavaScript client.
 * :class:`ApiKeyCheck`: the Hub's API-key check (``docs/PROTOCOL.md``, "API
   keys"), shared by ``runauthority``'s interceptor and the gRPC-Web endpoint.
 * :class:`GetTokenService`: this process's ``GetToken`` for the gRPC-Web
-  endpoint: the authority it mints with, the keys, one :class:`StreamCap`, and
-  the calls in progress, which :meth:`GetTokenService.drain` ends when the
-  server stops.
+  endpoint: the authority it mints with, the keys, one :class:`StreamCap`, the
+  metrics its calls are counted in, and the calls in progress, which
+  :meth:`GetTokenService.drain` ends when the server stops.
 
 No grpc import (the gRPC-Web path never loads it) and no settings.
 """
@@ -34,6 +34,7 @@ from .apikeys import API_KEY_HEADER, API_SIG_HEADER, API_SIG_MSG_HEADER, check_a
 from .audit import AuditWriter
 from .errors import ApiKeyError
 from .gettoken import AuthorityConfig, Caller, GetTokenCall, StreamCap
+from .metrics import DEFAULT, Metrics
 from .tasks import TaskSet
 
 log = logging.getLogger("challenges.gettoken")
@@ -113,12 +114,14 @@ class GetTokenService:
         keys: ApiKeyCheck,
         cap: StreamCap,
         blocked: Container[str] = frozenset(),
+        metrics: Metrics = DEFAULT,
     ) -> None:
         self.authority = authority
         self.audit = audit
         self.keys = keys
         self.cap = cap
         self.blocked = blocked
+        self.metrics = metrics
         #: False once the server drains: new calls are refused.
         self.accepting = True
         self._tasks = TaskSet()
@@ -140,6 +143,7 @@ class GetTokenService:
             tasks=self._tasks,
             cap=self.cap,
             blocked=self.blocked,
+            metrics=self.metrics,
         )
 
     def track(self, stop: Callable[[], None]) -> Callable[[], None]:

@@ -25,7 +25,7 @@ from .audit import AuditWriter
 from .clock import Clock, LoopClock
 from .config import RuntimeConfig
 from .flows import FlowService
-from .gettoken import AuthorityConfig, StreamCap
+from .gettoken import AUTHORITY, AuthorityConfig, StreamCap
 from .hub import ApiKeyCheck, GetTokenService
 from .identity import PrivateKey
 from .keys import AuthorityKeys
@@ -54,6 +54,8 @@ class Runtime:
         self.redis = config.redis.client() if config.redis.configured else None
         self.upstream = self._upstream()
         self.metrics = metrics.Metrics(self.upstream.name)
+        #: gRPC-Web ``GetToken``'s: the embedded authority mints, whatever the upstream.
+        self.authority_metrics = metrics.Metrics(AUTHORITY)
         self.audit = AuditWriter(metrics=self.metrics)
         self.refusals = Refusals(audit=self.audit, clock=self.clock)
         self.blocklist = Blocklist(version=selectors.revocation_version, load=selectors.blocked_keys)
@@ -146,6 +148,7 @@ class Runtime:
             keys=ApiKeyCheck(keys, accept_all=not keys and config.debug),
             cap=StreamCap(config.authority_max_streams),
             blocked=self.blocklist,
+            metrics=self.authority_metrics,
         )
 
     async def start(self) -> None:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import REGISTRY
 
+from challenges import metrics
+from challenges.errors import Code, InternalError
 from challenges.gettoken import AuthorityConfig, Caller, GetTokenCall, Reply, StreamCap
 from challenges.identity import PrivateKey
 from challenges.rpc.status import status_of
@@ -33,7 +36,14 @@ class Recorder:
 class Driver:
     """One call driven by a queue of the caller's messages."""
 
-    def __init__(self, cap: StreamCap, audit: Recorder, tasks: TaskSet, api_key: str) -> None:
+    def __init__(
+        self,
+        cap: StreamCap,
+        audit: Recorder,
+        tasks: TaskSet,
+        api_key: str,
+        counted: metrics.Metrics = metrics.DEFAULT,
+    ) -> None:
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.sent: list[Reply] = []
         self.call = GetTokenCall(
@@ -42,6 +52,7 @@ class Driver:
             caller=Caller(api_key=api_key),
             tasks=tasks,
             cap=cap,
+            metrics=counted,
         )
 
     def start(self) -> asyncio.Task:
@@ -114,3 +125,36 @@ async def test_one_cap_for_every_transport_and_every_way_out_releases_its_slot()
     assert fresh.sent[1].token
     assert (audit.rows[-1].outcome, audit.rows[-1].api_key) == ("success", "bfresh")
     assert cap.active == 0
+
+
+class FailingAudit(Recorder):
+    """An audit whose awaited rows fail: the token's row is never committed."""
+
+    async def record(self, record) -> None:
+        raise InternalError("the audit is unavailable", code=Code.INTERNAL_ERROR)
+
+
+async def test_a_token_whose_row_fails_is_counted_as_the_error_its_caller_is_told():
+    upstream = "test-gettoken-audit-fails"
+    counted = metrics.Metrics(upstream)
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, {"transport": "grpc", **labels}) or 0.0
+
+    server_latency = "tokenprovider_flow_latency_seconds_count"
+    before = value(server_latency, outcome_class="server")  # the histogram has no upstream label
+    user = PrivateKey.generate()
+    driver = Driver(StreamCap(1), FailingAudit(), TaskSet(), "bfailing", counted)
+    task = driver.start()
+    await driver.inbox.put(("key", str(user.public)))
+    await wait_for(lambda: driver.sent, "the challenge")
+    await driver.inbox.put(("signature", user.sign(driver.sent[0].challenge)))
+    error = await asyncio.wait_for(task, 2)
+    assert error is not None
+    assert error.code == "internal_error"
+    assert len(driver.sent) == 1  # no token left
+    finished = "tokenprovider_flows_finished_total"
+    assert value("tokenprovider_flows_started_total", upstream=upstream) == 1
+    assert value(finished, outcome="internal_error", upstream=upstream) == 1
+    assert value(finished, outcome="success", upstream=upstream) == 0
+    assert value(server_latency, outcome_class="server") == before + 1
