@@ -1,16 +1,17 @@
-"""Refusals that belong to no flow, aggregated in the audit: one row per address, code and minute.
+"""Refusals that belong to no flow, aggregated in the audit: one row per address, code,
+transport and minute.
 
 A flood of bad requests (malformed frames, unknown challenges, rate-limited
 requests) must not grow the audit table one row per request, nor crowd the
 group-commit queue that real outcomes wait on. So the first refusal of an
-(address scope, code, minute) is written as a row with ``count = 1`` (the
+(address scope, code, transport, minute) is written as a row with ``count = 1`` (the
 caller waits for it, like any audit row), and the ones after it only count:
 every ``every`` seconds the counts are added to their rows in one
 transaction, off the commit queue. Real outcomes (a token, a bad signature
 for a pending challenge) never come here: they are one row each.
 
-At most ``max_keys`` (address, code, minute) groups are open at once; past
-that, refusals count on one row per code and minute with no address.
+At most ``max_keys`` such groups are open at once; past that, refusals count
+on one row per code, transport and minute with no address.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from .services import AuditRecord, audit_add_counts
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str, datetime]
+#: (address scope, outcome, transport, minute)
+Key = tuple[str, str, str, datetime]
 
 
 @dataclass
@@ -51,9 +53,9 @@ class Refusals:
     async def add(self, record: AuditRecord) -> None:
         """Count a refusal; the first of its group is written now (and waited for)."""
         minute = record.created_at.replace(second=0, microsecond=0)
-        key: Key = (address_scope(record.client_ip), record.outcome, minute)
+        key: Key = (address_scope(record.client_ip), record.outcome, record.transport, minute)
         if key not in self._groups and len(self._groups) >= self.max_keys:
-            key = ("*", record.outcome, minute)
+            key = ("*", record.outcome, record.transport, minute)
             record = replace(record, client_ip=None)
         group = self._groups.get(key)
         if group is not None:
@@ -83,7 +85,7 @@ class Refusals:
             if group.row_id is not None and group.pending and group.last is not None:
                 counts.append((group.row_id, group.pending, group.last))
                 group.pending = 0
-            if key[2] < current and group.row_id is not None:
+            if key[3] < current and group.row_id is not None:
                 del self._groups[key]
         if counts:
             try:

@@ -87,3 +87,29 @@ async def test_a_flood_of_refusals_is_a_few_rows_and_real_flows_still_get_tokens
     assert [r.outcome for r in rows].count("success") == 10  # real outcomes: one row each
     await flood.disconnect()
     await good.disconnect()
+
+
+async def test_refusals_on_each_transport_are_counted_on_rows_of_their_own(settings):
+    """One address's refusals of one code, over a socket and over HTTP in the same minute:
+    one row per transport (the row said the first refusal's transport for all of them)."""
+    settings.RATE_LIMIT_PER_MINUTE = 0
+    socket = await connect(client=("127.0.0.77", 1))
+    for _ in range(3):
+        await socket.send_to(text_data="{not json")
+        assert json.loads(await socket.receive_from(5))["code"] == "invalid_json"
+    for _ in range(2):
+        comm = HttpCommunicator(
+            application, "POST", "/api/token/challenge", body=b"{not json",
+            headers=[(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json")],
+        )  # fmt: skip
+        comm.scope["client"] = ("127.0.0.77", 2)
+        response = await comm.get_response(timeout=10)
+        await comm.wait(timeout=5)
+        assert json.loads(response["body"])["code"] == "invalid_json"
+    await socket.disconnect()
+    await (await runtime.get()).refusals.flush()
+    counted: dict[str, int] = {}
+    for row in await attempts():
+        if row.outcome == "invalid_json":
+            counted[row.transport] = counted.get(row.transport, 0) + row.count
+    assert counted == {"ws": 3, "http": 2}
