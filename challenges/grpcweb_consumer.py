@@ -48,6 +48,8 @@ from .hubstatus import Status, status_of
 from .limits import address_scope
 
 log = logging.getLogger(__name__)
+#: Why GetToken is not configured, each logged once (a few settings' messages at most).
+_REPORTED: set[str] = set()
 
 TRANSPORT = "grpc-web"
 #: The route (the router strips the leading slashes): any prefix (an app's host may carry a
@@ -185,7 +187,9 @@ class _Connection:
         try:
             hub = rt.hub
         except Exception as exc:  # no authority key in production, malformed API keys
-            log.error("GetToken over gRPC-Web is not configured: %s", exc)
+            if str(exc) not in _REPORTED:  # once a process: every caller could repeat it
+                _REPORTED.add(str(exc))
+                log.error("GetToken over gRPC-Web is not configured: %s", exc)
             error = ChallengeError("GetToken is not configured on this server", code=Code.NOT_CONFIGURED)
             await self._refuse(error, client, caller)
             return

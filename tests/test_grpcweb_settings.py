@@ -159,3 +159,6 @@ async def test_api_keys_that_cannot_be_read_make_the_endpoint_unavailable_not_br
     )
     assert "API key entry 1 has a malformed key" in caplog.text
     assert API_SECRET not in caplog.text
+    # Every caller is refused so, but the log says it once (any client could repeat it).
+    assert (await token_flow(user_key, metadata_block()))[0][0] == 12
+    assert caplog.text.count("GetToken over gRPC-Web is not configured") == 1
