@@ -40,6 +40,7 @@ from .audit import AuditWriter
 from .errors import ChallengeError, Code, IdentityError, LimitError, key_blocked
 from .identity import PrivateKey, PublicKey, parse_public_key
 from .metrics import DEFAULT, Metrics
+from .outcomes import observe
 from .services import AuditRecord
 from .tasks import TaskSet
 from .tokens import MintedToken, mint_token
@@ -140,12 +141,6 @@ class Caller:
         )
 
 
-def count(metrics: Metrics, record: AuditRecord) -> None:
-    """Count ``record``'s outcome: with its latency, or none (refused before its challenge)."""
-    latency = record.latency_ms
-    metrics.finished(record.outcome, record.transport, None if latency is None else latency / 1000)
-
-
 class GetTokenCall:
     """One ``GetToken`` call. :meth:`run` returns the error to end it with, or None (OK)."""
 
@@ -199,7 +194,7 @@ class GetTokenCall:
                 else:
                     code = Code.MISSING_PUB
                 record = self._record(code, status="CANCELLED", detail="the caller cancelled the call")
-                count(self.metrics, record)
+                observe(self.metrics, record)
                 self._tasks.spawn(self.audit.record_quietly(record))
             raise
         finally:
@@ -266,9 +261,9 @@ class GetTokenCall:
             await self.audit.record(record)
         except ChallengeError as error:  # no row, no token: counted as what the caller is told
             record.outcome, record.token = error.code, None
-            count(self.metrics, record)
+            observe(self.metrics, record)
             return error
-        count(self.metrics, record)
+        observe(self.metrics, record)
         await send(Reply(token=token.token))
         return None
 
@@ -281,7 +276,7 @@ class GetTokenCall:
             # half-closed one.
             await asyncio.sleep(0.1)
         record = self._record(error.code, status=status_name(error), detail=error.message)
-        count(self.metrics, record)
+        observe(self.metrics, record)
         await self.audit.record_quietly(record)
         return error
 

@@ -41,11 +41,12 @@ from . import grpcweb, runtime
 from .apikeys import API_KEY_HEADER
 from .clients import ClientInfo
 from .errors import CLOSE_INVALID_PAYLOAD, ApiKeyError, ChallengeError, Code, RefusedError, not_utf8
-from .gettoken import FIRST_MESSAGE_WAIT, Caller, Reply, count
+from .gettoken import FIRST_MESSAGE_WAIT, Caller, Reply
 from .grpcweb import Request
 from .hub import GetTokenService
 from .hubstatus import Status, status_of
 from .limits import address_scope
+from .outcomes import observe
 
 log = logging.getLogger(__name__)
 #: Why GetToken is not configured, each logged once (a few settings' messages at most).
@@ -239,7 +240,7 @@ class _Connection:
         """A call refused before it began: counted per address, code and minute, then ended."""
         status, message = status_of(error)
         record = caller.record(error.code, status=status.name, worker=self.rt.config.worker, detail=message)
-        count(self.rt.authority_metrics, record)
+        observe(self.rt.authority_metrics, record)
         await self.rt.refusals.add(record)
         log.debug("GetToken over gRPC-Web refused from %s: %s", client.ip, error.code)
         await self.finish(error)

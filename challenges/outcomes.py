@@ -98,20 +98,7 @@ class Outcomes:
         await self.refusals.add(record)
 
     def _observe(self, record: AuditRecord, level: int) -> None:
-        """Count the outcome and log its line (a refusal has no latency: ``latency_ms`` None)."""
-        latency = record.latency_ms
-        self.metrics.finished(record.outcome, record.transport, None if latency is None else latency / 1000)
-        logs.outcome(
-            level,
-            outcome=record.outcome,
-            challenge_id=record.challenge_id,
-            key=record.public_key,
-            transport=record.transport,
-            upstream=record.upstream,
-            latency_ms=latency or 0.0,
-            client=record.client_ip,
-            worker=record.worker,
-        )
+        observe(self.metrics, record, level)
 
     def _of_flow(
         self, flow: Flow, outcome: str, *, detail: str = "", token: MintedToken | None = None
@@ -140,3 +127,21 @@ class Outcomes:
             "transport": client.transport,
             "worker": self.worker,
         }
+
+
+def observe(metrics: Metrics, record: AuditRecord, level: int | None = None) -> None:
+    """Count an audited outcome and log its line: a refusal has no latency (``latency_ms``
+    None) and is logged at DEBUG, a flow's outcome at INFO, unless ``level`` says."""
+    latency = record.latency_ms
+    metrics.finished(record.outcome, record.transport, None if latency is None else latency / 1000)
+    logs.outcome(
+        level if level is not None else logging.DEBUG if latency is None else logging.INFO,
+        outcome=record.outcome,
+        challenge_id=record.challenge_id,
+        key=record.public_key,
+        transport=record.transport,
+        upstream=record.upstream,
+        latency_ms=latency or 0.0,
+        client=record.client_ip,
+        worker=record.worker,
+    )

@@ -81,7 +81,13 @@ def test_grpc_web_calls_are_counted_as_every_other_transports(tmp_path: Path) ->
 
         assert settle(against_audit, timeout=10) == []
         seen = scrape(server.port)
-    assert "Traceback" not in server.log()
+    log = server.log()
+    assert "Traceback" not in log
+    # And each flow's outcome line (INFO), as /ws/token's and the two-step's flows have theirs.
+    lines = [line for line in log.splitlines() if " transport=grpc-web " in line and "flow " in line]
+    assert sorted(line.split("flow ", 1)[1].split()[0] for line in lines) == [
+        "bad_signature", "challenge_timeout", "missing_sig", "success",
+    ], lines  # fmt: skip
     finished = by_label(seen, "tokenprovider_flows_finished_total", "outcome")
     assert finished == {
         "success": 1,
