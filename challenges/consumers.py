@@ -5,6 +5,12 @@ one :class:`~challenges.pipeline.Conversation` and a count of bad frames,
 and closes on policy. It hears how its challenge ends elsewhere (expired,
 answered on another connection, the server shutting down) through the
 conversation's watcher.
+
+Once it has closed the socket, the frames the server had already received
+(a client may send many in one write) are dropped unread: not answered, not
+audited, and nothing more is sent, since the servers refuse a send after the
+close (uvicorn raises, daphne's autobahn too) and would log it as the
+application's failure.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     channel_layer_alias = "__no_layer_per_connection__"
     conv: Conversation | None = None
     runtime: runtime.Runtime
+    #: This side sent the close: what is left in the server's queue is dropped, nothing is sent.
+    closing = False
 
     async def connect(self) -> None:
         await self.accept()
@@ -54,7 +62,7 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         conv = self.conv
-        if conv is None:
+        if conv is None or self.closing:
             return
         outcome = await self.runtime.pipeline.frame(conv, text=text_data, data=bytes_data)
         await self._send_frame(outcome.frame)
@@ -68,6 +76,10 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             too_many = LimitError("too many bad frames; closing", code=Code.TOO_MANY_ERRORS)
             await self._send_frame((await self.runtime.pipeline.refuse(conv, too_many)).frame)
             await self.close(code=CLOSE_POLICY)
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        self.closing = True
+        await super().close(code=code, reason=reason)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes old database connections before every message, through a thread
@@ -131,4 +143,5 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self._send_frame(protocol.token_frame(event.token))
 
     async def _send_frame(self, frame: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps(frame))
+        if not self.closing:  # a challenge's news may come after the close: nobody to tell
+            await self.send(text_data=json.dumps(frame))

@@ -239,6 +239,29 @@ async def test_too_many_bad_frames_close_the_connection(settings):
     assert (await comm.receive_output(2))["code"] == 4008
 
 
+async def test_frames_after_the_close_are_dropped_unanswered_and_unaudited(settings, user_key):
+    """A client's frames the server received before its close reached the client are still
+    in the queue: the consumer reads them (the disconnect comes after them) and drops them.
+    Its challenge ending then (here: expiring) sends nothing either."""
+    settings.MAX_ERRORS_PER_CONNECTION = 1
+    settings.CHALLENGE_TIMEOUT = 0.3
+    comm = await connect()
+    await challenge(comm, user_key)
+    await comm.send_to(text_data="nope")
+    await expect_error(comm, "invalid_json")
+    await expect_error(comm, "too_many_errors")
+    assert (await comm.receive_output(2))["code"] == 4008
+    for _ in range(3):
+        await comm.send_to(text_data="nope")
+    assert await comm.receive_nothing(0.8)  # past the challenge's timeout
+    await (await runtime.get()).refusals.flush()
+    assert sorted((row.outcome, row.count) for row in await attempts()) == [
+        ("challenge_timeout", 1),
+        ("invalid_json", 1),
+        ("too_many_errors", 1),
+    ]
+
+
 async def test_foreign_origin_is_refused(user_key):
     comm = await connect(origin="https://evil.example")
     await expect_error(comm, "origin_not_allowed")
