@@ -12,6 +12,11 @@ by its type's name), and ``exc`` / ``stack`` when there is a traceback.
 transport, the upstream, the latency in ms, the client address and the worker.
 No token, secret or signature is ever a field.
 
+The filters ``tokensite.settings`` ``LOGGING`` puts on uvicorn's records: a
+client's bad UTF-8 as one INFO line (:class:`ClientFrameErrors`), the
+per-WebSocket lines with the access log (:class:`WebSocketAccessLines`), and
+no handshake header or frame preview at DEBUG (:class:`WebSocketProtocolLines`).
+
 Pure module: no Django, Channels, grpc or prometheus import.
 """
 
@@ -103,6 +108,34 @@ class WebSocketAccessLines(logging.Filter):
             access = logging.getLogger("uvicorn.access")
             return bool(access.handlers or access.propagate)
         return True
+
+
+#: The websockets library's DEBUG lines for each handshake line and header, and for each
+#: frame (with a preview of its payload), in both directions; its server and client, legacy
+#: and sans-I/O, write the same ones.
+_PROTOCOL_LINES = frozenset(
+    {
+        "< %s %s %s", "< GET %s HTTP/1.1", "> GET %s HTTP/1.1", "< HTTP/1.1 %d %s", "> HTTP/1.1 %d %s",
+        "< %s: %s", "> %s: %s", "< [body] (%d bytes)", "> [body] (%d bytes)", "< %s", "> %s",
+    }
+)  # fmt: skip
+
+
+class WebSocketProtocolLines(logging.Filter):
+    """At DEBUG the websockets library logs every handshake header (a browser's session
+    cookie is sent with a same-origin WebSocket handshake, an API client's Authorization too)
+    and a preview of every frame (a token's head and tail): uvicorn hands it its logger
+    ``uvicorn.error``, and a client in one of our processes logs on ``websockets.client``.
+    Those lines are dropped; the library's other DEBUG lines (the connection's states, EOF)
+    and every line above DEBUG stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno <= logging.DEBUG
+            and (record.name == "uvicorn.error" or record.name.startswith("websockets."))
+            and isinstance(record.msg, str)
+            and record.msg in _PROTOCOL_LINES
+        )
 
 
 def fingerprint(key: str) -> str:

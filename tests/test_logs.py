@@ -1,7 +1,9 @@
-"""Log lines: the JSON formatter, the outcome line, and LOG_FORMAT in a real process."""
+"""Log lines: the JSON formatter, the outcome line, the filters on uvicorn's records, and
+LOG_FORMAT and LOG_LEVEL=DEBUG in real processes."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -10,8 +12,10 @@ import sys
 from datetime import datetime
 
 import pytest
+import websockets
 
-from challenges import logs
+from challenges import logs, tokens
+from challenges.identity import PrivateKey, encode_buffer
 from challenges.logs import JsonFormatter
 from tests import servers
 
@@ -208,3 +212,63 @@ def test_uvicorns_lines_for_each_websocket_go_with_its_access_log(access_log):
         assert keep(record("connection closed unexpectedly", level=logging.WARNING))  # never a warning
     finally:
         access.handlers, access.propagate = saved
+
+
+def test_websocket_handshake_headers_and_frames_are_never_logged():
+    keep = logs.WebSocketProtocolLines().filter
+
+    def line(name: str, msg: str, *args: object, level: int = logging.DEBUG) -> logging.LogRecord:
+        return logging.makeLogRecord({"name": name, "levelno": level, "msg": msg, "args": args})
+
+    for name in ("uvicorn.error", "websockets.client", "websockets.server"):
+        assert not keep(line(name, "< %s %s %s", "GET", "/ws/token?x=1", "HTTP/1.1"))
+        assert not keep(line(name, "< %s: %s", "cookie", "sessionid=abc"))
+        assert not keep(line(name, "> %s: %s", "authorization", "Bearer abc"))
+        assert not keep(line(name, "> HTTP/1.1 %d %s", 101, "Switching Protocols"))
+        assert not keep(line(name, "> %s", 'TEXT \'{"type": "token", "value": "eyJ...\''))
+        assert not keep(line(name, "< %s", "TEXT '{...}' [87 bytes]"))
+        assert keep(line(name, "= connection is %s", "OPEN"))  # the connection's states stay
+        assert keep(line(name, "> EOF"))
+        assert keep(line(name, "< %s", "x", level=logging.WARNING))  # never above DEBUG
+    assert keep(line("challenges.other", "< %s", "ours"))  # another logger's lines are its own
+
+
+SESSION, CSRF, BEARER = "sessionid-" + "s3ss" * 8, "csrf-" + "c5rf" * 8, "bearer-" + "b3ar" * 8
+
+
+async def _flow_with_credentials(server: servers.Server, user: PrivateKey) -> str:
+    """A full flow over a handshake carrying what a browser (its session cookie) or an API
+    client (an Authorization header) may send: the token."""
+    headers = {"Cookie": f"sessionid={SESSION}; csrftoken={CSRF}", "Authorization": f"Bearer {BEARER}"}
+    async with websockets.connect(server.ws, additional_headers=headers) as sock:
+        await sock.send(json.dumps({"type": "token", "pub": str(user.public)}))
+        challenge = json.loads(await asyncio.wait_for(sock.recv(), 10))
+        signature = encode_buffer(user.sign(bytes(challenge["value"]["data"])))
+        await sock.send(json.dumps({"type": "challenge", "sig": signature}))
+        reply = json.loads(await asyncio.wait_for(sock.recv(), 10))
+    assert reply["type"] == "token", reply
+    return str(reply["value"])
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(
+    ("kind", "debug_line"), [("serve", " DEBUG uvicorn.error "), ("daphne", " DEBUG daphne.")]
+)
+def test_at_debug_no_cookie_authorization_or_token_reaches_the_log(tmp_path, kind, debug_line):
+    """``make serve``'s command (uvicorn) and daphne, every logger at DEBUG: a handshake's
+    Cookie and Authorization and the token's frame leave no trace in the log (not even the
+    head and tail of a frame's preview), and DEBUG lines are still written."""
+    authority, user = PrivateKey.generate(), PrivateKey.generate()
+    env = servers.base_env(
+        tmp_path, LOG_LEVEL="DEBUG", DEBUG="false", AUTHORITY_PRIVATE_KEY=str(authority),
+        SECRET_KEY="a-long-random-test-secret-" + "x" * 30, ALLOWED_HOSTS="127.0.0.1",
+    )  # fmt: skip
+    with servers.running(tmp_path, kind=kind, env=env) as server:
+        token = asyncio.run(_flow_with_credentials(server, user))
+        server.stop()
+        log = server.log()
+    assert tokens.verify_token(token, issuer=authority.public)["sub"] == str(user.public)
+    assert debug_line in log, log  # DEBUG was on
+    assert [secret for secret in (SESSION, CSRF, BEARER) if secret in log] == []
+    signed = token.split(".", 1)[1]  # past the header every token shares
+    assert [signed[i : i + 12] for i in range(len(signed) - 11) if signed[i : i + 12] in log] == []

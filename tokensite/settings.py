@@ -263,12 +263,14 @@ LOGGING = {
         "quiet_reconnects": {"()": "challenges.redisconf.QuietReconnects"},
         "client_frame_errors": {"()": "challenges.logs.ClientFrameErrors"},
         "websocket_access": {"()": "challenges.logs.WebSocketAccessLines"},
+        # Never a handshake header (cookies) or a frame (tokens), at DEBUG either.
+        "websocket_protocol": {"()": "challenges.logs.WebSocketProtocolLines"},
     },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": LOG_FORMAT,
-            "filters": ["quiet_reconnects", "client_frame_errors"],
+            "filters": ["quiet_reconnects", "client_frame_errors", "websocket_protocol"],
         }
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
