@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -160,6 +161,8 @@ class HttpsPolicy:
     redirect: bool = False
     ssl_host: str = ""
     hsts: str = ""
+    #: ``SECURE_REDIRECT_EXEMPT``: paths (without their leading slash) never redirected.
+    exempt: tuple[re.Pattern[str], ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Any) -> HttpsPolicy:
@@ -168,12 +171,19 @@ class HttpsPolicy:
             hsts = f"max-age={settings.SECURE_HSTS_SECONDS}"
             hsts += "; includeSubDomains" if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS else ""
             hsts += "; preload" if settings.SECURE_HSTS_PRELOAD else ""
-        return cls(redirect=settings.SECURE_SSL_REDIRECT, ssl_host=settings.SECURE_SSL_HOST or "", hsts=hsts)
+        return cls(
+            redirect=settings.SECURE_SSL_REDIRECT,
+            ssl_host=settings.SECURE_SSL_HOST or "",
+            hsts=hsts,
+            exempt=tuple(re.compile(pattern) for pattern in settings.SECURE_REDIRECT_EXEMPT),
+        )
 
     def location(self, *, secure: bool, host: str, scope: Mapping[str, Any]) -> str | None:
         """Where a plain-http request goes instead (None: answer it). ``host`` must have
         passed ``ALLOWED_HOSTS``: it is written into the redirect."""
         if not self.redirect or secure:
+            return None
+        if any(pattern.search(str(scope.get("path", "")).lstrip("/")) for pattern in self.exempt):
             return None
         path = quote(f"{scope.get('root_path', '')}{scope.get('path', '')}", safe="/")
         query = bytes(scope.get("query_string", b"")).decode("latin-1")
