@@ -16,6 +16,10 @@ nearest of ``TRUSTED_PROXIES`` proxies is the client address: entries further
 left are written by the client and never trusted. A TLS-terminating proxy's
 header (``SECURE_PROXY_SSL_HEADER``) makes the connection's own origin https.
 
+Every client address is kept as :func:`storable_ip` gives it: an IPv6 zone id
+(``fe80::1%eth0``) names an interface of the host that saw the address, means
+nothing anywhere else, and PostgreSQL's ``inet`` refuses it: it is dropped.
+
 Pure module: no Django settings (the policy is built by the composition
 root), no Channels or grpc.
 """
@@ -60,12 +64,8 @@ class ClientInfo:
         """:meth:`to_wire` read back, whatever another process sent."""
         fields = raw if isinstance(raw, dict) else {}
         ip, transport, origin = fields.get("ip"), fields.get("transport"), fields.get("origin")
-        try:
-            address = str(ipaddress.ip_address(ip)) if isinstance(ip, str) else None
-        except ValueError:
-            address = None
         return cls(
-            ip=address,
+            ip=storable_ip(ip),
             transport=transport[:8] if isinstance(transport, str) else "routed",
             origin=origin[:200] if isinstance(origin, str) else "",
         )
@@ -145,10 +145,25 @@ class ClientPolicy:
                 candidate = entries[-self.trusted_proxies]
         if candidate is None and scope.get("client"):
             candidate = scope["client"][0]
-        try:
-            return str(ipaddress.ip_address(candidate)) if candidate else None
-        except ValueError:
-            return None
+        return storable_ip(candidate)
+
+
+def storable_ip(text: object) -> str | None:
+    """``text`` as an address every database's address column takes, or None if it is none.
+
+    An IPv6 zone id (``fe80::1%eth0``) is dropped: it names an interface of the host that
+    saw the address, and PostgreSQL's ``inet`` refuses it (SQLite would keep it, so one
+    client would count as many addresses, one per zone it made up).
+    """
+    if not isinstance(text, str):
+        return None
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        address = ipaddress.IPv6Address(int(address))
+    return str(address)
 
 
 def daphne_forwarded_header(argv: Sequence[str]) -> str:

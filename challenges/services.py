@@ -11,6 +11,7 @@ from typing import Any
 from django.db import connection, models, transaction
 from django.db.models import F
 
+from .clients import storable_ip
 from .models import ChallengeAttempt, IssuedToken, WorkerStatus
 from .tokens import MintedToken
 
@@ -54,6 +55,10 @@ def _clean(text: str, limit: int) -> str:
 def audit_write_batch(records: list[AuditRecord]) -> list[int]:
     """Write a batch of audit records in one transaction; returns their row ids.
 
+    A client address is stored as :func:`~challenges.clients.storable_ip` gives it (no IPv6
+    zone id; none at all if it is no address), whoever built the record: one bad address
+    never sinks a batch.
+
     A fixed number of statements, whatever the batch's size. The attempts: on SQLite one
     multi-row ``INSERT ... RETURNING id``; on PostgreSQL their ids drawn from the sequence,
     then one ``COPY`` (:func:`_copy_attempts`). Their tokens: one multi-row ``INSERT``. The
@@ -65,8 +70,9 @@ def audit_write_batch(records: list[AuditRecord]) -> list[int]:
     attempts = [
         (
             r.outcome[:32], when(r.created_at), when(r.finished_at), _clean(r.detail, 200),
-            _clean(r.public_key, 128), _clean(r.challenge_id, 64), ip(r.client_ip), _clean(r.origin, 200),
-            _clean(r.user_agent, 200), r.transport[:8], _clean(r.worker, 100), _clean(r.upstream, 100),
+            _clean(r.public_key, 128), _clean(r.challenge_id, 64), ip(storable_ip(r.client_ip)),
+            _clean(r.origin, 200), _clean(r.user_agent, 200), r.transport[:8], _clean(r.worker, 100),
+            _clean(r.upstream, 100),
             _clean(r.upstream_status, 40), r.latency_ms, when(r.challenged_at), when(r.answered_at),
             _clean(r.api_key, 64), r.count,
         )

@@ -211,3 +211,18 @@ def test_a_batch_the_database_refuses_raises_djangos_error_and_the_next_batch_la
         audit_write_batch([record(0), bad])
     [row_id] = audit_write_batch([record(2)])
     assert list(ChallengeAttempt.objects.values_list("id", "detail")) == [(row_id, "row 2")]
+
+
+def test_an_address_no_database_takes_is_stored_as_one_it_does():
+    """Whoever built the record: a zone id is dropped, a non-address is none, and the batch
+    lands (PostgreSQL's inet refused ``fe80::1%eth0``, and with it the whole batch)."""
+    from challenges.models import ChallengeAttempt
+    from challenges.services import audit_write_batch
+
+    now = datetime.now(UTC)
+    given = ["fe80::1%eth0", "2001:DB8::1%25x", "10.0.0.7%eth0", "not-an-ip", "10.0.0.7"]
+    ids = audit_write_batch(
+        [AuditRecord(outcome="bad_signature", created_at=now, finished_at=now, client_ip=ip) for ip in given]
+    )
+    stored = dict(ChallengeAttempt.objects.filter(pk__in=ids).values_list("pk", "client_ip"))
+    assert [stored[i] for i in ids] == ["fe80::1", "2001:db8::1", None, None, "10.0.0.7"]

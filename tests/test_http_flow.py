@@ -208,3 +208,43 @@ async def test_https_answers_carry_hsts_and_a_foreign_host_is_not_redirected(cli
     assert response.status_code == 403
     assert response.json()["code"] == "invalid_host"
     assert "location" not in response.headers
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "peer"),
+    [
+        ("fe80::1%eth0", ("10.0.0.2", 0)),  # a proxy passed a scoped address on
+        (None, ("fe80::1%eth0", 0)),  # the peer itself, on a link-local address
+    ],
+)
+async def test_a_scoped_ipv6_client_is_audited_without_its_zone(settings, user_key, forwarded, peer):
+    """The zone id (``%eth0``) means something only on the host that saw it: PostgreSQL's
+    inet column refuses it, which lost the attempts' rows (and answered a token's 500)."""
+    settings.CLIENT_IP_HEADER = "X-Forwarded-For" if forwarded else ""
+    client = AsgiClient(client=peer)
+    headers = {"x-forwarded-for": forwarded} if forwarded else {}
+
+    async def send(path: str, body: dict) -> tuple[int, dict]:
+        response = await client.post(path, data=body, headers=headers)
+        return response.status_code, response.json()
+
+    status, got = await send("/api/token/challenge", {"pub": "bbaa"})
+    assert (status, got["code"]) == (400, "invalid_pub")
+    status, ch = await send("/api/token/challenge", {"pub": str(user_key.public)})
+    assert status == 200, ch
+    forged = encode_buffer(PrivateKey.generate().sign(bytes(ch["value"]["data"])))
+    assert (await send("/api/token", {"id": ch["id"], "sig": forged}))[0] == 401
+    status, ch = await send("/api/token/challenge", {"pub": str(user_key.public)})
+    assert status == 200, ch
+    status, got = await send(
+        "/api/token", {"id": ch["id"], "sig": encode_buffer(user_key.sign(bytes(ch["value"]["data"])))}
+    )
+    assert (status, got["type"]) == (200, "token"), got
+    rows = await attempts()
+    assert [(r.outcome, r.client_ip) for r in rows] == [
+        ("invalid_pub", "fe80::1"),
+        ("bad_signature", "fe80::1"),
+        ("success", "fe80::1"),
+    ]
+    [tok] = await tokens()
+    assert tok.attempt_id == rows[-1].id
