@@ -22,6 +22,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 
 from . import admindetail, dashboard, exports, reports
+from .adminquery import CheckedChangeList
 from .errors import CLIENT_CODES, Code
 from .models import (
     SUCCESS,
@@ -40,7 +41,11 @@ admin.site.index_template = "admin/challenges/index.html"
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    """Audit rows are append-only: no add, no change, no delete from the admin."""
+    """Audit rows are append-only: no add, no change, no delete from the admin. A list's
+    filters that no database would take are an invalid lookup (:mod:`challenges.adminquery`)."""
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[CheckedChangeList]:
+        return CheckedChangeList
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

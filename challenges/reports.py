@@ -85,7 +85,10 @@ def custom_window(since: datetime, until: datetime) -> Window:
         raise ValueError("the end must be after the start")
     if until - since > MAX_SPAN:
         raise ValueError(f"at most {MAX_SPAN.days} days")
-    return Window(start=since, end=until, unit=unit_for(until - since))
+    window = Window(start=since, end=until, unit=unit_for(until - since))
+    if until > datetime.max.replace(tzinfo=UTC) - window.step:  # its last bucket would end past it
+        raise ValueError("the end must be before the last day of the year 9999")
+    return window
 
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
@@ -106,7 +109,10 @@ def parse_when(text: str, *, now: datetime) -> datetime:
         when = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"not a time: {text!r} (e.g. 2h, 7d, 2026-11-29 or 2026-11-29T12:00)") from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    try:
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00, 9999-12-31T23:00-02:00
+        raise ValueError(f"not a time in UTC's years 1 to 9999: {text[:40]!r}") from None
 
 
 # -- aggregated in the database ----------------------------------------------------------
