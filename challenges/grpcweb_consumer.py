@@ -49,8 +49,6 @@ from .limits import address_scope
 from .outcomes import observe
 
 log = logging.getLogger(__name__)
-#: Why GetToken is not configured, each logged once (a few settings' messages at most).
-_REPORTED: set[str] = set()
 
 TRANSPORT = "grpc-web"
 #: The route (the router strips the leading slashes): any prefix (an app's host may carry a
@@ -187,10 +185,7 @@ class _Connection:
         caller = Caller(ip=client.ip, user_agent=client.user_agent, origin=client.origin, transport=TRANSPORT)
         try:
             hub = rt.hub
-        except Exception as exc:  # no authority key in production, malformed API keys
-            if str(exc) not in _REPORTED:  # once a process: every caller could repeat it
-                _REPORTED.add(str(exc))
-                log.error("GetToken over gRPC-Web is not configured: %s", exc)
+        except runtime.HubUnavailable:  # the runtime logged why, once
             error = ChallengeError("GetToken is not configured on this server", code=Code.NOT_CONFIGURED)
             await self._refuse(error, client, caller)
             return

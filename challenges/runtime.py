@@ -43,6 +43,10 @@ from .workerstatus import StatusReporter
 log = logging.getLogger(__name__)
 
 
+class HubUnavailable(Exception):
+    """GetToken over gRPC-Web cannot be served here (no authority key, unreadable API keys)."""
+
+
 class Runtime:
     """Everything one process runs the token flow with, built from one config."""
 
@@ -123,13 +127,29 @@ class Runtime:
             upstream=self.config.upstream_public_key,
         )
 
-    @cached_property
+    @property
     def hub(self) -> GetTokenService:
         """``GetToken`` for the gRPC-Web endpoint: the embedded authority's key, ``TOKEN_TTL``,
         ``TOKEN_AUDIENCE``, the API keys and one stream cap, as ``runauthority`` serves it.
-        Raises (and is built again on the next call) when the authority key or the API keys
-        cannot be read."""
+        Raises :class:`HubUnavailable` when the authority key or the API keys cannot be read
+        (a relay holding only ``UPSTREAM_PUBLIC_KEY`` mints nothing)."""
+        built = self._hub
+        if isinstance(built, HubUnavailable):
+            raise built
+        return built
+
+    @cached_property
+    def _hub(self) -> GetTokenService | HubUnavailable:
+        """Built once, its failure too: every caller would otherwise rebuild it and log why."""
+        try:
+            return self._build_hub()
+        except Exception as exc:  # no authority key in production, malformed API keys
+            log.error("GetToken over gRPC-Web is not configured: %s", exc)
+            return HubUnavailable(str(exc))
+
+    def _build_hub(self) -> GetTokenService:
         config = self.config
+        signer = self.authority_key  # first: a server that cannot mint needs no word on API keys
         keys = config.api_keys()
         if not keys:
             log.warning(
@@ -138,7 +158,7 @@ class Runtime:
             )
         return GetTokenService(
             authority=AuthorityConfig(
-                signer=self.authority_key,
+                signer=signer,
                 ttl=config.token_ttl,
                 audience=config.token_audience,
                 challenge_deadline=config.authority_challenge_deadline,
@@ -181,8 +201,9 @@ class Runtime:
         (each told to whoever waits, audited, its upstream stream cancelled), and every
         gRPC-Web ``GetToken`` call in progress likewise."""
         ended = await self.service.shutdown()
-        if "hub" in self.__dict__:  # built: gRPC-Web calls may be in progress
-            ended += await self.hub.drain()
+        built = self.__dict__.get("_hub")
+        if isinstance(built, GetTokenService):  # built: gRPC-Web calls may be in progress
+            ended += await built.drain()
         if ended:
             log.info("shutting down: ended %d pending challenges", ended)
         return ended

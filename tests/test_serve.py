@@ -21,6 +21,7 @@ from challenges.client import get_token_async
 from challenges.identity import PrivateKey, encode_buffer
 from challenges.tokens import jwk, verify_token
 from tests import servers
+from tests.grpcwebutil import Call, key_message, metadata_block
 from tests.rpcutil import API_KEY, API_SECRET, authority
 
 pytestmark = [pytest.mark.server, pytest.mark.once]
@@ -160,10 +161,22 @@ def test_a_relay_serves_with_the_upstreams_public_key_alone(tmp_path):
             with urllib.request.urlopen(request, timeout=10) as response:
                 published = json.load(response)["keys"]
             assert [key["x"] for key in published] == [jwk(AUTHORITY.public)["x"]]
+
+            async def grpc_web() -> tuple[int, str]:  # GetToken over gRPC-Web mints: not here
+                opened = await Call.open(f"ws://127.0.0.1:{port}")
+                await opened.send(metadata_block(), key_message(str(user.public)))
+                return (await opened.end()).status
+
+            for _ in range(3):
+                assert asyncio.run(grpc_web()) == (12, "GetToken is not configured on this server")
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(15)
-    assert "Traceback" not in log_path.read_text()
+    log = log_path.read_text()
+    assert "Traceback" not in log
+    # Why, said once (each caller could repeat it), and nothing about API keys it never reads.
+    assert log.count("GetToken over gRPC-Web is not configured") == 1, log
+    assert "no API keys are configured" not in log
 
 
 def test_make_serve_runs_two_workers_on_one_port(tmp_path):
