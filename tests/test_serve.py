@@ -22,7 +22,7 @@ from challenges.identity import PrivateKey, encode_buffer
 from challenges.tokens import jwk, verify_token
 from tests import servers
 from tests.grpcwebutil import Call, key_message, metadata_block
-from tests.rpcutil import API_KEY, API_SECRET, authority
+from tests.rpcutil import authority
 
 pytestmark = [pytest.mark.server, pytest.mark.once]
 AUTHORITY = PrivateKey.generate()
@@ -129,17 +129,15 @@ def test_a_relay_serves_with_the_upstreams_public_key_alone(tmp_path):
     tokens (verify, JWKS). serve refused to start without AUTHORITY_PRIVATE_KEY, and check's
     E011 asked for it too: a relay had to hold the authority's private key, or a made-up one
     it then published in its key set."""
-    hub_env = servers.base_env(
-        tmp_path / "hub", AUTHORITY_PRIVATE_KEY=str(AUTHORITY), AUTHORITY_API_KEYS=f"{API_KEY}:{API_SECRET}"
-    )
+    # A private network's authority that takes calls without an API key (runauthority with
+    # DEBUG on and none configured), so the relay has no API key of its own either.
+    hub_env = servers.base_env(tmp_path / "hub", AUTHORITY_PRIVATE_KEY=str(AUTHORITY), DEBUG="true")
     with authority(tmp_path / "hub", env=hub_env) as hub:
         port = servers.free_port()
         env = production_env(
             tmp_path,
             AUTHORITY_PRIVATE_KEY="",
             TOKEN_UPSTREAM=f"grpc://{hub.target}",
-            USER_API_KEY=API_KEY,
-            USER_API_SECRET=API_SECRET,
             UPSTREAM_PUBLIC_KEY=str(AUTHORITY.public),
         )
         check = subprocess.run(
