@@ -183,11 +183,19 @@ class HttpsPolicy:
         passed ``ALLOWED_HOSTS``: it is written into the redirect."""
         if not self.redirect or secure:
             return None
-        if any(pattern.search(str(scope.get("path", "")).lstrip("/")) for pattern in self.exempt):
+        own = app_path(scope)
+        if any(pattern.search(own.lstrip("/")) for pattern in self.exempt):
             return None
-        path = quote(f"{scope.get('root_path', '')}{scope.get('path', '')}", safe="/")
+        path = quote(f"{scope.get('root_path', '')}{own}", safe="/")
         query = bytes(scope.get("query_string", b"")).decode("latin-1")
         return f"https://{self.ssl_host or host}{path}" + (f"?{query}" if query else "")
 
     def headers(self, *, secure: bool) -> list[tuple[bytes, bytes]]:
         return [(b"strict-transport-security", self.hsts.encode())] if secure and self.hsts else []
+
+
+def app_path(scope: Mapping[str, Any]) -> str:
+    """The request's path below the application's root: uvicorn's ``path`` includes
+    ``root_path`` (as the ASGI spec now has it), daphne's does not (as Django reads both)."""
+    path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
+    return path[len(root) :] if root and path.startswith(root) else path

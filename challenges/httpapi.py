@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from .errors import ChallengeError
-from .http import method_not_allowed, status_of
+from .http import app_path, method_not_allowed, status_of
 from .pipeline import Conversation, Outcome
 from .runtime import Runtime
 
@@ -39,7 +39,7 @@ _HEADERS = [
 
 
 def handles(scope: Mapping[str, Any]) -> bool:
-    return scope.get("path") in ROUTES
+    return app_path(scope) in ROUTES
 
 
 async def answer(
@@ -61,7 +61,7 @@ async def answer(
         if location is not None:
             await _send(send, 308, b"", [(b"location", location.encode())])
             return
-        outcome = await rt.pipeline.body(conv, body, kind=ROUTES[str(scope["path"])])
+        outcome = await rt.pipeline.body(conv, body, kind=ROUTES[app_path(scope)])
     await _send_outcome(send, outcome, https.headers(secure=client.secure))
 
 

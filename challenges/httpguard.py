@@ -44,7 +44,7 @@ from django.urls import NoReverseMatch, get_script_prefix, reverse
 
 from . import httpapi, runtime
 from .errors import ChallengeError, Code, FrameError
-from .http import refusal
+from .http import app_path, refusal
 from .limits import address_scope
 from .metricsview import PATH as METRICS_PATH
 from .pipeline import Conversation
@@ -70,7 +70,7 @@ class HttpGuard:
         conv = Conversation(client=rt.config.clients.describe(scope, transport="http"))
         address = address_scope(conv.client.ip)
         try:
-            if scope.get("path") != HEALTH:  # a load balancer's probe is not a client's request
+            if app_path(scope) != HEALTH:  # a load balancer's probe is not a client's request
                 await rt.limiter.take(address)
                 if _for_django(scope):
                     # Django's answer was a 400 page, unaudited, and an ERROR with its traceback.
@@ -96,7 +96,7 @@ async def _body(
 ) -> bytes | None:
     """The whole body, or None when it was refused (and answered) or the client left."""
     limits = rt.config.http
-    limit = limits.for_path(str(scope.get("path", "")))
+    limit = limits.for_path(app_path(scope))
     try:
         declared = _content_length(scope)
         if declared is not None and declared > limit:
@@ -113,7 +113,7 @@ async def _body(
 def _for_django(scope: Mapping[str, Any]) -> bool:
     """Answered by Django: not the two-step (its own checks) nor ``/metrics`` (scraped at
     the worker's address, behind its own access rule)."""
-    return not httpapi.handles(scope) and scope.get("path") != METRICS_PATH
+    return not httpapi.handles(scope) and app_path(scope) != METRICS_PATH
 
 
 @cache
@@ -126,9 +126,8 @@ def _login_path() -> str | None:
 
 
 def _signs_in(scope: Mapping[str, Any]) -> bool:
-    """A ``POST`` to the admin's login page (the scope's path includes its ``root_path``)."""
-    path = str(scope.get("path", "")).removeprefix(str(scope.get("root_path", "")))
-    return scope.get("method") == "POST" and path == _login_path()
+    """A ``POST`` to the admin's login page."""
+    return scope.get("method") == "POST" and app_path(scope) == _login_path()
 
 
 async def _sign_in_allowed(rt: runtime.Runtime, conv: Conversation, address: str, send: Send) -> bool:

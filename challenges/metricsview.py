@@ -18,6 +18,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from . import metrics, runtime
+from .http import app_path
 
 if TYPE_CHECKING:  # the guard imports this module (its path)
     from .httpguard import Receive, Send
@@ -35,7 +36,7 @@ class MetricsEndpoint:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") != PATH:
+        if scope["type"] != "http" or app_path(scope) != PATH:
             await self.app(scope, receive, send)
             return
         rt = await runtime.get()

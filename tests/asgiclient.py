@@ -39,12 +39,18 @@ class AsgiClient:
         self.client = client
 
     async def request(
-        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        root_path: str = "",
     ) -> Response:
         given = {k.lower(): v for k, v in (headers or {}).items()}
         raw = [(k.encode(), v.encode()) for k, v in {"host": HOST, **given}.items()]
         comm = HttpCommunicator(application, method, path, body=body, headers=raw)
         comm.scope["client"] = self.client
+        comm.scope["root_path"] = root_path
         response = await comm.get_response(timeout=10)
         await comm.wait(timeout=5)  # the application's own clean-up
         return Response(response["status"], response["headers"], response.get("body", b""))

@@ -248,3 +248,21 @@ async def test_a_scoped_ipv6_client_is_audited_without_its_zone(settings, user_k
     ]
     [tok] = await tokens()
     assert tok.attempt_id == rows[-1].id
+
+
+@pytest.mark.parametrize("path_has_root", [True, False], ids=["uvicorn", "daphne"])
+async def test_below_a_root_path_the_guard_and_the_two_step_read_the_applications_path(
+    client, user_key, path_has_root
+):
+    """Mounted at /tok: uvicorn's path includes the root path, daphne's does not. The two-step
+    was answered only in daphne's form, and the probe's Host exemption likewise."""
+    prefix = "/tok" if path_has_root else ""
+    body = json.dumps({"pub": str(user_key.public)}).encode()
+    response = await client.request(
+        "POST", f"{prefix}/api/token/challenge", body, {"content-type": "application/json"}, root_path="/tok"
+    )
+    assert response.status_code == 200
+    assert response.json()["type"] == "challenge"
+    worker = {"host": "10.0.0.5:8000"}  # a probe at the worker's own address
+    probe = await client.request("GET", f"{prefix}/api/health", headers=worker, root_path="/tok")
+    assert probe.status_code == 200
