@@ -261,9 +261,9 @@ class GetTokenCall:
             await self.audit.record(record)
         except ChallengeError as error:  # no row, no token: counted as what the caller is told
             record.outcome, record.token = error.code, None
-            observe(self.metrics, record)
             return error
-        observe(self.metrics, record)
+        finally:  # also when the caller went away meanwhile: the row is written all the same
+            observe(self.metrics, record)
         await send(Reply(token=token.token))
         return None
 

@@ -8,6 +8,7 @@ its slot back. The audit is a recorder of the rows the call writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from prometheus_client import REGISTRY
@@ -158,3 +159,33 @@ async def test_a_token_whose_row_fails_is_counted_as_the_error_its_caller_is_tol
     assert value(finished, outcome="internal_error", upstream=upstream) == 1
     assert value(finished, outcome="success", upstream=upstream) == 0
     assert value(server_latency, outcome_class="server") == before + 1
+
+
+class SlowAudit(Recorder):
+    """An audit whose token row takes a while to commit (written whatever the caller does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = asyncio.Event()
+
+    async def record(self, record) -> None:
+        self.writing.set()
+        await asyncio.shield(asyncio.sleep(0.2))
+        await super().record(record)
+
+
+async def test_a_call_cancelled_while_its_token_row_commits_is_still_counted():
+    upstream = "test-gettoken-cancelled-at-commit"
+    counted = metrics.Metrics(upstream)
+    user = PrivateKey.generate()
+    driver = Driver(StreamCap(1), SlowAudit(), TaskSet(), "bslow", counted)
+    task = driver.start()
+    await driver.inbox.put(("key", str(user.public)))
+    await wait_for(lambda: driver.sent, "the challenge")
+    await driver.inbox.put(("signature", user.sign(driver.sent[0].challenge)))
+    await asyncio.wait_for(driver.call.audit.writing.wait(), 2)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    sample = {"transport": "grpc", "outcome": "success", "upstream": upstream}
+    assert REGISTRY.get_sample_value("tokenprovider_flows_finished_total", sample) == 1
