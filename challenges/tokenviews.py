@@ -18,6 +18,7 @@ import hmac
 import json
 from typing import Any
 
+from django.core.exceptions import SuspiciousOperation
 from django.http import HttpRequest, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 
@@ -93,8 +94,8 @@ def _token_of(request: HttpRequest, *, form: bool) -> tuple[str, tuple[str, int]
     if form and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
         try:
             token = request.POST.get("token")
-        except MultiPartParserError:  # e.g. no boundary: Django's HTML 400 and a logged traceback
-            return "", ("the form body is malformed", 400)
+        except (MultiPartParserError, SuspiciousOperation):  # no boundary, too many fields:
+            return "", ("the form body is malformed", 400)  # Django's HTML 400 and a traceback
     else:
         try:
             body = json.loads(raw)

@@ -82,12 +82,20 @@ async def test_introspection_needs_the_bearer_token(user_key):
     assert (await introspect(token, form=True))[1]["active"] is True  # RFC 7662's form body
 
 
-async def test_a_malformed_form_body_is_a_400_not_a_traceback(user_key, caplog):
-    """A multipart body without its boundary: Django's HTML 400 and a logged traceback."""
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"token=abc", "multipart/form-data"),  # no boundary
+        ("&".join(f"f{i}=1" for i in range(1_500)).encode(), "application/x-www-form-urlencoded"),
+    ],
+    ids=["no-boundary", "too-many-fields"],
+)
+async def test_a_malformed_form_body_is_a_400_not_a_traceback(user_key, caplog, body, content_type):
+    """Both were Django's HTML 400 and a logged traceback (TooManyFieldsSent at ERROR)."""
     response = await AsyncClient().post(
         "/api/token/introspect",
-        b"token=abc",
-        content_type="multipart/form-data",
+        body,
+        content_type=content_type,
         headers={"authorization": f"Bearer {SECRET}"},
     )
     assert response.status_code == 400
