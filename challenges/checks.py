@@ -16,6 +16,7 @@ from .clients import wildcard_hosts
 from .errors import IdentityError
 from .identity import parse_private_key
 from .keys import verification_key
+from .upstream import relays
 
 
 @register()
@@ -42,7 +43,7 @@ def check_secrets(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         except IdentityError as exc:  # the message never quotes the key
             errors.append(Error(f"AUTHORITY_PRIVATE_KEY is invalid: {exc.message}", id="challenges.E003"))
     upstream = settings.TOKEN_UPSTREAM
-    if upstream != "local" and not upstream.startswith(("grpc://", "grpcs://")):
+    if upstream != "local" and not relays(upstream):
         errors.append(
             Error(
                 "TOKEN_UPSTREAM must be 'local', 'grpc://host:port' or 'grpcs://host:port',"
@@ -87,7 +88,7 @@ def check_tokens(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                 id="challenges.E010",
             )
         )
-    relay = settings.TOKEN_UPSTREAM.startswith(("grpc://", "grpcs://"))
+    relay = relays(settings.TOKEN_UPSTREAM)
     keyless = not settings.AUTHORITY_PRIVATE_KEY and not settings.UPSTREAM_PUBLIC_KEY.strip()
     if relay and not settings.DEBUG and keyless:
         messages.append(
@@ -150,7 +151,7 @@ def _check_api_keys() -> list[Error]:
     except ValueError as exc:
         errors.append(Error(f"AUTHORITY_API_KEYS is invalid: {exc}", id="challenges.E007"))
     upstream = settings.TOKEN_UPSTREAM
-    if upstream.startswith(("grpc://", "grpcs://")):
+    if relays(upstream):
         from .rpc.client import parse_target
 
         try:

@@ -16,8 +16,7 @@ from asgiref.sync import markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 
 from . import views
-
-HEALTH_PATH = "/api/health"
+from .httpguard import HEALTH
 
 
 class HealthProbe:
@@ -32,6 +31,6 @@ class HealthProbe:
         markcoroutinefunction(self)
 
     async def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        if request.path_info == HEALTH_PATH:
+        if request.path_info == HEALTH:
             return await views.health(request)
         return await self.get_response(request)

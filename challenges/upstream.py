@@ -21,6 +21,11 @@ from .identity import PrivateKey, PublicKey
 from .tokens import MintedToken
 
 
+def relays(spec: str) -> bool:
+    """Whether ``TOKEN_UPSTREAM`` relays over gRPC (``grpc://``, ``grpcs://``) rather than mints."""
+    return spec.startswith(("grpc://", "grpcs://"))
+
+
 class PendingChallenge(Protocol):
     challenge: Challenge
     #: What the upstream said last, for the audit ("OK", a gRPC status name ...).

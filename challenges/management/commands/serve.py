@@ -28,6 +28,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 from challenges.protocol import MAX_FRAME_BYTES
+from challenges.upstream import relays
 
 #: uvicorn refuses WebSocket messages past this (the app refuses frames past 64 KiB
 #: with an error frame; larger ones are dropped by the server itself).
@@ -124,7 +125,7 @@ def _refusals(workers: int) -> list[str]:
         )
     if settings.SECRET_KEY.startswith("insecure-"):  # the development placeholder
         lines.append("SECRET_KEY is not set: set a long random string in the environment or .env")
-    relay = settings.TOKEN_UPSTREAM.startswith(("grpc://", "grpcs://"))
+    relay = relays(settings.TOKEN_UPSTREAM)
     if not settings.AUTHORITY_PRIVATE_KEY and not (relay and settings.UPSTREAM_PUBLIC_KEY.strip()):
         # A relay mints nothing: the public key of the authority it relays to is enough.
         lines.append(
