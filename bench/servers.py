@@ -242,6 +242,8 @@ def start(
             sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port),
             "--workers", env.get("WORKERS", "1"), *args,
         ]  # fmt: skip
+    elif kind == "runserver":  # make run's command: daphne's development server, DEBUG on
+        cmd = [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload", *args]
     else:
         raise ValueError(kind)
     process, log_path = launch(cmd, env=env, log_path=tmp / f"{kind}-{port}.log")

@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -183,25 +182,11 @@ def test_the_hub_client_gets_a_token_from_manage_py_runserver(tmp_path):
     """``make run``'s server: daphne's ``runserver``, on the same port as ``/ws/token``."""
     node_ready()
     env = servers.base_env(tmp_path, AUTHORITY_API_KEYS=f"{API_KEY}:{API_SECRET}")
-    servers.migrate(env)
-    port = servers.free_port()
-    process, log_path = servers.launch(
-        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
-        env=env,
-        log_path=tmp_path / "runserver.log",
-    )
-    runserver = servers.Server(process=process, port=port, env=env, log_path=log_path)
+    runserver = servers.start(tmp_path, kind="runserver", env=env)
     try:
-        servers.wait_ready(
-            process,
-            log_path,
-            lambda: _health(port) == 200 or None,
-            timeout=30,
-            what="runserver",
-        )
         result = hub_client(runserver, "token")
     finally:
         runserver.stop()
     assert "token" in result, result
     assert audited(runserver, result["pub"])[:4] == ("success", "OK", "grpc-web", API_KEY)
-    assert "Traceback" not in log_path.read_text()
+    assert "Traceback" not in runserver.log()

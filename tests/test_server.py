@@ -188,28 +188,13 @@ def test_make_runs_runserver_gives_the_client_module_its_own_headers(tmp_path):
     of the application answered the module without ``Access-Control-Allow-Origin``, so an app
     on another origin (a development server on another port) could not import it there. The
     admin's static files are still served."""
-    env = servers.base_env(tmp_path)
-    servers.migrate(env)
-    port = servers.free_port()
-    process, log_path = servers.launch(
-        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
-        env=env,
-        log_path=tmp_path / "runserver.log",
-    )
-    runserver = servers.Server(process=process, port=port, env=env, log_path=log_path)
+    runserver = servers.start(tmp_path, kind="runserver")
 
     def get(path: str) -> tuple[int, dict[str, str], bytes]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        with urllib.request.urlopen(f"{runserver.http}{path}", timeout=5) as response:
             return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
 
-    def up() -> bool | None:
-        try:
-            return get("/api/health")[0] == 200 or None
-        except OSError:
-            return None
-
     try:
-        servers.wait_ready(process, log_path, up, timeout=30, what="runserver")
         status, headers, body = get("/static/challenges/token-client.js")
         assert status == 200
         assert headers["access-control-allow-origin"] == "*"
@@ -220,4 +205,4 @@ def test_make_runs_runserver_gives_the_client_module_its_own_headers(tmp_path):
         assert headers["content-type"].startswith("text/css")
     finally:
         runserver.stop()
-    assert "Traceback" not in log_path.read_text()
+    assert "Traceback" not in runserver.log()
