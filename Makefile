@@ -32,7 +32,8 @@ run: migrate
 	$(PY) manage.py runserver $(HOST):$(PORT)
 
 # Production: uvicorn, WORKERS processes on one port (more than one needs REDIS_URL), DEBUG off,
-# migrations first; refuses to start without SECRET_KEY, AUTHORITY_PRIVATE_KEY or ALLOWED_HOSTS.
+# migrations first; refuses to start without SECRET_KEY, AUTHORITY_PRIVATE_KEY (a relay may set
+# UPSTREAM_PUBLIC_KEY instead) or ALLOWED_HOSTS.
 serve: install
 	DEBUG=false $(PY) manage.py serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 

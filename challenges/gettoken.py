@@ -20,10 +20,11 @@ caller's first message, for the key in the audit, and ends with the refusal.
 transport a process serves ``GetToken`` on. A call past it is refused at
 once (``too_many_pending``, the Hub's ``RESOURCE_EXHAUSTED``) and audited.
 
-Every outcome audited is counted too (:func:`count`, into the transport's
-:class:`~challenges.metrics.Metrics`), as ``outcomes.py`` counts the other
-transports': with its latency, or, for a call refused before its challenge,
-as a refusal; a call whose key was read counts as started.
+Every outcome audited is counted and logged too
+(:func:`challenges.outcomes.observe`, into the transport's
+:class:`~challenges.metrics.Metrics`), as the other transports' are: with its
+latency, or, for a call refused before its challenge, as a refusal; a call
+whose key was read counts as started.
 """
 
 from __future__ import annotations
