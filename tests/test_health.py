@@ -50,6 +50,8 @@ def test_health_answers_a_probe_at_the_workers_own_address(client, settings):
     assert response.json()["status"] == "ok"
     assert client.head("/api/health", HTTP_HOST="10.0.0.5:8000").status_code == 200
     assert client.post("/api/health", HTTP_HOST="10.0.0.5:8000").status_code == 405
+    # Django's own answer to the rest (in front of it, the HTTP guard answers 403 invalid_host:
+    # tests/test_httpguard.py): only the probe is exempt.
     assert client.get("/", HTTP_HOST="10.0.0.5:8000").status_code == 400
     assert client.get("/.well-known/jwks.json", HTTP_HOST="10.0.0.5:8000").status_code == 400
     assert client.get("/api/health/", HTTP_HOST="10.0.0.5:8000").status_code == 400
