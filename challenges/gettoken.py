@@ -41,7 +41,7 @@ from .audit import AuditWriter
 from .errors import ChallengeError, Code, IdentityError, LimitError, key_blocked
 from .identity import PrivateKey, PublicKey, parse_public_key
 from .metrics import DEFAULT, Metrics
-from .outcomes import observe
+from .outcomes import observe, record_issued
 from .services import AuditRecord
 from .tasks import TaskSet
 from .tokens import MintedToken, mint_token
@@ -257,14 +257,10 @@ class GetTokenCall:
     async def _issue(self, key: PublicKey, send: Callable[[Reply], Awaitable[None]]) -> ChallengeError | None:
         config = self.config
         token = mint_token(signer=config.signer, subject=key, ttl=config.ttl, audience=config.audience)
-        record = self._record("success", status="OK", token=token)
         try:
-            await self.audit.record(record)
+            await record_issued(self.audit, self.metrics, self._record("success", status="OK", token=token))
         except ChallengeError as error:  # no row, no token: counted as what the caller is told
-            record.outcome, record.token = error.code, None
             return error
-        finally:  # also when the caller went away meanwhile: the row is written all the same
-            observe(self.metrics, record)
         await send(Reply(token=token.token))
         return None
 

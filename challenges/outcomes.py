@@ -57,14 +57,7 @@ class Outcomes:
 
     async def issued(self, flow: Flow, token: MintedToken) -> None:
         """A token for ``flow``: returns once its row is committed (raises ``internal_error`` if not)."""
-        record = self._of_flow(flow, SUCCESS, token=token)
-        try:
-            await self.audit.record(record)
-        except ChallengeError as error:  # no row, no token: the client is told this error
-            record.outcome, record.token = error.code, None
-            self._observe(record, logging.WARNING)
-            raise
-        self._observe(record, logging.INFO)
+        await record_issued(self.audit, self.metrics, self._of_flow(flow, SUCCESS, token=token))
 
     async def ended(self, flow: Flow, error: ChallengeError) -> None:
         """``flow`` ended with ``error``."""
@@ -145,3 +138,18 @@ def observe(metrics: Metrics, record: AuditRecord, level: int | None = None) -> 
         client=record.client_ip,
         worker=record.worker,
     )
+
+
+async def record_issued(audit: AuditWriter, metrics: Metrics, record: AuditRecord) -> None:
+    """Write a token's row and count it, for every transport: returns once the row is
+    committed, or raises the error the caller is then told (no row, no token: the record
+    then says that error). Counted also when the caller went away meanwhile: the row is
+    written all the same."""
+    level = logging.INFO
+    try:
+        await audit.record(record)
+    except ChallengeError as error:
+        record.outcome, record.token, level = error.code, None, logging.WARNING
+        raise
+    finally:
+        observe(metrics, record, level)
