@@ -18,11 +18,11 @@ signature is the credential), no templates.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .errors import ChallengeError
-from .http import app_path, method_not_allowed, status_of
+from .http import method_not_allowed, status_of
 from .pipeline import Conversation, Outcome
 from .runtime import Runtime
 
@@ -38,12 +38,13 @@ _HEADERS = [
 ]
 
 
-def handles(scope: Mapping[str, Any]) -> bool:
-    return app_path(scope) in ROUTES
+def handles(path: str) -> bool:
+    """Whether ``path`` (below the application's root) is a step of the two-step."""
+    return path in ROUTES
 
 
 async def answer(
-    rt: Runtime, conv: Conversation, scope: dict[str, Any], body: bytes | None, send: Send
+    rt: Runtime, conv: Conversation, scope: dict[str, Any], path: str, body: bytes | None, send: Send
 ) -> None:
     """Run one step for the request and send its response."""
     if scope.get("method") != "POST":
@@ -61,7 +62,7 @@ async def answer(
         if location is not None:
             await _send(send, 308, b"", [(b"location", location.encode())])
             return
-        outcome = await rt.pipeline.body(conv, body, kind=ROUTES[app_path(scope)])
+        outcome = await rt.pipeline.body(conv, body, kind=ROUTES[path])
     await _send_outcome(send, outcome, https.headers(secure=client.secure))
 
 

@@ -69,34 +69,42 @@ class HttpGuard:
         rt = await runtime.get()
         conv = Conversation(client=rt.config.clients.describe(scope, transport="http"))
         address = address_scope(conv.client.ip)
+        path = app_path(scope)
+        two_step = httpapi.handles(path)
         try:
-            if app_path(scope) != HEALTH:  # a load balancer's probe is not a client's request
+            if path != HEALTH:  # a load balancer's probe is not a client's request
                 await rt.limiter.take(address)
-                if _for_django(scope):
-                    # Django's answer was a 400 page, unaudited, and an ERROR with its traceback.
+                if not two_step and path != METRICS_PATH:  # for Django: the two-step checks its own,
+                    # /metrics is scraped at the worker's address. Django's answer was a 400 page,
+                    # unaudited, and an ERROR with its traceback.
                     rt.config.clients.check_host(conv.client)
             rt.limits.open_connection(conv.client.ip)
         except ChallengeError as error:
             await _refuse(rt, conv, send, error)
             return
         try:
-            body = await _body(rt, conv, scope, receive, send)
+            body = await _body(rt, conv, scope, rt.config.http.for_path(path), receive, send)
             if body is None:
                 return  # refused (and answered), or the client left
-            if httpapi.handles(scope):
-                await httpapi.answer(rt, conv, scope, body, send)  # the two-step: no Django
-            elif not _signs_in(scope) or await _sign_in_allowed(rt, conv, address, send):
+            if two_step:
+                await httpapi.answer(rt, conv, scope, path, body, send)  # the two-step: no Django
+            elif not _signs_in(scope, path) or await _sign_in_allowed(rt, conv, address, send):
                 await self.app(scope, _replay(body, receive), send)
         finally:
             rt.limits.close_connection(conv.client.ip)
 
 
 async def _body(
-    rt: runtime.Runtime, conv: Conversation, scope: Mapping[str, Any], receive: Receive, send: Send
+    rt: runtime.Runtime,
+    conv: Conversation,
+    scope: Mapping[str, Any],
+    limit: int,
+    receive: Receive,
+    send: Send,
 ) -> bytes | None:
-    """The whole body, or None when it was refused (and answered) or the client left."""
+    """The whole body (at most ``limit`` bytes), or None when it was refused (and answered)
+    or the client left."""
     limits = rt.config.http
-    limit = limits.for_path(app_path(scope))
     try:
         declared = _content_length(scope)
         if declared is not None and declared > limit:
@@ -110,12 +118,6 @@ async def _body(
     return None
 
 
-def _for_django(scope: Mapping[str, Any]) -> bool:
-    """Answered by Django: not the two-step (its own checks) nor ``/metrics`` (scraped at
-    the worker's address, behind its own access rule)."""
-    return not httpapi.handles(scope) and app_path(scope) != METRICS_PATH
-
-
 @cache
 def _login_path() -> str | None:
     """The admin's login page below the application's root (None: no admin is routed)."""
@@ -125,9 +127,9 @@ def _login_path() -> str | None:
         return None
 
 
-def _signs_in(scope: Mapping[str, Any]) -> bool:
-    """A ``POST`` to the admin's login page."""
-    return scope.get("method") == "POST" and app_path(scope) == _login_path()
+def _signs_in(scope: Mapping[str, Any], path: str) -> bool:
+    """A ``POST`` to the admin's login page (``path``: below the application's root)."""
+    return scope.get("method") == "POST" and path == _login_path()
 
 
 async def _sign_in_allowed(rt: runtime.Runtime, conv: Conversation, address: str, send: Send) -> bool:
