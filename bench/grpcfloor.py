@@ -51,9 +51,18 @@ class GrpcCost:
 
 
 def measure(
-    tmp: Path, *, concurrency: list[int], repeats: int, calls: int, cpus: set[int] | None
+    tmp: Path,
+    *,
+    concurrency: list[int],
+    repeats: int,
+    calls: int,
+    cpus: set[int] | None,
+    server_cpus: set[int] | None = None,
 ) -> list[GrpcCost]:
-    """``repeats`` runs of ``calls`` calls at each concurrency, both sides pinned to ``cpus``."""
+    """``repeats`` runs of ``calls`` calls at each concurrency: the client pinned to ``cpus``,
+    the server to ``server_cpus`` (default: the same CPUs, as ``relay`` runs; apart, as
+    ``remote`` runs, each side wakes for every message the other sends, and pays more per
+    call)."""
     tmp.mkdir(parents=True, exist_ok=True)
     port_file = tmp / "grpc-floor.port"
     process, log_path = servers.launch(
@@ -69,7 +78,7 @@ def measure(
 
     try:
         port = servers.wait_ready(process, log_path, listening, timeout=20, what="the gRPC floor")
-        procs.pin(process.pid, cpus)
+        procs.pin(process.pid, server_cpus or cpus)
         results = []
         for repeat in range(repeats + 1):  # the first is a warm-up
             for c in concurrency:

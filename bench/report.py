@@ -78,12 +78,18 @@ def render_bench(
     configs: dict[str, Any],
     charts: list[tuple[str, str]],
     grpc: list[Any] | None = None,
+    grpc_apart: list[Any] | None = None,
 ) -> str:
     """The benchmark section: targets, summary, details, charts, CPU, memory, logs, method."""
     concurrency: list[int] = options.concurrency
     names = [n for n in configs if n in options.configs]
     by = {(p.config, p.concurrency): p for p in points}
     costs = median_by_concurrency(grpc or [])
+    apart = median_by_concurrency(grpc_apart or [])
+    ceilings = {
+        "relay": _ceiling(by, costs, both_sides=True),
+        "remote": _ceiling(by, apart, both_sides=False),
+    }
 
     def ratio_value(name: str, c: int, attr: str = "rate", base: str | None = None) -> float | None:
         """Median over repeats of (this run / its baseline's run of the same repeat)."""
@@ -103,7 +109,7 @@ def render_bench(
         "",
         f"Machine: {facts}.",
         "",
-        *_targets(by, idle, options, ratio_value, _relay_ceiling(by, costs)),
+        *_targets(by, idle, options, ratio_value, ceilings),
         "",
         f"{options.flows} flows per point, {options.repeats} runs each: flows/s (median) and, in brackets,"
         " the ratio to the configuration's baseline measured in the same run (median of the runs' ratios).",
@@ -138,7 +144,7 @@ def render_bench(
             f"- **{name}**: {configs[name].description} (negotiated extensions: {', '.join(exts) or '-'})."
         )
     lines += _breakdown(points, concurrency)
-    lines += _relay(by, costs, ratio)
+    lines += _relay(by, costs, apart, ceilings, ratio)
     lines += _memory(idle)
     lines += _audit(audit)
     lines += _capacity(capacity)
@@ -151,15 +157,27 @@ def render_bench(
 
 
 def _targets(
-    by: dict[Any, Any], idle: list[Any], options: Any, ratio: Any, ceiling: dict[int, float]
+    by: dict[Any, Any],
+    idle: list[Any],
+    options: Any,
+    ratio: Any,
+    ceilings: dict[str, dict[int, float]],
 ) -> list[str]:
     """The figures the benchmark is held to, each with what this run measured."""
     rows: list[tuple[str, str, bool | None]] = []
 
-    def check(what: str, value: float | None, ok: Any, shown: str) -> None:
+    def check(what: str, value: float | None, ok: Any, shown: str, note: str = "") -> None:
         rows.append(
-            (what, "-" if value is None else shown.format(value), None if value is None else bool(ok(value)))
+            (
+                what,
+                "-" if value is None else shown.format(value) + note,
+                None if value is None else bool(ok(value)),
+            )
         )
+
+    def ceiling(config: str, c: int) -> str:
+        found = ceilings[config].get(c)
+        return "" if found is None else f" (ceiling {found:.2f}x)"
 
     for c in (16, 128):
         check(f"make serve at c={c}: >= 0.45x the floor", ratio("serve", c), lambda v: v >= 0.45, "{:.2f}x")
@@ -201,11 +219,12 @@ def _targets(
             "{:.2f}x",
         )
         check(
-            f"gRPC relay at c={c}, the authority off the provider's core (remote):"
-            " >= 0.6x the local upstream",
+            f"gRPC relay at c={c}, the authority off the provider's core (remote; its ceiling,"
+            " the local flow plus the bare gRPC client: see below): >= 0.6x the local upstream",
             ratio("remote", c),
             lambda v: v >= 0.6,
             "{:.2f}x",
+            ceiling("remote", c),
         )
         one_core = ratio("relay", c)
         if one_core is not None:
@@ -213,7 +232,7 @@ def _targets(
                 (
                     f"gRPC relay at c={c}, both processes on the one server core (relay; its ceiling,"
                     " the local flow plus bare gRPC: see below)",
-                    f"{one_core:.2f}x" + (f" (ceiling {ceiling[c]:.2f}x)" if c in ceiling else ""),
+                    f"{one_core:.2f}x{ceiling('relay', c)}",
                     None,
                 )
             )
@@ -291,21 +310,29 @@ def _breakdown(points: list[Any], concurrency: list[int]) -> list[str]:
     return lines
 
 
-def _relay_ceiling(by: dict[Any, Any], costs: dict[int, Any]) -> dict[int, float]:
-    """At each concurrency: the relay's best ratio if it cost only the local flow plus the bare
-    gRPC exchange, both on the one server core: serve / (serve + bare gRPC client + server)."""
+def _ceiling(by: dict[Any, Any], costs: dict[int, Any], *, both_sides: bool) -> dict[int, float]:
+    """At each concurrency: the ratio a relay would reach if it cost only the local flow plus
+    the bare gRPC exchange. With ``both_sides`` (``relay``: both processes on the one server
+    core) serve / (serve + bare client + bare server); without (``remote``: the provider's core
+    carries only the client's side) serve / (serve + bare client)."""
     found = {}
     for c, cost in costs.items():
         if ("serve", c) in by:
             local = by[("serve", c)].median("server_cpu_ms")
-            found[c] = local / (local + cost.total_ms)
+            found[c] = local / (local + (cost.total_ms if both_sides else cost.client_ms))
     return found
 
 
-def _relay(by: dict[Any, Any], costs: dict[int, Any], ratio: Any) -> list[str]:
-    """Where the relay's CPU goes, beside what the bare gRPC exchange costs on the same core."""
-    ceiling = _relay_ceiling(by, costs)
-    rows = [c for c in ceiling if ("relay", c) in by]
+def _relay(
+    by: dict[Any, Any],
+    costs: dict[int, Any],
+    apart: dict[int, Any],
+    ceilings: dict[str, dict[int, float]],
+    ratio: Any,
+) -> list[str]:
+    """Where the relay's CPU goes, beside what the bare gRPC exchange costs laid out as each
+    relay configuration runs."""
+    rows = [c for c in ceilings["relay"] if ("relay", c) in by]
     if not rows:
         return []
     lines = [
@@ -316,17 +343,21 @@ def _relay(by: dict[Any, Any], costs: dict[int, Any], ratio: Any) -> list[str]:
         " serves the WebSocket and audits the flow; `runauthority` checks the signature, mints the token and"
         " audits it in its own database. Between them runs the Hub's `GetToken` stream. The bare exchange"
         " (`bench/grpcfloor.py`: the same four messages on one `grpc.aio` stream per call between two"
-        " processes that do nothing else, pinned to the same core; as many repeats, at least 1,000 calls a"
-        " point) costs what the bare columns show. The ceiling is the ratio the relay would reach if it cost"
-        " only the local flow plus that exchange: serve / (serve + bare client + bare server). With the"
-        " authority on another host, as a Hub is, the provider's core carries only the provider's share:"
-        " serve / provider is the ratio its CPU alone would allow (the provider's CPU as `remote`"
-        " measured it, with `runauthority` on the load generator's CPU; as `relay` did, without"
-        " `remote`), and the remote ratio is what `remote` reached.",
+        " processes that do nothing else; as many repeats, at least 1,000 calls a point) costs what the"
+        " bare columns show, measured twice: both sides pinned to the server core, as `relay` runs, and"
+        " its server on the load generator's CPU, as `remote` runs (apart, each side wakes for every"
+        " message the other sends and pays more per call). The relay ceiling is the ratio `relay` would"
+        " reach if it cost only the local flow plus the exchange on one core: serve / (serve + bare client"
+        " + bare server). With the authority on another host, as a Hub is, the provider's core carries"
+        " only the provider's share: serve / provider is the ratio its CPU alone would allow (the"
+        " provider's CPU as `remote` measured it, with `runauthority` on the load generator's CPU; as"
+        " `relay` did, without `remote`), the remote ceiling is serve / (serve + bare client apart), and"
+        " the remote ratio is what `remote` reached.",
         "",
         "| clients | local flow (serve) CPU ms | provider | runauthority | bare gRPC client"
-        " | bare gRPC server | bare gRPC calls/s | relay ratio | ceiling | serve / provider | remote ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        " | bare gRPC server | bare gRPC calls/s | relay ratio | relay ceiling | bare client apart"
+        " | remote ceiling | serve / provider | remote ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in rows:
         relay, cost = by[("relay", c)], costs[c]
@@ -337,10 +368,13 @@ def _relay(by: dict[Any, Any], costs: dict[int, Any], ratio: Any) -> list[str]:
         )
         alone = by.get(("remote", c), relay)  # the provider with the authority off its core
         own = statistics.median(r.cpu_by_role.get("provider", 0.0) for r in alone.runs)
+        client_apart = f"{apart[c].client_ms:.2f}" if c in apart else "-"
+        remote_ceiling = f"{ceilings['remote'][c]:.2f}" if c in ceilings["remote"] else "-"
         lines.append(
             f"| c={c} | {local:.2f} | {provider:.2f} | {authority:.2f} | {cost.client_ms:.2f}"
             f" | {cost.server_ms:.2f} | {cost.rate:,.0f} | {ratio('relay', c)}"
-            f" | {ceiling[c]:.2f} | {local / own if own else 0:.2f} | {ratio('remote', c)} |"
+            f" | {ceilings['relay'][c]:.2f} | {client_apart} | {remote_ceiling}"
+            f" | {local / own if own else 0:.2f} | {ratio('remote', c)} |"
         )
     return lines
 

@@ -348,6 +348,28 @@ def _flows(
     return list(points.values()), logs
 
 
+def _bare_grpc(options: Options, tmp: Path) -> tuple[list[grpcfloor.GrpcCost], list[grpcfloor.GrpcCost]]:
+    """What gRPC alone takes out of the relay's budget: the bare exchange laid out as ``relay``
+    runs (both sides on the server CPUs) and as ``remote`` does (its server on the load
+    generator's CPU); each measured only when its configuration runs."""
+    server_cpus, client_cpus = procs.cpu_split(not options.pin)
+
+    def measure(name: str, config: str, apart: set[int] | None) -> list[grpcfloor.GrpcCost]:
+        if config not in options.configs:
+            return []
+        return grpcfloor.measure(
+            tmp / name,
+            concurrency=options.concurrency,
+            repeats=options.repeats,
+            # /proc counts CPU in 10 ms ticks: enough calls for a figure to the percent.
+            calls=max(options.flows, 1000),
+            cpus=server_cpus,
+            server_cpus=apart,
+        )
+
+    return measure("grpc", "relay", None), measure("grpc-apart", "remote", client_cpus)
+
+
 def bench(options: Options) -> int:
     """Run everything, print the Markdown report, write REPORT.md and the charts; 1 if a flow failed."""
     procs.raise_fd_limit()
@@ -357,19 +379,7 @@ def bench(options: Options) -> int:
         tmp = Path(name)
         try:
             points, logs = _flows(options, tmp, authority)
-            # What gRPC alone takes out of the relay's budget, on the same CPUs.
-            grpc = (
-                grpcfloor.measure(
-                    tmp / "grpc",
-                    concurrency=options.concurrency,
-                    repeats=options.repeats,
-                    # /proc counts CPU in 10 ms ticks: enough calls for a figure to the percent.
-                    calls=max(options.flows, 1000),
-                    cpus=procs.cpu_split(not options.pin)[0],
-                )
-                if "relay" in options.configs
-                else []
-            )
+            grpc, grpc_apart = _bare_grpc(options, tmp)
             idle = (
                 memory.measure(
                     tmp / "memory",
@@ -413,6 +423,7 @@ def bench(options: Options) -> int:
         audit=audit,
         capacity=costs,
         grpc=grpc,
+        grpc_apart=grpc_apart,
         options=options,
         facts=facts,
         configs=CONFIGS,
