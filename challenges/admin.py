@@ -131,7 +131,7 @@ class ChallengeAttemptAdmin(ExportCSV, RevocationActions, ReadOnlyAdmin):
         (None, {"fields": ("outcome", "detail", "public_key", "challenge_id", "refusals")}),
         ("Timeline", {"fields": ("timeline", "latency_ms")}),
         ("Token", {"fields": ("token_standing",)}),
-        ("Client", {"fields": ("client_ip", "origin", "user_agent", "transport", "api_key")}),
+        ("Client", {"fields": ("client_ip", "answer_ip", "origin", "user_agent", "transport", "api_key")}),
         ("Worker and upstream", {"fields": ("worker", "upstream", "upstream_status")}),
     )
 
@@ -147,7 +147,7 @@ class ChallengeAttemptAdmin(ExportCSV, RevocationActions, ReadOnlyAdmin):
         "latency_ms",
     )
     list_filter = (OutcomeFilter, "created_at", "transport", "upstream")
-    search_fields = ("public_key", "challenge_id", "token__jti", "client_ip")
+    search_fields = ("public_key", "challenge_id", "token__jti", "client_ip", "answer_ip")
     date_hierarchy = "created_at"
     ordering = ("-created_at", "-id")
     show_full_result_count = False

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from django.core.management.base import CommandError, CommandParser
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from . import reports
 from .errors import Code
@@ -93,7 +93,7 @@ def add_attempt_options(parser: Any) -> None:
         type=outcome,
         help=f"this outcome (repeat for several; '{ANY_FAILURE}' for every outcome but success)",
     )
-    parser.add_argument("--address", type=address, help="this client address")
+    parser.add_argument("--address", type=address, help="this client address, as the asker or the answerer")
     parser.add_argument("--worker", help="this worker")
 
 
@@ -101,7 +101,8 @@ def attempts(options: dict[str, Any], *, now: datetime) -> QuerySet[ChallengeAtt
     """The attempts the command-line filters select (any order)."""
     rows = _by_time_and_key(ChallengeAttempt.objects.all(), "created_at", options, now=now)
     if options.get("address"):
-        rows = rows.filter(client_ip=options["address"])
+        address = options["address"]
+        rows = rows.filter(Q(client_ip=address) | Q(answer_ip=address))
     if options.get("worker"):
         rows = rows.filter(worker=options["worker"])
     outcomes = set(options.get("outcome") or [])
@@ -178,6 +179,7 @@ def attempt_dict(a: ChallengeAttempt) -> dict[str, Any]:
         "count": a.count,
         "public_key": a.public_key,
         "client_ip": a.client_ip,
+        "answer_ip": a.answer_ip,
         "origin": a.origin,
         "transport": a.transport,
         "worker": a.worker,
@@ -215,6 +217,14 @@ def timeline_dicts(attempt: ChallengeAttempt) -> list[dict[str, Any]]:
 def upstream(attempt: ChallengeAttempt) -> str:
     status = f" ({attempt.upstream_status})" if attempt.upstream_status else ""
     return f"{attempt.upstream or '-'}{status}"
+
+
+def addresses(attempt: ChallengeAttempt) -> str:
+    """Who asked, and who answered when that was another address."""
+    asked = attempt.client_ip or "-"
+    if attempt.answer_ip and attempt.answer_ip != attempt.client_ip:
+        return f"{asked} (answered from {attempt.answer_ip})"
+    return asked
 
 
 def latency(ms: float | None) -> str:

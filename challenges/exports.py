@@ -35,6 +35,7 @@ ATTEMPT_COLUMNS = (
     "public_key",
     "challenge_id",
     "client_ip",
+    "answer_ip",
     "origin",
     "user_agent",
     "transport",

@@ -130,7 +130,7 @@ class FlowService:
             )
             await self.refuse(unknown, client=client, challenge_id=flow_id)
             raise unknown
-        flow.answered_at = self.clock.now()
+        flow.answered_at, flow.answer_ip = self.clock.now(), client.ip
         if str(flow.key) in self.blocked:  # blocked while its challenge was pending
             blocked = key_blocked()
             await self._end(flow, blocked, exclude=finisher)
@@ -154,12 +154,16 @@ class FlowService:
         await self._notify(flow, token, exclude=finisher)
         return token
 
-    async def fail(self, flow_id: str, error: ChallengeError, *, finisher: Watcher | None = None) -> bool:
+    async def fail(
+        self, flow_id: str, error: ChallengeError, *, client: ClientInfo, finisher: Watcher | None = None
+    ) -> bool:
         """End the pending challenge ``flow_id`` with ``error`` and audit it (a malformed
-        answer spends the challenge it names). False when no such challenge is pending."""
+        answer from ``client`` spends the challenge it names). False when no such challenge
+        is pending."""
         flow = self._take(flow_id)
         if flow is None:
             return False
+        flow.answered_at, flow.answer_ip = self.clock.now(), client.ip
         await self._end(flow, error, exclude=finisher)
         return True
 

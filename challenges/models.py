@@ -41,6 +41,10 @@ class ChallengeAttempt(models.Model):
     #: When the challenge was sent, and when the answer arrived (null when there was none).
     challenged_at = models.DateTimeField(null=True, blank=True)
     answered_at = models.DateTimeField(null=True, blank=True)
+    #: Where the answer came from (null when there was none): a challenge may be answered on
+    #: another connection than the one that asked for it (``client_ip``), even on another
+    #: worker, so a stranger's answer to someone's challenge is recorded as the stranger's.
+    answer_ip = models.GenericIPAddressField(null=True, blank=True)
     #: The Hub API key of a gRPC or gRPC-Web call (the key, never its secret).
     api_key = models.CharField(max_length=64, blank=True, db_index=True)
     #: How many refusals this row stands for (aggregated per address, code and minute).

@@ -108,6 +108,7 @@ class Outcomes:
             latency_ms=(self.clock.monotonic() - flow.started) * 1000,
             challenged_at=flow.challenged_at,
             answered_at=flow.answered_at,
+            answer_ip=flow.answer_ip,
             token=token,
             **self._client_fields(flow.client),
         )

@@ -36,6 +36,8 @@ class Flow:
     started: float
     challenged_at: datetime | None = None
     answered_at: datetime | None = None
+    #: Where the answer came from (any connection may answer, on any worker).
+    answer_ip: str | None = None
     watchers: list[Watcher] = field(default_factory=list)
     timer: Timer | None = None
     grace: Timer | None = None

@@ -36,6 +36,7 @@ class AuditRecord:
     latency_ms: float | None = None
     challenged_at: datetime | None = None
     answered_at: datetime | None = None
+    answer_ip: str | None = None
     api_key: str = ""
     count: int = 1
     token: MintedToken | None = field(default=None, repr=False)
@@ -55,9 +56,9 @@ def _clean(text: str, limit: int) -> str:
 def audit_write_batch(records: list[AuditRecord]) -> list[int]:
     """Write a batch of audit records in one transaction; returns their row ids.
 
-    A client address is stored as :func:`~challenges.clients.storable_ip` gives it (no IPv6
-    zone id; none at all if it is no address), whoever built the record: one bad address
-    never sinks a batch.
+    A client's address (who asked, who answered) is stored as
+    :func:`~challenges.clients.storable_ip` gives it (no IPv6 zone id; none at all if it is
+    no address), whoever built the record: one bad address never sinks a batch.
 
     A fixed number of statements, whatever the batch's size. The attempts: on SQLite one
     multi-row ``INSERT ... RETURNING id``; on PostgreSQL their ids drawn from the sequence,
@@ -74,7 +75,7 @@ def audit_write_batch(records: list[AuditRecord]) -> list[int]:
             _clean(r.origin, 200), _clean(r.user_agent, 200), r.transport[:8], _clean(r.worker, 100),
             _clean(r.upstream, 100),
             _clean(r.upstream_status, 40), r.latency_ms, when(r.challenged_at), when(r.answered_at),
-            _clean(r.api_key, 64), r.count,
+            ip(storable_ip(r.answer_ip)), _clean(r.api_key, 64), r.count,
         )
         for r in records
     ]  # fmt: skip
@@ -101,7 +102,7 @@ def audit_write_batch(records: list[AuditRecord]) -> list[int]:
 _ATTEMPT_COLUMNS = (
     "outcome", "created_at", "finished_at", "detail", "public_key", "challenge_id", "client_ip", "origin",
     "user_agent", "transport", "worker", "upstream", "upstream_status", "latency_ms", "challenged_at",
-    "answered_at", "api_key", "count",
+    "answered_at", "answer_ip", "api_key", "count",
 )  # fmt: skip
 _TOKEN_COLUMNS = (
     "attempt_id", "jti", "token_sha256", "public_key", "issuer", "audience", "issued_at", "expires_at",

@@ -24,6 +24,7 @@ from tests.wsutil import attempts, tokens
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CLIENT = ClientInfo(ip="127.0.0.7", audience="https://app.example", transport="ws")
+STRANGER = ClientInfo(ip="2001:db8::9", transport="ws")
 
 
 class Events:
@@ -80,10 +81,11 @@ async def test_a_flow_gets_a_verifiable_token_once_its_row_is_committed(service,
         user_key.public
     )
     [row] = await attempts()
-    assert (row.outcome, row.challenge_id, row.worker, row.client_ip) == (
+    assert (row.outcome, row.challenge_id, row.worker, row.client_ip, row.answer_ip) == (
         "success",
         flow.id,
         "w1",
+        "127.0.0.7",
         "127.0.0.7",
     )
     assert [t.jti for t in await tokens()] == [token.jti]
@@ -129,12 +131,32 @@ async def test_a_bad_signature_spends_the_challenge_and_tells_the_other_watchers
     flow = await service.begin(key=user_key.public, client=CLIENT, watcher=asker)
     forged = PrivateKey.generate().sign(flow.challenge.value)
     with pytest.raises(ChallengeError) as bad:
-        await service.finish(flow_id=flow.id, signature=forged, client=CLIENT)
+        await service.finish(flow_id=flow.id, signature=forged, client=STRANGER)
     assert bad.value.code == Code.BAD_SIGNATURE
     assert (await asker.next())[1].code == Code.BAD_SIGNATURE  # type: ignore[union-attr]
     assert service.pending(flow.id) is None
     [row] = await attempts()
     assert (row.outcome, row.upstream_status) == ("bad_signature", "bad_signature")
+    # The stranger who answered is on record as such, not as the user who asked.
+    assert (row.client_ip, row.answer_ip) == ("127.0.0.7", "2001:db8::9")
+
+
+async def test_a_malformed_answer_records_who_sent_it_and_an_expiry_no_one(service, clock, user_key):
+    answered = await service.begin(key=user_key.public, client=CLIENT)
+    waiting = Events()
+    unanswered = await service.begin(key=user_key.public, client=CLIENT, watcher=waiting)
+    malformed = ChallengeError("malformed answer", code=Code.INVALID_SIG_LENGTH)
+    answered_at = clock.now()
+    assert await service.fail(answered.id, malformed, client=STRANGER)
+    assert not await service.fail(answered.id, malformed, client=STRANGER)  # spent already
+    await clock.advance(61)
+    assert (await waiting.next())[0] == unanswered.id  # told once its row is written
+    rows = {row.outcome: row for row in await attempts()}
+    assert set(rows) == {"invalid_sig_length", "challenge_timeout"}
+    bad, late = rows["invalid_sig_length"], rows["challenge_timeout"]
+    assert (bad.challenge_id, bad.client_ip, bad.answer_ip) == (answered.id, "127.0.0.7", "2001:db8::9")
+    assert bad.answered_at == answered_at
+    assert (late.challenge_id, late.answer_ip, late.answered_at) == (unanswered.id, None, None)
 
 
 async def test_the_per_key_cap_is_released_when_flows_end(service, user_key):
@@ -143,7 +165,8 @@ async def test_the_per_key_cap_is_released_when_flows_end(service, user_key):
     with pytest.raises(ChallengeError) as capped:
         await service.begin(key=user_key.public, client=CLIENT)
     assert capped.value.code == Code.TOO_MANY_PENDING
-    await service.fail(first.id, ChallengeError("malformed answer", code=Code.INVALID_SIG_LENGTH))
+    malformed = ChallengeError("malformed answer", code=Code.INVALID_SIG_LENGTH)
+    await service.fail(first.id, malformed, client=CLIENT)
     await service.begin(key=user_key.public, client=CLIENT)
     assert [r.outcome for r in await attempts()] == ["too_many_pending", "invalid_sig_length"]
 

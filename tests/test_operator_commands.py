@@ -213,6 +213,31 @@ def test_audit_list_filters_and_shows_counts(attempts):
 
 
 @pytest.mark.django_db
+def test_an_answer_from_another_address_is_listed_under_both_addresses(attempts, authority_signer):
+    stranger = flow("bad_signature", key=KEY_B, client_ip="10.4.4.4", answer_ip="10.5.5.5")
+    same = flow("success", key=KEY_B, client_ip="10.5.5.5", answer_ip="10.5.5.5")
+
+    def ids(address: str) -> list[int]:
+        return [item["id"] for item in json.loads(run("audit", "list", "--json", "--address", address)[0])]
+
+    assert ids("10.5.5.5") == [same.pk, stranger.pk]  # asked from it, or answered from it
+    assert ids("10.4.4.4") == [stranger.pk]
+    out, _ = run("audit", "list", "--address", "10.5.5.5")
+    assert "10.4.4.4 (answered from 10.5.5.5)" in out
+    assert "(answered from" not in out.splitlines()[1]  # the newest: asked and answered from one address
+    shown, _ = run("audit", "show", str(stranger.pk))
+    assert re.search(r"^address\s+10\.4\.4\.4 \(answered from 10\.5\.5\.5\)$", shown, re.M)
+    (item,) = json.loads(run("audit", "show", str(stranger.pk), "--json")[0])
+    assert (item["client_ip"], item["answer_ip"]) == ("10.4.4.4", "10.5.5.5")
+    # A user who asked on one network and answered on another: the token's flow says both.
+    moved = issue(flow("success", client_ip="10.6.6.6", answer_ip="2001:db8::6"), authority_signer)
+    token, _ = run("tokens", "show", moved.jti)
+    attempt = re.search(r"^attempt\s+#\d+: ws from (.+?) \(Origin", token, re.M)
+    assert attempt is not None, token
+    assert attempt.group(1) == "10.6.6.6 (answered from 2001:db8::6)"
+
+
+@pytest.mark.django_db
 def test_audit_show_prints_an_attempt_and_its_aggregated_count(attempts):
     out, _ = run("audit", "show", str(attempts["json"].pk))
     assert re.search(r"^count\s+17 refusals aggregated: first seen ", out, re.M)

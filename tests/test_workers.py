@@ -161,6 +161,49 @@ async def test_unknown_and_forged_ids_get_an_error_within_seconds(cluster):
         assert time.monotonic() - started < 3.5
 
 
+async def test_an_answer_routed_from_another_address_is_audited_as_the_answerers(tmp_path):
+    """Behind a proxy (``CLIENT_IP_HEADER``), a user asks worker A for a challenge; answers
+    reach worker B from other addresses and are routed to A. The owner's row keeps who asked
+    (``client_ip``) and who answered (``answer_ip``): a stranger's forged answer, and the
+    user's own from another network."""
+    with servers.redis_server(tmp_path / "redis") as redis:
+        env = worker_env(tmp_path, redis, CLIENT_IP_HEADER="X-Forwarded-For")
+        a = servers.start(tmp_path / "a", kind="daphne", env=dict(env, WORKER_ID="A"))
+        b = servers.start(tmp_path / "b", kind="uvicorn", env=dict(env, WORKER_ID="B"), migrate_db=False)
+        try:
+
+            async def exchange(url: str, address: str, frame: dict) -> dict:
+                headers = {"X-Forwarded-For": address}
+                async with websockets.connect(url, additional_headers=headers) as sock:
+                    await sock.send(json.dumps(frame))
+                    return await recv(sock)
+
+            async def answer_from(address: str, signer: PrivateKey, challenge: dict) -> dict:
+                sig = encode_buffer(signer.sign(bytes(challenge["value"]["data"])))
+                return await exchange(b.ws, address, {"type": "challenge", "sig": sig, "id": challenge["id"]})
+
+            user, stranger = PrivateKey.generate(), PrivateKey.generate()
+            ask_frame = {"type": "token", "pub": str(user.public)}
+            asked = [await exchange(a.ws, "203.0.113.7", ask_frame) for _ in range(2)]
+            refused = await answer_from("198.51.100.9", stranger, asked[0])
+            issued = await answer_from("2001:db8::5", user, asked[1])
+            assert (refused["type"], refused["code"]) == ("error", "bad_signature"), refused
+            assert issued["type"] == "token", issued
+            rows = a.rows(
+                "SELECT challenge_id, outcome, worker, client_ip, answer_ip FROM challenges_challengeattempt"
+                " WHERE challenge_id != '' ORDER BY id"
+            )
+            assert [tuple(map(str, row)) for row in rows] == [
+                (asked[0]["id"], "bad_signature", "A", "203.0.113.7", "198.51.100.9"),
+                (asked[1]["id"], "success", "A", "203.0.113.7", "2001:db8::5"),
+            ]
+        finally:
+            a.stop()
+            b.stop()
+    for srv in (a, b):
+        assert "Traceback" not in srv.log(), srv.log()
+
+
 @pytest.mark.once  # Redis's part: nothing in it depends on the database backend
 async def test_redis_restarted_between_challenge_and_signature(cluster):
     redis, a, b = cluster

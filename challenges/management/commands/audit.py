@@ -53,7 +53,7 @@ class Command(BaseCommand):
             ("time (UTC)", "outcome", "count", "via", "worker", "key", "address", "latency"),
             (
                 (cli.when(a.created_at), a.outcome, str(a.count), a.transport, a.worker or "-",
-                 cli.fingerprint(a.public_key), a.client_ip or "-",
+                 cli.fingerprint(a.public_key), cli.addresses(a),
                  cli.latency(a.latency_ms))
                 for a in page
             ),
@@ -80,7 +80,7 @@ class Command(BaseCommand):
             ("attempt", f"#{attempt.pk}"),
             ("outcome", attempt.outcome + (f": {attempt.detail}" if attempt.detail else "")),
             ("key", attempt.public_key or "-"),
-            ("address", attempt.client_ip or "-"),
+            ("address", cli.addresses(attempt)),
             ("origin", attempt.origin or "-"),
             ("via", attempt.transport),
             ("worker", attempt.worker or "-"),

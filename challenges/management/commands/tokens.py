@@ -155,7 +155,7 @@ class Command(BaseCommand):
             ("sha256", token.token_sha256),
             ("revoked", _said(revoked.revoked_at, revoked.actor, revoked.reason) if revoked else "no"),
             ("key blocked", _said(blocked.blocked_at, blocked.actor, blocked.reason) if blocked else "no"),
-            ("attempt", f"#{attempt.pk}: {attempt.transport} from {attempt.client_ip or '-'}"
+            ("attempt", f"#{attempt.pk}: {attempt.transport} from {cli.addresses(attempt)}"
                         f" (Origin {attempt.origin or '-'}) on worker {attempt.worker or '-'}"),
             ("upstream", cli.upstream(attempt)),
             ("latency", cli.latency(attempt.latency_ms)),
