@@ -197,6 +197,7 @@ class _Connection:
                 await rt.limiter.take(address_scope(client.ip))
                 rt.limits.open_connection(client.ip)
                 opened = True
+                rt.metrics.websocket_opened()
             except ChallengeError as error:
                 with contextlib.suppress(ChallengeError):  # the key, for the audit, if it comes
                     metadata = await self._metadata(FIRST_MESSAGE_WAIT)
@@ -210,6 +211,7 @@ class _Connection:
         finally:
             if opened:
                 rt.limits.close_connection(client.ip)
+                rt.metrics.websocket_closed()
             untrack()
 
     async def _call(self, hub: GetTokenService, client: ClientInfo, caller: Caller) -> None:

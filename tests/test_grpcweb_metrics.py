@@ -15,7 +15,7 @@ from challenges.identity import PrivateKey
 from tests import servers
 from tests.grpcwebutil import HALF_CLOSE, Call, data, key_message, metadata_block, signature_message
 from tests.test_grpcweb_endpoint import endpoint_env, row
-from tests.test_metrics import ALLOWED, by_label, scrape, settle
+from tests.test_metrics import ALLOWED, by_label, scrape, settle, total
 
 pytestmark = pytest.mark.server
 #: Each call from an address of its own: no rate limit or connection cap decides its outcome.
@@ -59,6 +59,8 @@ async def calls(server: servers.Server) -> None:
     holder = PrivateKey.generate()
     held = await call(server, metadata_block(), key_message(str(holder.public)))
     await held.challenge()  # holds the one stream
+    # Its socket is an open WebSocket like /ws/token's (the refused ones never were).
+    assert total(scrape(server.port), "tokenprovider_websocket_connections") == 1
     busy = await call(server, metadata_block(), key_message(str(PrivateKey.generate().public)))
     assert (await busy.end()).status == (8, "too many concurrent GetToken calls; retry shortly")
     await held.ws.close()  # the caller goes away mid-call
@@ -76,8 +78,13 @@ def test_grpc_web_calls_are_counted_as_every_other_transports(tmp_path: Path) ->
                 " WHERE transport = 'grpc-web' GROUP BY outcome"
             )
             audit = {outcome: float(n) for outcome, n in rows}
-            finished = by_label(scrape(server.port), "tokenprovider_flows_finished_total", "outcome")
-            return [] if finished == audit else [f"metrics {finished} != audit {audit}"]
+            samples = scrape(server.port)
+            finished = by_label(samples, "tokenprovider_flows_finished_total", "outcome")
+            sockets = total(samples, "tokenprovider_websocket_connections")
+            return [
+                *([] if finished == audit else [f"metrics {finished} != audit {audit}"]),
+                *([] if sockets == 0 else [f"{sockets} sockets still counted open"]),
+            ]
 
         assert settle(against_audit, timeout=10) == []
         seen = scrape(server.port)
@@ -109,6 +116,7 @@ def test_grpc_web_calls_are_counted_as_every_other_transports(tmp_path: Path) ->
     assert latency == {"success": 1, "rejected": 2, "timeout": 1}
     assert by_label(seen, "tokenprovider_flow_latency_seconds_count", "transport") == {"grpc-web": 4}
     # The refusals before a challenge, by a limit: one by one, as the audit's counts.
+    assert total(seen, "tokenprovider_websocket_connections") == 0  # every call's socket closed
     assert by_label(seen, "tokenprovider_refusals_total", "kind") == {
         "frame_too_large": 2,
         "too_many_pending": 1,
