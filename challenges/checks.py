@@ -11,7 +11,7 @@ from django.core.checks import CheckMessage, Error, register
 from django.core.checks import Warning as CheckWarning
 
 from .access import parse_networks
-from .apikeys import decode_secret, parse_api_keys
+from .apikeys import KEY_BYTES, configured_api_keys, decode_secret, parse_api_keys
 from .clients import wildcard_hosts
 from .errors import IdentityError
 from .identity import parse_private_key
@@ -100,6 +100,7 @@ def check_tokens(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                 id="challenges.E011",
             )
         )
+    messages += _weak_api_keys()
     return messages
 
 
@@ -136,6 +137,41 @@ def _check_verification_keys() -> list[Error]:
         except IdentityError as exc:
             errors.append(Error(f"{name} is not a public key string: {exc.message}", id="challenges.E016"))
     return errors
+
+
+#: The shortest key a caller may pass with alone (no secret): a bearer credential, so as
+#: many characters as 128 random bits in base64url; a Hub key has 27.
+MIN_BARE_KEY = 22
+
+
+def _weak_api_keys() -> list[CheckMessage]:
+    """Keys the ``GetToken`` endpoints accept that a caller could guess: a secret of fewer
+    than 16 bytes (one observed signature lets it be searched for offline), or a key that
+    needs no secret and is short. Named by position, never quoted."""
+    try:
+        keys = configured_api_keys(
+            settings.AUTHORITY_API_KEYS,
+            user_api_key=settings.USER_API_KEY,
+            user_api_secret=settings.USER_API_SECRET,
+        )
+    except ValueError:
+        return []  # malformed: an error of its own (challenges.E006, E007)
+    source = "AUTHORITY_API_KEYS" if settings.AUTHORITY_API_KEYS.strip() else "USER_API_KEY"
+    weak = []
+    for position, (key, secret) in enumerate(keys.items(), start=1):
+        if secret and len(decode_secret(secret)) < KEY_BYTES:
+            weak.append(f"entry {position}'s secret is {len(decode_secret(secret))} bytes")
+        elif not secret and len(key) < MIN_BARE_KEY:
+            weak.append(f"entry {position} needs no secret and has only {len(key)} characters")
+    if not weak:
+        return []
+    return [
+        CheckWarning(
+            f"{source} has keys a caller could guess: {'; '.join(weak)}",
+            hint="Make each key with 'python manage.py keygen --api-key' (a 16-byte key, a 24-byte secret).",
+            id="challenges.W003",
+        )
+    ]
 
 
 def _check_api_keys() -> list[Error]:

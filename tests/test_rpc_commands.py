@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from challenges import apikeys
-from challenges.checks import check_secrets
+from challenges.checks import check_secrets, check_tokens
 from challenges.gettoken import StreamCap
 from challenges.runtime import Runtime, RuntimeConfig
 from tests.rpcutil import API_KEY, API_SECRET, make_pki
@@ -63,6 +63,35 @@ def test_checks_name_bad_api_settings_without_quoting_them(settings):
     settings.USER_API_SECRET, settings.AUTHORITY_API_KEYS = API_SECRET, f"{API_KEY}:{API_SECRET}"
     settings.TOKEN_UPSTREAM = "grpcs://hub.example.com"
     assert not {e.id for e in check_secrets()} & {"challenges.E004", "challenges.E006", "challenges.E007"}
+
+
+@pytest.mark.parametrize(
+    ("authority_api_keys", "user_api_key", "user_api_secret", "weak"),
+    [
+        # 8 bytes of secret: one observed signature, and the rest is an offline search.
+        (f"{API_KEY}:{apikeys.multibase_b32(b'12345678')}", "", "", ["entry 1's secret is 8 bytes"]),
+        (f"{API_KEY}:{API_SECRET},demo", "", "", ["entry 2 needs no secret and has only 4 characters"]),
+        ("", "shortkey", apikeys.multibase_b32(b"secret"), ["entry 1's secret is 6 bytes"]),
+        ("", "", "", []),
+        (f"{API_KEY}:{API_SECRET},{'k' * 22}", "", "", []),
+        ("", API_KEY, API_SECRET, []),
+        # A key with a secret needs no length of its own: the secret is what is proven.
+        (f"short:{API_SECRET}", "", "", []),
+    ],
+)
+def test_keys_a_caller_could_guess_are_a_warning_that_quotes_none(
+    settings, authority_api_keys, user_api_key, user_api_secret, weak
+):
+    settings.AUTHORITY_API_KEYS = authority_api_keys
+    settings.USER_API_KEY, settings.USER_API_SECRET = user_api_key, user_api_secret
+    found = [m for m in check_tokens() if m.id == "challenges.W003"]
+    assert [m.msg.split(": ", 1)[1].split("; ") for m in found] == ([weak] if weak else [])
+    for message in found:
+        source = "AUTHORITY_API_KEYS" if authority_api_keys else "USER_API_KEY"
+        assert message.msg.startswith(f"{source} has keys a caller could guess")
+        for secret in (authority_api_keys, user_api_key, user_api_secret):
+            for part in filter(None, re.split("[,:]", secret)):
+                assert part not in message.msg + message.hint
 
 
 # -- TLS files and the stream cap -------------------------------------------------------
