@@ -4,9 +4,10 @@ A bare ``grpc.aio`` server and a bare ``grpc.aio`` client exchange the Hub's
 ``GetToken`` messages (the key, a 32-byte challenge, the signature, a token)
 on one bidirectional stream per call, the way the provider and
 ``runauthority`` do (on uvloop, as they run), with no flow work at all: no WebSocket, no signature
-check, no audit. Both processes are pinned to the server CPUs, as the relay's
-two processes are, and their CPU per call is what gRPC itself takes out of
-the relay's budget. ``python -m bench.grpcfloor server PORT_FILE`` and
+check, no audit. The client is pinned to the server CPUs, as the provider is;
+the server to the same CPUs (as ``relay`` runs ``runauthority``) or to the
+load generator's (as ``remote`` does). Their CPU per call is what gRPC itself
+takes out of the relay's budget. ``python -m bench.grpcfloor server PORT_FILE`` and
 ``python -m bench.grpcfloor client PORT CONCURRENCY CALLS CPUS`` (CPUS a JSON list,
 empty for no pinning) are the two sides.
 """

@@ -355,8 +355,8 @@ def _bare_grpc(options: Options, tmp: Path) -> tuple[list[grpcfloor.GrpcCost], l
     server_cpus, client_cpus = procs.cpu_split(not options.pin)
 
     def measure(name: str, config: str, apart: set[int] | None) -> list[grpcfloor.GrpcCost]:
-        if config not in options.configs:
-            return []
+        if config not in options.configs or (config == "remote" and not apart):
+            return []  # not run; or unpinned, where remote runs as relay does
         return grpcfloor.measure(
             tmp / name,
             concurrency=options.concurrency,
