@@ -130,12 +130,12 @@ class FlowService:
             )
             await self.refuse(unknown, client=client, challenge_id=flow_id)
             raise unknown
-        flow.answered_at, flow.answer_ip = self.clock.now(), client.ip
+        answered = self._answered(flow, client)
         if str(flow.key) in self.blocked:  # blocked while its challenge was pending
             blocked = key_blocked()
             await self._end(flow, blocked, exclude=finisher)
             raise blocked
-        remaining = (flow.challenge.expires_at - flow.answered_at).total_seconds()
+        remaining = (flow.challenge.expires_at - answered).total_seconds()
         try:
             async with asyncio.timeout(max(remaining, 0.001) + 1):
                 token = await flow.pending.finish(signature)
@@ -163,7 +163,7 @@ class FlowService:
         flow = self._take(flow_id)
         if flow is None:
             return False
-        flow.answered_at, flow.answer_ip = self.clock.now(), client.ip
+        self._answered(flow, client)
         await self._end(flow, error, exclude=finisher)
         return True
 
@@ -223,6 +223,11 @@ class FlowService:
             return UpstreamError("the token authority did not answer in time", code=Code.UPSTREAM_DEADLINE)
         log.error("upstream %s failed finishing a challenge", self.upstream.name, exc_info=exc)
         return InternalError("the server failed; retry with a new challenge")
+
+    def _answered(self, flow: Flow, client: ClientInfo) -> datetime:
+        """The answer came now, from ``client`` (whatever connection, whatever worker)."""
+        flow.answered_at, flow.answer_ip = self.clock.now(), client.ip
+        return flow.answered_at
 
     def _take(self, flow_id: str) -> Flow | None:
         flow = self._flows.pop(flow_id, None)

@@ -155,8 +155,11 @@ def outcome(
     latency_ms: float,
     client: str | None,
     worker: str,
+    answered_from: str | None = None,
 ) -> None:
-    """The one line of a flow outcome (a no-op when ``level`` is not logged)."""
+    """The one line of a flow outcome (a no-op when ``level`` is not logged). ``answered_from``
+    is the answer's address, written only when it is not the client's: whoever blocks
+    addresses from the log blocks the one that sent a forged answer, not its victim."""
     if not OUTCOME_LOGGER.isEnabledFor(level):
         return
     fields = {
@@ -170,9 +173,8 @@ def outcome(
         "client": client or "",
         "worker": worker,
     }
-    OUTCOME_LOGGER.log(
-        level,
-        "flow %s id=%s key=%s transport=%s upstream=%s latency_ms=%.1f client=%s worker=%s",
-        *fields.values(),
-        extra=fields,
-    )
+    line = "flow %s id=%s key=%s transport=%s upstream=%s latency_ms=%.1f client=%s worker=%s"
+    if answered_from and answered_from != client:
+        fields["answered_from"] = answered_from
+        line += " answered_from=%s"
+    OUTCOME_LOGGER.log(level, line, *fields.values(), extra=fields)

@@ -43,7 +43,8 @@ class ChallengeAttempt(models.Model):
     answered_at = models.DateTimeField(null=True, blank=True)
     #: Where the answer came from (null when there was none): a challenge may be answered on
     #: another connection than the one that asked for it (``client_ip``), even on another
-    #: worker, so a stranger's answer to someone's challenge is recorded as the stranger's.
+    #: worker, so a stranger's answer to someone's challenge has the stranger's address here
+    #: (the origin, user agent and transport stay the asker's).
     answer_ip = models.GenericIPAddressField(null=True, blank=True)
     #: The Hub API key of a gRPC or gRPC-Web call (the key, never its secret).
     api_key = models.CharField(max_length=64, blank=True, db_index=True)

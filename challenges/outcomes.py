@@ -138,6 +138,7 @@ def observe(metrics: Metrics, record: AuditRecord, level: int | None = None) -> 
         latency_ms=latency or 0.0,
         client=record.client_ip,
         worker=record.worker,
+        answered_from=record.answer_ip,
     )
 
 

@@ -114,6 +114,22 @@ def test_the_outcome_line_has_every_field_and_a_fingerprint_of_the_key(caplog):
     assert key not in json.dumps(entry)
 
 
+@pytest.mark.parametrize(
+    ("answered_from", "tail"),
+    [("198.51.100.9", " answered_from=198.51.100.9"), ("203.0.113.9", ""), (None, "")],
+)
+def test_the_outcome_line_names_an_answer_from_another_address(caplog, answered_from, tail):
+    with caplog.at_level(logging.DEBUG, logger="challenges.flows.outcome"):
+        logs.outcome(
+            logging.INFO, outcome="bad_signature", challenge_id="c", key="", transport="ws",
+            upstream="local", latency_ms=1, client="203.0.113.9", worker="w", answered_from=answered_from,
+        )  # fmt: skip
+    (made,) = caplog.records
+    assert made.getMessage().endswith(" client=203.0.113.9 worker=w" + tail)
+    entry = json.loads(JsonFormatter().format(made))
+    assert entry.get("answered_from") == (answered_from if tail else None)
+
+
 def test_what_a_client_wrote_never_reaches_the_outcome_line(caplog):
     with caplog.at_level(logging.DEBUG, logger="challenges.flows.outcome"):
         logs.outcome(

@@ -229,6 +229,9 @@ def test_an_answer_from_another_address_is_listed_under_both_addresses(attempts,
     assert re.search(r"^address\s+10\.4\.4\.4 \(answered from 10\.5\.5\.5\)$", shown, re.M)
     (item,) = json.loads(run("audit", "show", str(stranger.pk), "--json")[0])
     assert (item["client_ip"], item["answer_ip"]) == ("10.4.4.4", "10.5.5.5")
+    last_two = run("flows", "--last", "2")[0].splitlines()
+    assert last_two[0].endswith("  answered from 10.5.5.5")
+    assert "answered from" not in last_two[1]
     # A user who asked on one network and answered on another: the token's flow says both.
     moved = issue(flow("success", client_ip="10.6.6.6", answer_ip="2001:db8::6"), authority_signer)
     token, _ = run("tokens", "show", moved.jti)

@@ -182,6 +182,12 @@ async def test_an_answer_routed_from_another_address_is_audited_as_the_answerers
                 sig = encode_buffer(signer.sign(bytes(challenge["value"]["data"])))
                 return await exchange(b.ws, address, {"type": "challenge", "sig": sig, "id": challenge["id"]})
 
+            def two_step(server: servers.Server, address: str, path: str, body: dict) -> tuple[int, dict]:
+                headers = {"content-type": "application/json", "X-Forwarded-For": address}
+                request = urllib.request.Request(server.http + path, json.dumps(body).encode(), headers)
+                with urllib.request.urlopen(request, timeout=15) as response:
+                    return response.status, json.load(response)
+
             user, stranger = PrivateKey.generate(), PrivateKey.generate()
             ask_frame = {"type": "token", "pub": str(user.public)}
             asked = [await exchange(a.ws, "203.0.113.7", ask_frame) for _ in range(2)]
@@ -189,13 +195,18 @@ async def test_an_answer_routed_from_another_address_is_audited_as_the_answerers
             issued = await answer_from("2001:db8::5", user, asked[1])
             assert (refused["type"], refused["code"]) == ("error", "bad_signature"), refused
             assert issued["type"] == "token", issued
+            # The two-step: asked of A from one address, answered on B from another.
+            _, posted = two_step(a, "203.0.113.7", "/api/token/challenge", {"pub": str(user.public)})
+            sig = list(user.sign(bytes(posted["value"]["data"])))
+            assert two_step(b, "192.0.2.44", "/api/token", {"id": posted["id"], "sig": sig})[0] == 200
             rows = a.rows(
-                "SELECT challenge_id, outcome, worker, client_ip, answer_ip FROM challenges_challengeattempt"
-                " WHERE challenge_id != '' ORDER BY id"
+                "SELECT challenge_id, outcome, worker, transport, client_ip, answer_ip"
+                " FROM challenges_challengeattempt WHERE challenge_id != '' ORDER BY id"
             )
             assert [tuple(map(str, row)) for row in rows] == [
-                (asked[0]["id"], "bad_signature", "A", "203.0.113.7", "198.51.100.9"),
-                (asked[1]["id"], "success", "A", "203.0.113.7", "2001:db8::5"),
+                (asked[0]["id"], "bad_signature", "A", "ws", "203.0.113.7", "198.51.100.9"),
+                (asked[1]["id"], "success", "A", "ws", "203.0.113.7", "2001:db8::5"),
+                (posted["id"], "success", "A", "http", "203.0.113.7", "192.0.2.44"),
             ]
         finally:
             a.stop()

@@ -44,6 +44,7 @@ FIELDS = (
     "outcome",
     "public_key",
     "client_ip",
+    "answer_ip",
     "latency_ms",
     "count",
 )
@@ -51,10 +52,11 @@ FIELDS = (
 
 def line(row: dict[str, Any]) -> str:
     count = f"  x{row['count']:,}" if row["count"] > 1 else ""
+    answered = row["answer_ip"] if row["answer_ip"] not in (None, row["client_ip"]) else None
     return (
         f"{cli.when(row['created_at'])}  {(row['worker'] or '-'):<16}  {row['transport']:<4}  "
         f"{row['outcome']:<22}  {cli.fingerprint(row['public_key']):<12}  {(row['client_ip'] or '-'):<15}  "
-        f"{cli.latency(row['latency_ms']):>10}{count}"
+        f"{cli.latency(row['latency_ms']):>10}{count}{f'  answered from {answered}' if answered else ''}"
     ).rstrip()
 
 
