@@ -165,7 +165,13 @@ def parse_api_keys(text: str) -> dict[str, str]:
 
     Raises :class:`ValueError` naming the entry's position, never a secret.
     """
-    keys: dict[str, str] = {}
+    return {key: secret for _, key, secret in api_key_entries(text)}
+
+
+def api_key_entries(text: str) -> list[tuple[int, str, str]]:
+    """:func:`parse_api_keys`'s entries as ``(position, key, secret)``, positions counted
+    from 1 in the text (a key given twice is there twice)."""
+    entries = []
     for position, entry in enumerate(filter(None, (e.strip() for e in text.split(","))), start=1):
         key, _, secret = entry.partition(":")
         key, secret = key.strip(), secret.strip()
@@ -176,20 +182,36 @@ def parse_api_keys(text: str) -> dict[str, str]:
                 decode_secret(secret)
             except ValueError as exc:
                 raise ValueError(f"API key entry {position}: {exc}") from None
-        keys[key] = secret
-    return keys
+        entries.append((position, key, secret))
+    return entries
 
 
 def configured_api_keys(
     authority_api_keys: str, *, user_api_key: str = "", user_api_secret: str = ""
 ) -> dict[str, str]:
-    """The keys a ``GetToken`` server accepts: ``AUTHORITY_API_KEYS``, or when it is empty
-    the relay's own ``USER_API_KEY`` (with ``USER_API_SECRET``, if set). Raises
+    """The keys a ``GetToken`` server accepts (see :func:`api_keys_source`). Raises
     :class:`ValueError` as :func:`parse_api_keys` does."""
-    keys = parse_api_keys(authority_api_keys)
-    if not keys and user_api_key:
-        keys = parse_api_keys(f"{user_api_key}:{user_api_secret}" if user_api_secret else user_api_key)
-    return keys
+    _, text = api_keys_source(authority_api_keys, user_api_key=user_api_key, user_api_secret=user_api_secret)
+    return parse_api_keys(text)
+
+
+def api_keys_source(
+    authority_api_keys: str, *, user_api_key: str = "", user_api_secret: str = ""
+) -> tuple[str, str]:
+    """The setting that holds the keys a ``GetToken`` server accepts, and its keys as
+    :func:`parse_api_keys` reads them: ``AUTHORITY_API_KEYS``, or when it names no key the
+    relay's own ``USER_API_KEY`` (with ``USER_API_SECRET``, if set). Raises
+    :class:`ValueError` as :func:`parse_api_keys` does."""
+    if parse_api_keys(authority_api_keys) or not user_api_key:
+        return "AUTHORITY_API_KEYS", authority_api_keys
+    if not is_api_key(user_api_key):
+        raise ValueError("USER_API_KEY is malformed")
+    return "USER_API_KEY", f"{user_api_key}:{user_api_secret}" if user_api_secret else user_api_key
+
+
+def is_api_key(text: str) -> bool:
+    """Whether ``text`` has an API key's form (1 to 128 of A-Z, a-z, 0-9, ``_``, ``-``)."""
+    return bool(_KEY_CHARS.fullmatch(text))
 
 
 def format_date(moment: datetime) -> str:

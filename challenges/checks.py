@@ -11,7 +11,7 @@ from django.core.checks import CheckMessage, Error, register
 from django.core.checks import Warning as CheckWarning
 
 from .access import parse_networks
-from .apikeys import KEY_BYTES, configured_api_keys, decode_secret, parse_api_keys
+from .apikeys import api_key_entries, api_keys_source, decode_secret, is_api_key, parse_api_keys
 from .clients import wildcard_hosts
 from .errors import IdentityError
 from .identity import parse_private_key
@@ -139,28 +139,33 @@ def _check_verification_keys() -> list[Error]:
     return errors
 
 
-#: The shortest key a caller may pass with alone (no secret): a bearer credential, so as
-#: many characters as 128 random bits in base64url; a Hub key has 27.
-MIN_BARE_KEY = 22
+#: A secret shorter than this can be searched for offline from one observed signature
+#: (HMAC-SHA256 of a date); a Hub secret is 24 random bytes.
+MIN_SECRET_BYTES = 16
+#: The shortest key a caller may pass with alone (no secret), a bearer credential: the 26
+#: characters of 128 random bits in base32, as a Hub key carries after its 'b'.
+MIN_BARE_KEY = 26
 
 
 def _weak_api_keys() -> list[CheckMessage]:
     """Keys the ``GetToken`` endpoints accept that a caller could guess: a secret of fewer
-    than 16 bytes (one observed signature lets it be searched for offline), or a key that
-    needs no secret and is short. Named by position, never quoted."""
+    than :data:`MIN_SECRET_BYTES`, or a key that needs no secret and has fewer than
+    :data:`MIN_BARE_KEY` characters. Named by their position in the setting, never quoted;
+    only the length of a random string is checked, not how it was made."""
     try:
-        keys = configured_api_keys(
+        source, text = api_keys_source(
             settings.AUTHORITY_API_KEYS,
             user_api_key=settings.USER_API_KEY,
             user_api_secret=settings.USER_API_SECRET,
         )
+        entries = api_key_entries(text)
     except ValueError:
-        return []  # malformed: an error of its own (challenges.E006, E007)
-    source = "AUTHORITY_API_KEYS" if settings.AUTHORITY_API_KEYS.strip() else "USER_API_KEY"
+        return []  # malformed: an error of its own (challenges.E006, E007, E017)
     weak = []
-    for position, (key, secret) in enumerate(keys.items(), start=1):
-        if secret and len(decode_secret(secret)) < KEY_BYTES:
-            weak.append(f"entry {position}'s secret is {len(decode_secret(secret))} bytes")
+    for position, key, secret in entries:
+        size = len(decode_secret(secret)) if secret else 0
+        if secret and size < MIN_SECRET_BYTES:
+            weak.append(f"entry {position}'s secret is {size} bytes")
         elif not secret and len(key) < MIN_BARE_KEY:
             weak.append(f"entry {position} needs no secret and has only {len(key)} characters")
     if not weak:
@@ -182,6 +187,13 @@ def _check_api_keys() -> list[Error]:
             decode_secret(settings.USER_API_SECRET)
         except ValueError as exc:
             errors.append(Error(f"USER_API_SECRET is invalid: {exc}", id="challenges.E006"))
+    if settings.USER_API_KEY and not is_api_key(settings.USER_API_KEY):
+        errors.append(
+            Error(
+                "USER_API_KEY is invalid: a key is 1 to 128 of A-Z, a-z, 0-9, '_' and '-'",
+                id="challenges.E017",
+            )
+        )
     try:
         parse_api_keys(settings.AUTHORITY_API_KEYS)
     except ValueError as exc:

@@ -63,6 +63,13 @@ def test_checks_name_bad_api_settings_without_quoting_them(settings):
     settings.USER_API_SECRET, settings.AUTHORITY_API_KEYS = API_SECRET, f"{API_KEY}:{API_SECRET}"
     settings.TOKEN_UPSTREAM = "grpcs://hub.example.com"
     assert not {e.id for e in check_secrets()} & {"challenges.E004", "challenges.E006", "challenges.E007"}
+    # The key the relay sends (and, with no AUTHORITY_API_KEYS, the one it accepts).
+    settings.USER_API_KEY = "my key, with-spaces"
+    errors = {e.id: e.msg for e in check_secrets()}
+    assert "challenges.E017" in errors
+    assert "with-spaces" not in errors["challenges.E017"]
+    settings.USER_API_KEY = API_KEY
+    assert "challenges.E017" not in {e.id for e in check_secrets()}
 
 
 @pytest.mark.parametrize(
@@ -73,7 +80,17 @@ def test_checks_name_bad_api_settings_without_quoting_them(settings):
         (f"{API_KEY}:{API_SECRET},demo", "", "", ["entry 2 needs no secret and has only 4 characters"]),
         ("", "shortkey", apikeys.multibase_b32(b"secret"), ["entry 1's secret is 6 bytes"]),
         ("", "", "", []),
-        (f"{API_KEY}:{API_SECRET},{'k' * 22}", "", "", []),
+        (f"{API_KEY}:{API_SECRET},{'k' * 26}", "", "", []),
+        (f"{'k' * 25}", "", "", ["entry 1 needs no secret and has only 25 characters"]),
+        # Positions are the setting's own, a key given twice included.
+        (
+            f"{API_KEY}:{API_SECRET},{API_KEY}:{apikeys.multibase_b32(b'1234')}",
+            "",
+            "",
+            ["entry 2's secret is 4 bytes"],
+        ),
+        # A setting of commas names no key: the keys come from USER_API_KEY.
+        (" , ", "shortkey", "", ["entry 1 needs no secret and has only 8 characters"]),
         ("", API_KEY, API_SECRET, []),
         # A key with a secret needs no length of its own: the secret is what is proven.
         (f"short:{API_SECRET}", "", "", []),
@@ -87,10 +104,10 @@ def test_keys_a_caller_could_guess_are_a_warning_that_quotes_none(
     found = [m for m in check_tokens() if m.id == "challenges.W003"]
     assert [m.msg.split(": ", 1)[1].split("; ") for m in found] == ([weak] if weak else [])
     for message in found:
-        source = "AUTHORITY_API_KEYS" if authority_api_keys else "USER_API_KEY"
+        source = "AUTHORITY_API_KEYS" if authority_api_keys.strip(" ,") else "USER_API_KEY"
         assert message.msg.startswith(f"{source} has keys a caller could guess")
         for secret in (authority_api_keys, user_api_key, user_api_secret):
-            for part in filter(None, re.split("[,:]", secret)):
+            for part in filter(None, (p.strip() for p in re.split("[,:]", secret))):
                 assert part not in message.msg + message.hint
 
 
