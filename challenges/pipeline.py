@@ -138,7 +138,7 @@ class Pipeline:
         if context.type == "challenge" and named is not None:
             if named == conv.flow_id:
                 conv.flow_id = None
-            if await self.service.fail(named, error, client=conv.client, finisher=conv.watcher):
+            if await self.router.spend(named, error, client=conv.client, finisher=conv.watcher):
                 return
         await self.service.refuse(
             error, client=conv.client, key=context.pub or "", challenge_id=context.challenge_id or ""

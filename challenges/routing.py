@@ -25,6 +25,11 @@ The layer delivers at most once (a pub/sub message published while its
 reader is away is lost), so a request unanswered after ``resend_after`` s is
 sent again with the same request id; the owner answers a repeat with the
 answer it gave (or nothing, while still working), so a challenge is finished once.
+
+A malformed answer (:meth:`Router.spend`) spends the challenge it names wherever
+it lives: to another worker it goes one way (``flow.spend``, no reply, not sent
+again), and the owner ends the challenge and audits it as it would a malformed
+answer on its own connection (or, the challenge gone, audits the refusal).
 """
 
 from __future__ import annotations
@@ -132,6 +137,31 @@ class Router:
         # The owner's refusal, audited by the owner.
         code = Code.lookup(reply.get("code")) or Code.INTERNAL_ERROR
         raise ChallengeError(str(reply.get("message") or code.meaning)[:200], code=code)
+
+    async def spend(
+        self, flow_id: str, error: ChallengeError, *, client: ClientInfo, finisher: Watcher | None = None
+    ) -> bool:
+        """A malformed answer from ``client`` names ``flow_id``: end that challenge with
+        ``error`` wherever it lives. True when it is ended here or handed to its live owner
+        (who audits it); False when it is nowhere to be ended (the caller audits the refusal)."""
+        if tag_of(flow_id) == self.tag:
+            return await self.service.fail(flow_id, error, client=client, finisher=finisher)
+        owner = tag_of(flow_id)
+        message = {
+            "type": "flow.spend",
+            "id": flow_id,
+            "code": str(error.code),
+            "message": error.message,
+            "client": client.to_wire(),
+        }
+        try:
+            if not await self.liveness.alive(owner):
+                return False
+            await self._send(PREFIX + owner, message)
+        except Exception as exc:
+            log.debug("a malformed answer could not be sent to its owner: %s", type(exc).__name__)
+            return False
+        return True
 
     async def _exchange(self, flow_id: str, signature: bytes, client: ClientInfo) -> dict[str, Any]:
         owner = tag_of(flow_id)
@@ -247,12 +277,12 @@ class Router:
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
-        if kind == "flow.request":
+        if kind in ("flow.request", "flow.spend"):
             if self._handlers.full():
                 log.warning("inbox %s overloaded; dropping a request", self.inbox)
                 self.metrics.routing_failed("inbox_full")
-                return  # its sender times out, or hears the owner is gone
-            self._handlers.spawn(self._serve(message))
+                return  # its sender times out, or hears the owner is gone; a spend: the challenge expires
+            self._handlers.spawn(self._serve(message) if kind == "flow.request" else self._spend(message))
         elif kind == "flow.reply":
             waiting = self._waiting.get(str(message.get("request", "")))
             if waiting is not None and not waiting.done():
@@ -291,6 +321,18 @@ class Router:
             await self._send(reply_to, reply)
         except Exception as exc:
             log.warning("inbox %s could not answer a routed request: %s", self.inbox, type(exc).__name__)
+
+    async def _spend(self, message: dict[str, Any]) -> None:
+        """Another worker's malformed answer to one of our challenges: spend it, or audit the
+        refusal (the challenge already gone), with the answer's own code and client."""
+        flow_id, client = message.get("id"), ClientInfo.from_wire(message.get("client"))
+        code = Code.lookup(message.get("code"))
+        if not isinstance(flow_id, str) or tag_of(flow_id) != self.tag or code is None:
+            log.warning("inbox %s got a malformed spend", self.inbox)
+            return
+        error = ChallengeError(str(message.get("message") or code.meaning)[:200], code=code)
+        if not await self.service.fail(flow_id, error, client=client):
+            await self.service.refuse(error, client=client, challenge_id=flow_id[:64])
 
 
 def _owner_gone() -> StateError:

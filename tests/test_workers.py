@@ -161,6 +161,28 @@ async def test_unknown_and_forged_ids_get_an_error_within_seconds(cluster):
         assert time.monotonic() - started < 3.5
 
 
+async def test_a_malformed_answer_on_another_worker_spends_the_challenge(cluster):
+    """One answer per challenge, malformed or not, on whatever worker: a malformed answer on B
+    to A's challenge ends it on A (audited there), and the good signature after it is refused."""
+    _, a, b = cluster
+    user = PrivateKey.generate()
+    frame = await ask(a.ws, user)
+    async with websockets.connect(b.ws) as sock:
+        await sock.send(json.dumps({"type": "challenge", "sig": "AAAA", "id": frame["id"]}))
+        refused = await recv(sock)
+    assert (refused["type"], refused["code"]) == ("error", "invalid_sig_length"), refused
+    late = await answer(b.ws, user, frame)
+    assert (late["type"], late["code"]) == ("error", "unknown_challenge"), late
+    # A may still be committing the spend's row when it refuses the late answer (that refusal
+    # is a row of its own, aggregated, written when its minute's batch is).
+    assert servers.wait_for(lambda: audit(a, frame["id"])[0], timeout=5)
+    attempts, tokens = audit(a, frame["id"])
+    assert ([row for row in attempts if row[0] != "unknown_challenge"], tokens) == (
+        [("invalid_sig_length", "A")],
+        [],
+    )
+
+
 async def test_an_answer_routed_from_another_address_is_audited_as_the_answerers(tmp_path):
     """Behind a proxy (``CLIENT_IP_HEADER``), a user asks worker A for a challenge; answers
     reach worker B from other addresses and are routed to A. The owner's row keeps who asked
