@@ -7,7 +7,9 @@ that stops, stalls (SIGSTOP) or comes back is handled within the timeout.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ import pytest
 from challenges import tokens
 from challenges.client import TokenClientError, get_token_async
 from challenges.identity import PrivateKey
+from challenges.rpc import sched
 from tests import servers
 from tests.rpcutil import API_KEY, API_SECRET, Authority, start_authority
 
@@ -140,3 +143,45 @@ async def test_authority_down_then_back(setup, user_key):
             await asyncio.sleep(0.25)
     assert set(codes) <= {"upstream_unavailable"}
     tokens.verify_token(token, issuer=SIGNER.public)
+
+
+def _policies(pid: int) -> dict[int, tuple[str, int]]:
+    """Each thread of ``pid``: its name and scheduling policy (field 41 of its stat)."""
+    found = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        found[int(tid)] = (name, int(fields[38]))
+    return found
+
+
+async def test_grpcs_threads_do_not_preempt_the_relays_event_loop(setup, user_key):
+    """Once the relay's channel is up, gRPC's threads (I/O, timer, poller) run SCHED_BATCH
+    and never preempt the loop; the loop's thread and the threads that were there before
+    the channel keep the normal policy."""
+    await flow(setup, user_key)
+    threads = _policies(setup.provider.process.pid)
+    assert threads[setup.provider.process.pid][1] == os.SCHED_OTHER  # daphne's loop
+    grpc = [policy for name, policy in threads.values() if name.startswith(("event_engine", "grpc_"))]
+    assert len(grpc) >= 2, threads
+    assert set(grpc) == {os.SCHED_BATCH}, threads
+    batch = [name for name, policy in threads.values() if policy == os.SCHED_BATCH]
+    assert len(batch) < len(threads) - 1, threads  # not every thread: the process's own keep theirs
+
+
+def test_not_preempting_sets_the_threads_given_but_never_the_main_or_the_callers():
+    ready, done = threading.Event(), threading.Event()
+    worker = threading.Thread(target=lambda: (ready.set(), done.wait(5)))
+    worker.start()
+    try:
+        ready.wait(5)
+        assert worker.native_id in sched.thread_ids()
+        assert sched.not_preempting({worker.native_id, threading.get_native_id()}) == 1
+        assert os.sched_getscheduler(worker.native_id) == os.SCHED_BATCH
+        assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER
+    finally:
+        done.set()
+        worker.join(5)

@@ -37,7 +37,7 @@ from ..authority import Challenge, new_challenge_id
 from ..errors import Code, UpstreamError
 from ..identity import PublicKey
 from ..tokens import MintedToken, describe_token
-from . import GET_TOKEN_METHODS
+from . import GET_TOKEN_METHODS, sched
 from .status import upstream_error
 from .threads_pb2 import GetTokenReply, GetTokenRequest
 
@@ -233,6 +233,9 @@ class GrpcUpstream:
         self._api_secret = api_secret
         self._channel: grpc.aio.Channel | None = None
         self._method: Any = None
+        #: The process's threads before the channel was made, until gRPC's own are set
+        #: not to preempt the event loop (:mod:`challenges.rpc.sched`).
+        self._threads_before: set[int] | None = None
         #: Streams open right now (a debugging aid and the tests' leak check).
         self.open_calls = 0
 
@@ -264,6 +267,9 @@ class GrpcUpstream:
                 if attempt or error.upstream_status != LOST:
                     raise
                 continue
+            if self._threads_before is not None:  # the first call: gRPC's threads are up
+                sched.not_preempting(sched.thread_ids() - self._threads_before)
+                self._threads_before = None
             return pending
         raise AssertionError("unreachable")
 
@@ -283,6 +289,7 @@ class GrpcUpstream:
 
     def _get_method(self) -> Any:
         if self._channel is None:
+            self._threads_before = sched.thread_ids()
             if self.secure:
                 roots = self.root_certificates or _system_roots()
                 credentials = grpc.ssl_channel_credentials(root_certificates=roots)
