@@ -158,13 +158,15 @@ def _policies(pid: int) -> dict[int, tuple[str, int]]:
     return found
 
 
-async def test_grpcs_threads_do_not_preempt_the_relays_event_loop(setup, user_key):
-    """Once the relay's channel is up, gRPC's threads (I/O, timer, poller) run SCHED_BATCH
-    and never preempt the loop; the loop's thread and the threads that were there before
-    the channel keep the normal policy."""
+@pytest.mark.parametrize("side", ["provider", "hub"])
+async def test_grpcs_threads_do_not_preempt_the_event_loop(setup, user_key, side):
+    """Once the relay's channel is up (the provider) or the server listens (runauthority),
+    gRPC's threads (I/O, timer, poller) run SCHED_BATCH and never preempt the event loop;
+    the loop's thread and the process's own threads keep the normal policy."""
     await flow(setup, user_key)
-    threads = _policies(setup.provider.process.pid)
-    assert threads[setup.provider.process.pid][1] == os.SCHED_OTHER  # daphne's loop
+    pid = getattr(setup, side).process.pid
+    threads = _policies(pid)
+    assert threads[pid][1] == os.SCHED_OTHER  # the loop's
     grpc = [policy for name, policy in threads.values() if name.startswith(("event_engine", "grpc_"))]
     assert len(grpc) >= 2, threads
     assert set(grpc) == {os.SCHED_BATCH}, threads

@@ -1,5 +1,5 @@
-"""gRPC's threads in a relaying worker run as ``SCHED_BATCH`` (Linux): they never preempt
-its event loop.
+"""gRPC's threads in a relaying worker and in ``runauthority`` run as ``SCHED_BATCH``
+(Linux): they never preempt the process's event loop.
 
 grpc.aio hands every step of a call to the event loop from threads of gRPC's own (its
 I/O threads, the completion queue's poller, a timer thread). On a core the loop keeps
@@ -10,10 +10,11 @@ block, or for the scheduler's tick), so gRPC's events queue up and the loop take
 in one turn; on an idle core they still run at once. Nothing else changes: the same
 threads, the same priority otherwise, no privilege needed.
 
-gRPC starts its threads with the first call on the channel, from the loop's thread:
-:func:`thread_ids` before the channel is made and :func:`not_preempting` of the threads
-that appeared once its first call is under way. Threads its pools start later are started
-by those threads, and inherit the policy.
+gRPC starts its threads with the first call on a channel, or as a server starts, from
+the loop's thread: :func:`thread_ids` before the channel or the server is made, and
+:func:`not_preempting` of the threads that appeared once its first call is under way or
+it listens. Threads its pools start later are started by those threads, and inherit the
+policy.
 """
 
 from __future__ import annotations
