@@ -7,7 +7,7 @@ walk of a signature that arrives on worker B for a challenge of worker A goes
 one way::
 
     edge on B ─▶ Router.finish (B) ─▶ _exchange: liveness.alive(A)? ─▶ layer.send(tokenflow.A)
-        ─▶ Router._read (A) ─▶ Router._serve (A) ─▶ FlowService.finish (A): verify, audit, token
+        ─▶ Router._read (A) ─▶ Owner.serve (A) ─▶ FlowService.finish (A): verify, audit, token
         ─▶ layer.send(tokenflow.B) ─▶ Router._read (B) ─▶ the waiting _exchange ─▶ edge on B
 
 Two channel-layer messages per routed signature, and no channel-layer group
@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections import OrderedDict
 from typing import Any
 
 from .clients import ClientInfo
@@ -47,21 +46,11 @@ from .errors import ChallengeError, Code, LimitError, RoutingUnavailable, StateE
 from .flows import FlowService
 from .liveness import Liveness
 from .metrics import DEFAULT, Metrics
+from .owner import PREFIX, Owner, tag_of
 from .pending import Watcher
 from .tasks import TaskSet
 
 log = logging.getLogger(__name__)
-
-TAG_LENGTH = 8
-PREFIX = "tokenflow."
-
-
-def new_tag() -> str:
-    return secrets.token_hex(TAG_LENGTH // 2)
-
-
-def tag_of(challenge_id: str) -> str:
-    return challenge_id[:TAG_LENGTH]
 
 
 class Router:
@@ -97,9 +86,7 @@ class Router:
         self._sends_failing = False
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._handlers = TaskSet(limit=max_handlers)
-        #: request id -> the answer given (None while working on it): repeats get it again.
-        self._answered: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
-        self._max_answered = max_waiting
+        self.owner = Owner(service=service, send=self._send, inbox=self.inbox, max_answered=max_waiting)
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -282,57 +269,13 @@ class Router:
                 log.warning("inbox %s overloaded; dropping a request", self.inbox)
                 self.metrics.routing_failed("inbox_full")
                 return  # its sender times out, or hears the owner is gone; a spend: the challenge expires
-            self._handlers.spawn(self._serve(message) if kind == "flow.request" else self._spend(message))
+            self._handlers.spawn(
+                self.owner.serve(message) if kind == "flow.request" else self.owner.spend(message)
+            )
         elif kind == "flow.reply":
             waiting = self._waiting.get(str(message.get("request", "")))
             if waiting is not None and not waiting.done():
                 waiting.set_result(message)
-
-    async def _serve(self, message: dict[str, Any]) -> None:
-        reply_to, request_id = message.get("reply_to"), message.get("request")
-        if not isinstance(reply_to, str) or not reply_to.startswith(PREFIX) or not request_id:
-            log.warning("inbox %s got a request it cannot answer", self.inbox)
-            return
-        if request_id in self._answered:  # a repeat: the answer given, if there is one yet
-            given = self._answered[request_id]
-            if given is not None:
-                with contextlib.suppress(Exception):
-                    await self._send(reply_to, given)
-            return
-        self._answered[request_id] = None
-        while len(self._answered) > self._max_answered:
-            self._answered.popitem(last=False)
-        flow_id, signature = message.get("id"), message.get("sig")
-        try:
-            if (
-                not isinstance(flow_id, str)
-                or tag_of(flow_id) != self.tag
-                or not isinstance(signature, bytes)
-            ):
-                raise StateError("malformed routed request", code=Code.UNKNOWN_CHALLENGE)
-            token = await self.service.finish(
-                flow_id=flow_id, signature=signature, client=ClientInfo.from_wire(message.get("client"))
-            )
-            answer: dict[str, Any] = {"ok": True, "token": token.token}
-        except ChallengeError as error:
-            answer = {"ok": False, "code": str(error.code), "message": error.message}
-        reply = self._answered[request_id] = {**answer, "type": "flow.reply", "request": request_id}
-        try:
-            await self._send(reply_to, reply)
-        except Exception as exc:
-            log.warning("inbox %s could not answer a routed request: %s", self.inbox, type(exc).__name__)
-
-    async def _spend(self, message: dict[str, Any]) -> None:
-        """Another worker's malformed answer to one of our challenges: spend it, or audit the
-        refusal (the challenge already gone), with the answer's own code and client."""
-        flow_id, client = message.get("id"), ClientInfo.from_wire(message.get("client"))
-        code = Code.lookup(message.get("code"))
-        if not isinstance(flow_id, str) or tag_of(flow_id) != self.tag or code is None:
-            log.warning("inbox %s got a malformed spend", self.inbox)
-            return
-        error = ChallengeError(str(message.get("message") or code.meaning)[:200], code=code)
-        if not await self.service.fail(flow_id, error, client=client):
-            await self.service.refuse(error, client=client, challenge_id=flow_id[:64])
 
 
 def _owner_gone() -> StateError:

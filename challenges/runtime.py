@@ -32,11 +32,12 @@ from .keys import AuthorityKeys
 from .limits import Limits
 from .liveness import PROCESS_WORKERS, Liveness, LocalLiveness, RedisLiveness
 from .outcomes import Outcomes
+from .owner import new_tag
 from .pipeline import Pipeline
 from .ratelimit import LocalBuckets, Rate, RateLimiter, RedisBuckets, Refusal, refused, sign_ins_refused
 from .refusals import Refusals
 from .revocation import Blocklist
-from .routing import Router, new_tag
+from .routing import Router
 from .upstream import LocalUpstream, Upstream
 from .workerstatus import StatusReporter
 

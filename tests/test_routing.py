@@ -19,8 +19,9 @@ from challenges.identity import PrivateKey
 from challenges.limits import Caps, Limits
 from challenges.liveness import LocalLiveness
 from challenges.outcomes import Outcomes
+from challenges.owner import PREFIX
 from challenges.refusals import Refusals
-from challenges.routing import PREFIX, Router
+from challenges.routing import Router
 from challenges.tokens import verify_token
 from challenges.upstream import LocalUpstream
 from tests.fakeclock import FakeClock, settle
