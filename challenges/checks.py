@@ -200,7 +200,7 @@ def _check_api_keys() -> list[Error]:
         errors.append(Error(f"AUTHORITY_API_KEYS is invalid: {exc}", id="challenges.E007"))
     upstream = settings.TOKEN_UPSTREAM
     if relays(upstream):
-        from .rpc.client import parse_target
+        from .rpc.channel import parse_target
 
         try:
             parse_target(upstream)

@@ -248,7 +248,8 @@ class Runtime:
             )
         from django.core.exceptions import ImproperlyConfigured
 
-        from .rpc.client import GrpcUpstream, parse_target  # grpc only when relaying
+        from .rpc.channel import parse_target  # grpc only when relaying
+        from .rpc.client import GrpcUpstream
         from .rpc.tls import load_ca
 
         try:

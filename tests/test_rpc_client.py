@@ -20,7 +20,8 @@ from django.core.exceptions import ImproperlyConfigured
 from challenges import apikeys, tokens
 from challenges.audit import AuditWriter
 from challenges.config import RuntimeConfig
-from challenges.rpc.client import GrpcUpstream, parse_target
+from challenges.rpc.channel import parse_target
+from challenges.rpc.client import GrpcUpstream
 from challenges.rpc.server import AuthorityConfig, AuthorityServicer
 from challenges.rpc.status import upstream_error
 from challenges.rpc.threads_pb2_grpc import add_APIServicer_to_server

@@ -5,7 +5,7 @@ with the API-key metadata (``docs/PROTOCOL.md``, "API keys"), sends the
 user's key and waits for the Hub's raw challenge; :meth:`GrpcPending.finish`
 sends the signature, half-closes and returns the Hub's token. One channel per
 upstream, and one upstream per process (built by :mod:`challenges.runtime`),
-reused across flows. A ``grpcs`` upstream is verified against the system's CA
+reused across flows (:mod:`challenges.rpc.channel`). A ``grpcs`` upstream is verified against the system's CA
 bundle, or the PEM CAs of ``TOKEN_UPSTREAM_CA`` (a private CA) when given.
 
 gRPC failures become :class:`~challenges.errors.UpstreamError` with their own
@@ -21,13 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import grpc
 import grpc.aio
@@ -38,6 +35,7 @@ from ..errors import Code, UpstreamError
 from ..identity import PublicKey
 from ..tokens import MintedToken, describe_token
 from . import GET_TOKEN_METHODS, sched
+from .channel import open_channel
 from .status import upstream_error
 from .threads_pb2 import GetTokenReply, GetTokenRequest
 
@@ -45,37 +43,6 @@ log = logging.getLogger(__name__)
 
 #: The gRPC deadline of a call is the challenge timeout plus this margin.
 DEADLINE_MARGIN = 3.0
-_CHANNEL_OPTIONS = [
-    # Come back quickly once a restarted authority listens again.
-    ("grpc.initial_reconnect_backoff_ms", 250),
-    ("grpc.min_reconnect_backoff_ms", 250),
-    ("grpc.max_reconnect_backoff_ms", 5000),
-    # Notice a Hub that vanished without closing its connection.
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.max_receive_message_length", 64 * 1024),
-]
-
-
-def parse_target(spec: str) -> tuple[str, bool]:
-    """``grpc://host:port`` or ``grpcs://host:port`` to ``(target, secure)``.
-
-    The port defaults to 3006 (a self-hosted hub) for ``grpc`` and 443 for
-    ``grpcs``. Raises :class:`ValueError`.
-    """
-    parts = urlsplit(spec)
-    if parts.scheme not in ("grpc", "grpcs") or not parts.hostname:
-        raise ValueError("TOKEN_UPSTREAM must look like grpc://host:port or grpcs://host:port")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ValueError("TOKEN_UPSTREAM takes only a host and a port")
-    try:
-        port = parts.port or (443 if parts.scheme == "grpcs" else 3006)
-    except ValueError as exc:
-        raise ValueError("TOKEN_UPSTREAM has a malformed port") from exc
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{host}:{port}", parts.scheme == "grpcs"
-
-
 #: The status the audit records when grpc.aio lost the upstream's refusal (grpc/grpc#36066).
 LOST = "INTERNAL_LOST"
 
@@ -95,15 +62,6 @@ def _lost_status(exc: grpc.aio.AioRpcError) -> bool:
     return exc.code() == grpc.StatusCode.INTERNAL and (exc.details() or "").startswith(
         "Internal error from Core"
     )
-
-
-def _system_roots() -> bytes | None:
-    """The system's CA bundle (as the Hub's Go clients used), else grpc's own."""
-    paths = ssl.get_default_verify_paths()
-    for candidate in (paths.cafile, paths.openssl_cafile):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate).read_bytes()
-    return None
 
 
 class GrpcPending:
@@ -290,12 +248,9 @@ class GrpcUpstream:
     def _get_method(self) -> Any:
         if self._channel is None:
             self._threads_before = sched.thread_ids()
-            if self.secure:
-                roots = self.root_certificates or _system_roots()
-                credentials = grpc.ssl_channel_credentials(root_certificates=roots)
-                self._channel = grpc.aio.secure_channel(self.target, credentials, options=_CHANNEL_OPTIONS)
-            else:
-                self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+            self._channel = open_channel(
+                self.target, secure=self.secure, root_certificates=self.root_certificates
+            )
             self._method = self._channel.stream_stream(
                 GET_TOKEN_METHODS[0],
                 request_serializer=GetTokenRequest.SerializeToString,
