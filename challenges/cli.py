@@ -222,9 +222,13 @@ def upstream(attempt: ChallengeAttempt) -> str:
 def addresses(attempt: ChallengeAttempt) -> str:
     """Who asked, and who answered when that was another address."""
     asked = attempt.client_ip or "-"
-    if attempt.answer_ip and attempt.answer_ip != attempt.client_ip:
-        return f"{asked} (answered from {attempt.answer_ip})"
-    return asked
+    other = answered_elsewhere(attempt.client_ip, attempt.answer_ip)
+    return f"{asked} (answered from {other})" if other else asked
+
+
+def answered_elsewhere(client_ip: str | None, answer_ip: str | None) -> str | None:
+    """The address the answer came from, when it is not the one that asked."""
+    return answer_ip if answer_ip and answer_ip != client_ip else None
 
 
 def latency(ms: float | None) -> str:

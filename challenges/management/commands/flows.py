@@ -52,7 +52,7 @@ FIELDS = (
 
 def line(row: dict[str, Any]) -> str:
     count = f"  x{row['count']:,}" if row["count"] > 1 else ""
-    answered = row["answer_ip"] if row["answer_ip"] not in (None, row["client_ip"]) else None
+    answered = cli.answered_elsewhere(row["client_ip"], row["answer_ip"])
     return (
         f"{cli.when(row['created_at'])}  {(row['worker'] or '-'):<16}  {row['transport']:<4}  "
         f"{row['outcome']:<22}  {cli.fingerprint(row['public_key']):<12}  {(row['client_ip'] or '-'):<15}  "
