@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 import websockets
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from challenges import tokens
 from challenges.identity import format_public_key, parse_public_key, verify_signature
@@ -124,8 +124,14 @@ class Call:
         return cls(ws)
 
     async def send(self, *messages: bytes | str) -> None:
+        """Send in turn; the server may end the call (trailers, then a clean close) before
+        reading them all, as it does when it refuses one at once: what it sent is read by
+        :meth:`end`, as a browser's client reads it."""
         for message in messages:
-            await self.ws.send(message)
+            try:
+                await self.ws.send(message)
+            except ConnectionClosedOK:
+                return
 
     async def recv(self, timeout: float = 10) -> bytes | str:
         message = await asyncio.wait_for(self.ws.recv(), timeout)
