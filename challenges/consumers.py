@@ -49,6 +49,7 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         conv = Conversation(client=client, watcher=self._event)
         try:
             rt.config.clients.admit(client)
+            rt.config.https.refuse_plain_socket(secure=client.secure, scope=self.scope)
             await rt.limiter.take(address_scope(client.ip))
             rt.limits.open_connection(client.ip)
         except ChallengeError as error:

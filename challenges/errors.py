@@ -100,6 +100,10 @@ class Code(StrEnum):
     KEY_BLOCKED = "key_blocked", "an operator blocked this public key"
     ORIGIN_NOT_ALLOWED = "origin_not_allowed", "the page's Origin is not allowed to get tokens here"
     INVALID_HOST = "invalid_host", "the Host header is not one of ALLOWED_HOSTS"
+    INSECURE_TRANSPORT = (
+        "insecure_transport",
+        "this service gives tokens over encrypted connections only: connect with wss://",
+    )
     SERVER_SHUTDOWN = "server_shutdown", "the server is shutting down; retry (another worker will answer)"
     # -- the upstream authority and the routing between workers -------------------
     UPSTREAM_UNAVAILABLE = "upstream_unavailable", "the token authority cannot be reached"

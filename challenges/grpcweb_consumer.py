@@ -194,6 +194,7 @@ class _Connection:
         try:
             try:
                 rt.config.clients.admit(client)
+                rt.config.https.refuse_plain_socket(secure=client.secure, scope=self.scope)
                 await rt.limiter.take(address_scope(client.ip))
                 rt.limits.open_connection(client.ip)
                 opened = True

@@ -21,7 +21,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from . import protocol
-from .errors import ChallengeError, Code
+from .errors import ChallengeError, Code, RefusedError
 
 #: ``POST /api/token/verify`` and ``/introspect``: bigger than any token verify_token accepts (8 KiB).
 MAX_VERIFY_BODY = 16 * 1024
@@ -57,6 +57,7 @@ STATUS: dict[Code, int] = {
     Code.API_SIG_BAD: 401,
     Code.ORIGIN_NOT_ALLOWED: 403,
     Code.INVALID_HOST: 403,
+    Code.INSECURE_TRANSPORT: 403,
     Code.UNKNOWN_CHALLENGE: 404,
     Code.NO_CHALLENGE: 409,
     Code.ALREADY_PENDING: 409,
@@ -181,14 +182,27 @@ class HttpsPolicy:
     def location(self, *, secure: bool, host: str, scope: Mapping[str, Any]) -> str | None:
         """Where a plain-http request goes instead (None: answer it). ``host`` must have
         passed ``ALLOWED_HOSTS``: it is written into the redirect."""
-        if not self.redirect or secure:
+        if not self._redirects(secure, scope):
             return None
         own = app_path(scope)
-        if any(pattern.search(own.lstrip("/")) for pattern in self.exempt):
-            return None
         path = quote(f"{scope.get('root_path', '')}{own}", safe="/")
         query = bytes(scope.get("query_string", b"")).decode("latin-1")
         return f"https://{self.ssl_host or host}{path}" + (f"?{query}" if query else "")
+
+    def refuse_plain_socket(self, *, secure: bool, scope: Mapping[str, Any]) -> None:
+        """Raise :class:`~challenges.errors.RefusedError` (``insecure_transport``) for a plain
+        ``ws://`` socket where a plain-http request would be redirected: a socket cannot
+        follow a redirect, and the token it asks for would cross the network in clear."""
+        if self._redirects(secure, scope):
+            raise RefusedError(
+                "this service gives tokens over encrypted connections only: connect with wss://",
+                code=Code.INSECURE_TRANSPORT,
+            )
+
+    def _redirects(self, secure: bool, scope: Mapping[str, Any]) -> bool:
+        if not self.redirect or secure:
+            return False
+        return not any(pattern.search(app_path(scope).lstrip("/")) for pattern in self.exempt)
 
     def headers(self, *, secure: bool) -> list[tuple[bytes, bytes]]:
         return [(b"strict-transport-security", self.hsts.encode())] if secure and self.hsts else []

@@ -61,6 +61,7 @@ STATUS: dict[Code, tuple[Status, str | None]] = {
     Code.SERVER_SHUTDOWN: (Status.UNAVAILABLE, None),
     Code.INVALID_HOST: (Status.PERMISSION_DENIED, None),
     Code.ORIGIN_NOT_ALLOWED: (Status.PERMISSION_DENIED, None),
+    Code.INSECURE_TRANSPORT: (Status.PERMISSION_DENIED, None),
     Code.KEY_BLOCKED: (Status.PERMISSION_DENIED, None),
     Code.INVALID_GRPC_WEB: (Status.INTERNAL, None),
     Code.NOT_CONFIGURED: (Status.UNIMPLEMENTED, None),

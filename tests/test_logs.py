@@ -255,7 +255,11 @@ SESSION, CSRF, BEARER = "sessionid-" + "s3ss" * 8, "csrf-" + "c5rf" * 8, "bearer
 async def _flow_with_credentials(server: servers.Server, user: PrivateKey) -> str:
     """A full flow over a handshake carrying what a browser (its session cookie) or an API
     client (an Authorization header) may send: the token."""
-    headers = {"Cookie": f"sessionid={SESSION}; csrftoken={CSRF}", "Authorization": f"Bearer {BEARER}"}
+    headers = {
+        "Cookie": f"sessionid={SESSION}; csrftoken={CSRF}",
+        "Authorization": f"Bearer {BEARER}",
+        "X-Forwarded-Proto": "https",  # through a TLS proxy: DEBUG=false refuses a plain socket
+    }
     async with websockets.connect(server.ws, additional_headers=headers) as sock:
         await sock.send(json.dumps({"type": "token", "pub": str(user.public)}))
         challenge = json.loads(await asyncio.wait_for(sock.recv(), 10))
@@ -278,6 +282,7 @@ def test_at_debug_no_cookie_authorization_or_token_reaches_the_log(tmp_path, kin
     env = servers.base_env(
         tmp_path, LOG_LEVEL="DEBUG", DEBUG="false", AUTHORITY_PRIVATE_KEY=str(authority),
         SECRET_KEY="a-long-random-test-secret-" + "x" * 30, ALLOWED_HOSTS="127.0.0.1",
+        SECURE_PROXY_SSL_HEADER="X-Forwarded-Proto",
     )  # fmt: skip
     with servers.running(tmp_path, kind=kind, env=env) as server:
         token = asyncio.run(_flow_with_credentials(server, user))

@@ -32,6 +32,7 @@ def server(tmp_path_factory):
     env = servers.base_env(
         tmp, AUTHORITY_PRIVATE_KEY=str(AUTHORITY), CHALLENGE_TIMEOUT=str(TIMEOUT), DEBUG="false",
         SECRET_KEY="test-secret-key-for-a-real-server-process-0123456789", ALLOWED_HOSTS="127.0.0.1",
+        SECURE_SSL_REDIRECT="false",  # its clients speak plain ws:// on loopback (see test_serve)
     )  # fmt: skip
     with servers.running(tmp, kind="daphne", env=env) as srv:
         yield srv

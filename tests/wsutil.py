@@ -17,13 +17,19 @@ AUDIENCE = f"http://{HOST}"
 
 
 async def connect(
-    *, origin: str | None = None, host: str = HOST, client: tuple[str, int] = ("127.0.0.9", 5000)
+    *,
+    origin: str | None = None,
+    host: str = HOST,
+    client: tuple[str, int] = ("127.0.0.9", 5000),
+    scheme: str = "ws",
+    extra: list[tuple[bytes, bytes]] | None = None,
 ) -> WebsocketCommunicator:
-    headers = [(b"host", host.encode()), (b"user-agent", b"pytest")]
+    headers = [(b"host", host.encode()), (b"user-agent", b"pytest"), *(extra or [])]
     if origin:
         headers.append((b"origin", origin.encode()))
     comm = WebsocketCommunicator(application, "/ws/token", headers=headers)
     comm.scope["client"] = client
+    comm.scope["scheme"] = scheme
     connected, _ = await comm.connect()
     assert connected
     return comm
