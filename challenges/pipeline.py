@@ -91,6 +91,8 @@ class Pipeline:
             if kind is not None:
                 obj["type"] = kind
             context = protocol.peek(obj)
+            if context.type == "challenge" and not context.id_given and conv.flow_id is None:
+                raise _unnamed(conv)  # the state first: nothing to answer, however well-formed
             message = protocol.parse_message(obj)
             if isinstance(message, TokenRequest):
                 if self.service.pending(conv.flow_id):
@@ -100,8 +102,6 @@ class Pipeline:
                     )
                 if conv.charge_token_frames:
                     await self.limiter.take(address_scope(conv.client.ip))
-            elif (message.challenge_id or conv.flow_id) is None:
-                raise _unnamed(conv)
         except ChallengeError as error:
             await self._refused(conv, error, context)
             return Outcome(protocol.error_frame(error), error)

@@ -71,6 +71,7 @@ async def test_two_steps_give_a_verifiable_token_and_one_audit_row(client, user_
         ("/api/token", {"id": "A" * 32, "sig": "%%%"}, 400, "invalid_sig_encoding"),
         ("/api/token", {"id": "A" * 32, "sig": [1, 2]}, 400, "invalid_sig_length"),
         ("/api/token", {"sig": [0] * 64}, 404, "unknown_challenge"),
+        ("/api/token", {"sig": [1, 2]}, 404, "unknown_challenge"),  # no id: nothing to answer
         ("/api/token", {"id": "A" * 32, "sig": [0] * 64}, 404, "unknown_challenge"),
     ],
 )
