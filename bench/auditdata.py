@@ -107,6 +107,9 @@ def _attempt(rng: random.Random, created: datetime, pools: tuple[list[str], list
     noisy = outcome != SUCCESS and rng.random() < 0.3
     key = rng.choice(key_pool[:20] if noisy else key_pool)
     flow = outcome not in _AGGREGATED
+    asker = rng.choice(address_pool[:20] if noisy else address_pool)
+    # An answer comes from the asker's address, but for a few failures: another connection's.
+    answerer = rng.choice(address_pool[:20]) if noisy and rng.random() < 0.1 else asker
     return {
         "created_at": created,
         "finished_at": created + timedelta(milliseconds=rng.randint(5, 900)),
@@ -114,7 +117,7 @@ def _attempt(rng: random.Random, created: datetime, pools: tuple[list[str], list
         "detail": "",
         "public_key": key if flow or rng.random() < 0.5 else "",
         "challenge_id": f"{rng.getrandbits(96):024x}" if flow else "",
-        "client_ip": rng.choice(address_pool[:20] if noisy else address_pool),
+        "client_ip": asker,
         "origin": "https://app.example",
         "user_agent": "Mozilla/5.0 (bench)",
         "transport": rng.choice(("ws", "ws", "ws", "http")),
@@ -124,6 +127,7 @@ def _attempt(rng: random.Random, created: datetime, pools: tuple[list[str], list
         "latency_ms": rng.uniform(2, 400) if flow else None,
         "challenged_at": created + timedelta(milliseconds=2) if flow else None,
         "answered_at": created + timedelta(milliseconds=50) if flow else None,
+        "answer_ip": answerer if flow else None,
         "api_key": "",
         "count": 1 if flow else rng.randint(1, 60),
     }

@@ -151,6 +151,13 @@ def _newest() -> datetime:
     return newest or datetime.now(UTC)
 
 
+def _index_name() -> str:
+    from challenges.models import ChallengeAttempt
+
+    (index,) = ChallengeAttempt._meta.indexes
+    return str(index.name)
+
+
 def _index(create: bool) -> float:
     from django.db import connection
 
@@ -238,7 +245,7 @@ def _markdown(
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"The covering index (`attempt_report_idx`) took {rebuilt:.1f} s to build on these rows"
+        f"The covering index (`{_index_name()}`) took {rebuilt:.1f} s to build on these rows"
         f" (dropping it {dropped:.1f} s).",
         "",
         "The series (attempts per bucket and outcome), median ms: one `GROUP BY outcome` per bucket in one"

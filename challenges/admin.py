@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from . import admindetail, dashboard, exports, reports
 from .adminquery import CheckedChangeList
+from .clients import storable_ip
 from .errors import CLIENT_CODES, Code
 from .models import (
     SUCCESS,
@@ -73,6 +74,30 @@ class OutcomeFilter(admin.SimpleListFilter):
         if value == reports.ANY_FAILURE:
             return queryset.exclude(outcome=SUCCESS)
         return queryset.filter(outcome=value) if value else queryset
+
+
+class InputFromFilter(admin.SimpleListFilter):
+    """The rows whose input came from an address: the answer's when there was one, else
+    the asker's (the dashboard's "top failing addresses" link here)."""
+
+    title = "input from address"
+    parameter_name = reports.INPUT_FROM
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        chosen = self.value()
+        shown = [(chosen, chosen)] if chosen and chosen != reports.NO_ADDRESS else []
+        return [*shown, (reports.NO_ADDRESS, "no address")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if not value:
+            return queryset
+        if value == reports.NO_ADDRESS:
+            return reports.from_address(queryset, None)
+        address = storable_ip(value)
+        if address is None:
+            raise IncorrectLookupParameters(f"{value[:40]!r}: not an IP address")
+        return reports.from_address(queryset, address)
 
 
 class ExportCSV:
@@ -146,7 +171,7 @@ class ChallengeAttemptAdmin(ExportCSV, RevocationActions, ReadOnlyAdmin):
         "upstream",
         "latency_ms",
     )
-    list_filter = (OutcomeFilter, "created_at", "transport", "upstream")
+    list_filter = (OutcomeFilter, InputFromFilter, "created_at", "transport", "upstream")
     search_fields = ("public_key", "challenge_id", "token__jti", "client_ip", "answer_ip")
     date_hierarchy = "created_at"
     ordering = ("-created_at", "-id")

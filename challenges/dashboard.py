@@ -23,7 +23,7 @@ from django.utils import timezone
 from . import reports
 from .charts import OTHER_COLOUR, PALETTE, SUCCESS_COLOUR, Series, label, stacked_bars
 from .models import SUCCESS
-from .reports import ANY_FAILURE
+from .reports import ANY_FAILURE, INPUT_FROM, NO_ADDRESS
 
 DEFAULT_RANGE = "24h"
 
@@ -189,7 +189,7 @@ def context(request: HttpRequest, *, now: datetime | None = None) -> dict[str, A
                 "n": n,
                 "url": links.attempts(outcome=ANY_FAILURE, **_address_filter(address)),
             }
-            for address, n in reports.top_failing(window, "client_ip")
+            for address, n in reports.top_failing(window, "input_from")
         ],
         "workers": [
             {"w": w.status, "live": w.live, "url": links.attempts(worker=w.status.worker)} for w in workers
@@ -204,7 +204,7 @@ def context(request: HttpRequest, *, now: datetime | None = None) -> dict[str, A
 
 
 def _address_filter(address: str | None) -> dict[str, str]:
-    return {"client_ip": address} if address else {"client_ip__isnull": "True"}
+    return {INPUT_FROM: address or NO_ADDRESS}
 
 
 def view(request: HttpRequest, *, site_context: dict[str, Any]) -> TemplateResponse:

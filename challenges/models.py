@@ -55,10 +55,11 @@ class ChallengeAttempt(models.Model):
         ordering = ["-created_at", "-id"]
         indexes = [
             # Covers the dashboard's reads (challenges.reports): a time range summed by
-            # outcome, and its failures by key and by address, read from the index alone.
+            # outcome, and its failures by key and by the address their input came from
+            # (the answer's, else the asker's), read from the index alone.
             models.Index(
-                fields=["created_at", "outcome", "count", "public_key", "client_ip"],
-                name="attempt_report_idx",
+                fields=["created_at", "outcome", "count", "public_key", "client_ip", "answer_ip"],
+                name="attempt_report2_idx",
             )
         ]
 

@@ -17,7 +17,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connection
-from django.db.models import Exists, OuterRef, QuerySet, Sum
+from django.db.models import Exists, OuterRef, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce
 
 from .models import SUCCESS, BlockedKey, ChallengeAttempt, IssuedToken, RevokedToken, WorkerStatus
 
@@ -34,6 +35,10 @@ PRESETS = {
 MAX_SPAN = timedelta(days=400)
 #: What the filters (the admin's outcome filter, ``--outcome``) read as "any outcome but success".
 ANY_FAILURE = "failure"
+#: The admin list's filter by the address a row's input came from (:func:`from_address`),
+#: and its value for rows from no known address.
+INPUT_FROM = "input_from"
+NO_ADDRESS = "none"
 #: A worker that has not reported for this long stopped or died.
 GONE_AFTER = timedelta(seconds=20)
 
@@ -172,12 +177,33 @@ def tokens_by_bucket(window: Window) -> dict[datetime, int]:
 
 
 def top_failing(window: Window, field: str, *, limit: int = 10) -> list[tuple[Any, int]]:
-    """The ``field`` values (``public_key`` or ``client_ip``) with the most failures."""
+    """The ``field`` values with the most failures: ``public_key``, or ``input_from``, the
+    address a failure's input came from (:func:`input_from`)."""
+    return [(value, n) for value, n in top_failing_query(window, field, limit=limit)]
+
+
+def top_failing_query(window: Window, field: str, *, limit: int = 10) -> QuerySet[Any]:
+    """:func:`top_failing`'s query: ``(value, failures)`` rows, read from the covering index."""
     rows = attempts_in(window).exclude(outcome=SUCCESS)
     if field == "public_key":
         rows = rows.exclude(public_key="")
-    ranked = rows.values_list(field).annotate(n=Sum("count")).order_by("-n", field)[:limit]
-    return [(value, n) for value, n in ranked]
+    elif field == "input_from":
+        rows = rows.annotate(input_from=input_from())
+    return rows.values_list(field).annotate(n=Sum("count")).order_by("-n", field)[:limit]
+
+
+def input_from() -> Coalesce:
+    """The address a row's input came from: its answer's (``answer_ip``, which may be a
+    stranger's answer to someone else's challenge) when it had one, else the asker's."""
+    return Coalesce("answer_ip", "client_ip")
+
+
+def from_address(rows: QuerySet[ChallengeAttempt], address: str | None) -> QuerySet[ChallengeAttempt]:
+    """The rows whose input came from ``address`` (None: from no known address), as
+    :func:`top_failing` counts them."""
+    if address is None:
+        return rows.filter(answer_ip__isnull=True, client_ip__isnull=True)
+    return rows.filter(Q(answer_ip=address) | Q(answer_ip__isnull=True, client_ip=address))
 
 
 @dataclass(frozen=True)
