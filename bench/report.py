@@ -11,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import relaycost, sections, targets
 from .grpcfloor import median_by_concurrency
 
 REPORT = Path(__file__).resolve().parent / "REPORT.md"
@@ -87,8 +88,8 @@ def render_bench(
     costs = median_by_concurrency(grpc or [])
     apart = median_by_concurrency(grpc_apart or [])
     ceilings = {
-        "relay": _ceiling(by, costs, both_sides=True),
-        "remote": _ceiling(by, apart, both_sides=False),
+        "relay": relaycost.ceiling(by, costs, both_sides=True),
+        "remote": relaycost.ceiling(by, apart, both_sides=False),
     }
 
     def ratio_value(name: str, c: int, attr: str = "rate", base: str | None = None) -> float | None:
@@ -109,7 +110,7 @@ def render_bench(
         "",
         f"Machine: {facts}.",
         "",
-        *_targets(by, idle, options, ratio_value, ceilings, audit),
+        *targets.table(by, idle, options, ratio_value, ceilings, audit),
         "",
         f"{options.flows} flows per point, {options.repeats} runs each: flows/s (median) and, in brackets,"
         " the ratio to the configuration's baseline measured in the same run (median of the runs' ratios).",
@@ -144,137 +145,16 @@ def render_bench(
             f"- **{name}**: {configs[name].description} (negotiated extensions: {', '.join(exts) or '-'})."
         )
     lines += _breakdown(points, concurrency)
-    lines += _relay(by, costs, apart, ceilings, ratio)
-    lines += _memory(idle)
-    lines += _audit(audit)
-    lines += _capacity(capacity)
+    lines += relaycost.section(by, costs, apart, ceilings, ratio)
+    lines += sections.memory(idle)
+    lines += sections.audit(audit)
+    lines += sections.capacity(capacity)
     lines += ["", "## Server logs", "", "| configuration | tracebacks | warm-up failures |", "|---|---|---|"]
     for name in names:
         counts = logs.get(name, {})
         lines.append(f"| {name} | {counts.get('tracebacks', 0)} | {counts.get('warm-up errors', 0)} |")
     lines += ["", *METHOD]
     return "\n".join(lines)
-
-
-def _targets(
-    by: dict[Any, Any],
-    idle: list[Any],
-    options: Any,
-    ratio: Any,
-    ceilings: dict[str, dict[int, float]],
-    audit: list[Any],
-) -> list[str]:
-    """The figures the benchmark is held to, each with what this run measured."""
-    rows: list[tuple[str, str, bool | None]] = []
-
-    def check(what: str, value: float | None, ok: Any, shown: str, note: str = "") -> None:
-        rows.append(
-            (
-                what,
-                "-" if value is None else shown.format(value) + note,
-                None if value is None else bool(ok(value)),
-            )
-        )
-
-    def ceiling(config: str, c: int) -> str:
-        found = ceilings[config].get(c)
-        return "" if found is None else f" (ceiling {found:.2f}x)"
-
-    for c in (16, 128):
-        check(f"make serve at c={c}: >= 0.45x the floor", ratio("serve", c), lambda v: v >= 0.45, "{:.2f}x")
-    if ("serve", 16) in by:
-        floor = by.get(("floor", 16))
-        check(
-            "make serve p99 at c=16: <= 30 ms",
-            by[("serve", 16)].median("p99"),
-            lambda v: v <= 30,
-            "{:.1f} ms",
-            "" if floor is None else f" (the floor's: {floor.median('p99'):.1f} ms)",
-        )
-    for c in (16, 128):
-        check(
-            f"answers on the other worker at c={c}: >= 0.8x the same worker",
-            ratio("other", c),
-            lambda v: v >= 0.8,
-            "{:.2f}x",
-        )
-    for c, bound in ((1, 5), (16, 10)):
-        if ("other", c) in by and ("same", c) in by:
-            extra = by[("other", c)].median("p50") - by[("same", c)].median("p50")
-            check(f"routed p50 at c={c}: at most +{bound} ms", extra, lambda v, b=bound: v <= b, "{:+.1f} ms")
-    commands = [
-        p.median("redis_commands")
-        for key, p in by.items()
-        if key[0] == "other" and p.runs and p.runs[0].redis_commands is not None
-    ]
-    if commands:
-        check(
-            "Redis commands per routed flow, rate limits off (a test counts 5 per answer with them): <= 6",
-            statistics.median(commands),
-            lambda v: v <= 6,
-            "{:.1f}",
-        )
-    for c in (16, 128):
-        check(
-            f"HTTP two-step at c={c}: >= 0.8x the WebSocket flow",
-            ratio("http", c),
-            lambda v: v >= 0.8,
-            "{:.2f}x",
-        )
-        check(
-            f"gRPC relay at c={c}, the authority off the provider's core (remote; its ceiling,"
-            " the local flow plus the bare gRPC client: see below): >= 0.6x the local upstream",
-            ratio("remote", c),
-            lambda v: v >= 0.6,
-            "{:.2f}x",
-            ceiling("remote", c),
-        )
-        one_core = ratio("relay", c)
-        if one_core is not None:
-            rows.append(
-                (
-                    f"gRPC relay at c={c}, both processes on the one server core (relay; its ceiling,"
-                    " the local flow plus bare gRPC: see below)",
-                    f"{one_core:.2f}x{ceiling('relay', c)}",
-                    None,
-                )
-            )
-    for c in (16, 128):
-        value = ratio("grpcweb", c)
-        rows.append(
-            (
-                f"gRPC-Web GetToken at c={c}: its ratio to /ws/token",
-                "-" if value is None else f"{value:.2f}x",
-                None,
-            )
-        )
-    load = by.get(("serve", options.load))
-    if options.load and load is not None and options.load not in options.concurrency:
-        check(
-            f"{options.load} concurrent clients: no error",
-            float(sum(load.errors.values())),
-            lambda v: v == 0,
-            "{:.0f} errors",
-        )
-    for m in idle:
-        if m.server == "serve" and m.held_seconds:
-            check(
-                f"{m.sockets:,} idle sockets held {_duration(m.held_seconds)}: none dropped, <= 30 KB each",
-                m.per_socket_kib * 1.024,
-                lambda v, m=m: v <= 30 and not m.failures,
-                "{:.1f} KB, " + f"{sum(m.errors.values())} dropped",
-            )
-    for a in audit:
-        check(
-            f"audit rows/s into {a.database} while a worker serves flows: >= 5,000",
-            a.per_second,
-            lambda v: v >= 5000,
-            "{:,.0f}",
-        )
-    lines = ["| target | measured | met |", "|---|---|---|"]
-    for what, measured, ok in rows:
-        lines.append(f"| {what} | {measured} | {'-' if ok is None else 'yes' if ok else '**no**'} |")
-    return lines
 
 
 def _breakdown(points: list[Any], concurrency: list[int]) -> list[str]:
@@ -317,172 +197,6 @@ def _breakdown(points: list[Any], concurrency: list[int]) -> list[str]:
             commit = [r.audit_commit_ms for r in p.runs if r.audit_commit_ms is not None]
             median_rows, median_commit = statistics.median(rows), statistics.median(commit)
             lines.append(f"| {p.config} | {p.concurrency} | {median_rows:.1f} | {median_commit:.2f} |")
-    return lines
-
-
-def _ceiling(by: dict[Any, Any], costs: dict[int, Any], *, both_sides: bool) -> dict[int, float]:
-    """At each concurrency: the ratio a relay would reach if it cost only the local flow plus
-    the bare gRPC exchange. With ``both_sides`` (``relay``: both processes on the one server
-    core) serve / (serve + bare client + bare server); without (``remote``: the provider's core
-    carries only the client's side) serve / (serve + bare client)."""
-    found = {}
-    for c, cost in costs.items():
-        if ("serve", c) in by:
-            local = by[("serve", c)].median("server_cpu_ms")
-            found[c] = local / (local + (cost.total_ms if both_sides else cost.client_ms))
-    return found
-
-
-def _relay(
-    by: dict[Any, Any],
-    costs: dict[int, Any],
-    apart: dict[int, Any],
-    ceilings: dict[str, dict[int, float]],
-    ratio: Any,
-) -> list[str]:
-    """Where the relay's CPU goes, beside what the bare gRPC exchange costs laid out as each
-    relay configuration runs."""
-    rows = [c for c in sorted({*ceilings["relay"], *ceilings["remote"]}) if _relayed(by, c)]
-    if not rows:
-        return []
-    lines = [
-        "",
-        "## The relay's CPU, and what gRPC alone costs",
-        "",
-        "The relay runs two processes on the one server core, and each does a flow's work: the provider"
-        " serves the WebSocket and audits the flow; `runauthority` checks the signature, mints the token and"
-        " audits it in its own database. Between them runs the Hub's `GetToken` stream. The bare exchange"
-        " (`bench/grpcfloor.py`: the same four messages on one `grpc.aio` stream per call between two"
-        " processes that do nothing else; as many repeats, at least 1,000 calls a point) costs what the"
-        " bare columns show, measured twice: both sides pinned to the server core, as `relay` runs, and"
-        " its server on the load generator's CPU, as `remote` runs (apart, each side wakes for every"
-        " message the other sends and pays more per call). The relay ceiling is the ratio `relay` would"
-        " reach if it cost only the local flow plus the exchange on one core: serve / (serve + bare client"
-        " + bare server). With the authority on another host, as a Hub is, the provider's core carries"
-        " only the provider's share: serve / provider is the ratio its CPU alone would allow (the"
-        " provider's CPU as `remote` measured it, with `runauthority` on the load generator's CPU; as"
-        " `relay` did, without `remote`), the remote ceiling is serve / (serve + bare client apart), and"
-        " the remote ratio is what `remote` reached. Both ceilings are estimates, not bounds: a relaying"
-        " provider neither checks the signature nor mints (its upstream does), so its share of the local"
-        " flow's work is a little smaller than serve's.",
-        "",
-        "| clients | local flow (serve) CPU ms | provider | runauthority | bare gRPC client"
-        " | bare gRPC server | bare gRPC calls/s | relay ratio | relay ceiling | bare client apart"
-        " | remote ceiling | serve / provider | remote ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for c in rows:
-        local = by[("serve", c)].median("server_cpu_ms")
-        relay = by.get(("relay", c))
-        alone = by.get(("remote", c), relay)  # the provider with the authority off its core
-        own = _role_cpu(alone, "provider")
-        bare, bare_apart = costs.get(c), apart.get(c)
-        cells = [
-            f"c={c}",
-            *_figures(local, _role_cpu(relay, "provider"), _role_cpu(relay, "runauthority")),
-            *_figures(bare and bare.client_ms, bare and bare.server_ms),
-            f"{bare.rate:,.0f}" if bare else "-",
-            ratio("relay", c),
-            *_figures(
-                ceilings["relay"].get(c), bare_apart and bare_apart.client_ms, ceilings["remote"].get(c)
-            ),
-            *_figures(local / own if own else None),
-            ratio("remote", c),
-        ]
-        lines.append(f"| {' | '.join(cells)} |")
-    return lines
-
-
-def _role_cpu(point: Any, role: str) -> float | None:
-    """A process's CPU ms per flow in ``point`` (median of runs); None if it did not run."""
-    return None if point is None else statistics.median(r.cpu_by_role.get(role, 0.0) for r in point.runs)
-
-
-def _figures(*values: float | None) -> list[str]:
-    return ["-" if v is None else f"{v:.2f}" for v in values]
-
-
-def _relayed(by: dict[Any, Any], c: int) -> bool:
-    """Whether a relay configuration and the local flow it is compared with ran at ``c``."""
-    return ("serve", c) in by and (("relay", c) in by or ("remote", c) in by)
-
-
-def _capacity(measured: Any) -> list[str]:
-    if not measured:
-        return []
-    cost, scaling = measured
-    lines = [
-        "",
-        "## What a flow costs (the capacity model's inputs)",
-        "",
-        "A routed flow (challenge on worker A, answer on worker B), two `make serve` workers, rate limits"
-        f" on, the audit in {cost.database}; {cost.flows:,} flows at {cost.rate:,.0f} flows/s:",
-        "",
-        "| worker CPU ms | Redis CPU ms | Redis commands | Redis bytes in | Redis bytes out | audit rows"
-        " | audit bytes |",
-        "|---|---|---|---|---|---|---|",
-        f"| {cost.worker_cpu_ms:.2f} | {cost.redis_cpu_ms:.3f} | {cost.redis_commands:.1f}"
-        f" | {cost.redis_bytes_in:,.0f} | {cost.redis_bytes_out:,.0f} | {cost.audit_rows:.2f}"
-        f" | {cost.audit_bytes:,.0f} |",
-        "",
-        "`make serve` with one and two workers (one port, Redis between them), flows on one socket each:",
-        "",
-        "| workers | flows/s | server CPU ms/flow | of which Redis | cores busy | errors |",
-        "|---|---|---|---|---|---|",
-    ]
-    for s in scaling:
-        errors = ", ".join(f"{k} {v}" for k, v in sorted(s.errors.items())) or "0"
-        cells = f"{s.rate:,.0f} | {s.cpu_ms:.2f} | {s.redis_cpu_ms:.2f} | {s.cores_busy:.2f}"
-        lines.append(f"| {s.workers} | {cells} | {errors} |")
-    return lines
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
-
-
-def _audit(audit: list[Any]) -> list[str]:
-    if not audit:
-        return []
-    lines = [
-        "",
-        "## Audit rows per second",
-        "",
-        "One process pushes rows through the workers' audit writer from 500 concurrent flows (half of them"
-        " with a token row, each waiting for its commit) while a `make serve` worker on the same database"
-        " serves 16 clients' flows.",
-        "",
-        "| database | rows | seconds | rows/s | flows served meanwhile |",
-        "|---|---|---|---|---|",
-    ]
-    for a in audit:
-        lines.append(
-            f"| {a.database} | {a.rows:,} | {a.seconds:.1f} | {a.per_second:,.0f} | {a.flows_meanwhile:,} |"
-        )
-    return lines
-
-
-def _memory(idle: list[Any]) -> list[str]:
-    if not idle:
-        return []
-    lines = [
-        "",
-        "## Memory per idle socket",
-        "",
-        "RSS (VmRSS) of a fresh, warmed-up server before, while and after holding the sockets; the client"
-        " offers permessage-deflate as browsers do, or not at all.",
-        "",
-        "| server | client offers deflate | idle sockets | RSS before | RSS while held | RSS after close"
-        " | KiB per socket | failures |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for m in idle:
-        failures = ", ".join(f"{k} {v}" for k, v in sorted(m.errors.items())) or "0"
-        lines.append(
-            f"| {m.server} | {'yes' if m.compression else 'no'} | {m.sockets} | {m.before_kib / 1024:.1f} MiB"
-            f" | {m.held_kib / 1024:.1f} MiB | {m.closed_kib / 1024:.1f} MiB | {m.per_socket_kib:.1f}"
-            f" | {failures} |"
-        )
     return lines
 
 

@@ -272,41 +272,6 @@ async def test_foreign_origin_is_refused(user_key):
     assert (row.outcome, row.origin) == ("origin_not_allowed", "https://evil.example")
 
 
-async def test_a_plain_socket_is_refused_where_plain_http_is_redirected(settings, user_key):
-    """SECURE_SSL_REDIRECT sends plain http to https; a socket cannot follow a redirect, and
-    its token would cross the network in clear: refused, audited, closed with 4008."""
-    settings.SECURE_SSL_REDIRECT = True
-    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    comm = await connect()
-    frame = await expect_error(comm, "insecure_transport")
-    assert "wss://" in frame["value"]
-    assert (await comm.receive_output(2))["code"] == 4008
-    row = await last_row()
-    assert (row.outcome, row.client_ip, row.transport) == ("insecure_transport", "127.0.0.9", "ws")
-    # Over TLS, to the server or to the proxy that says so, the flow runs.
-    https = [(b"x-forwarded-proto", b"https")]
-    for secure in (await connect(scheme="wss"), await connect(extra=https)):
-        frame = await challenge(secure, user_key)
-        text = bytes(frame["value"]["data"])
-        authority.check_challenge_text(text, audience="https://127.0.0.1:8000", key=user_key.public)
-        assert (await send(secure, sign_frame(user_key, frame)))["type"] == "token"
-        await secure.disconnect()
-
-
-async def test_a_plain_socket_is_served_where_plain_http_is(settings, user_key):
-    settings.SECURE_SSL_REDIRECT = False  # as under DEBUG (make run)
-    comm = await connect()
-    frame = await challenge(comm, user_key)
-    assert (await send(comm, sign_frame(user_key, frame)))["type"] == "token"
-    await comm.disconnect()
-    settings.SECURE_SSL_REDIRECT = True
-    settings.SECURE_REDIRECT_EXEMPT = [r"^ws/token$"]  # the operator's own choice, as for pages
-    comm = await connect()
-    frame = await challenge(comm, user_key)
-    assert (await send(comm, sign_frame(user_key, frame)))["type"] == "token"
-    await comm.disconnect()
-
-
 async def test_unknown_host_is_refused():
     comm = await connect(host="evil.example:8000")
     await expect_error(comm, "invalid_host")

@@ -8,13 +8,10 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from html import unescape
-from io import StringIO
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from django.contrib.auth.models import Permission, User
-from django.core.management import call_command
-from django.db import connection, transaction
 from django.db.models import Count, Sum
 from django.db.models.functions import TruncDay, TruncHour, TruncMinute
 from django.urls import reverse
@@ -163,56 +160,6 @@ def test_every_figure_leads_to_its_rows(admin_client, audit):
     token_link = re.search(rf'href="({re.escape(tokens)}\?[^"]+)" data-testid="total-tokens"', html)
     assert token_link is not None
     assert admin_client.get(unescape(token_link.group(1))).content.decode().count(">jti-") == 3
-
-
-def test_failures_count_for_the_address_their_input_came_from(admin_client):
-    """Any connection may answer a challenge: a stranger's forged answers to others'
-    challenges rank the stranger, not the users who asked, and the link lists those rows."""
-    forged = [
-        attempt("bad_signature", ago=timedelta(minutes=2 + n), key=KEY_A, ip=victim, answer_ip="10.0.0.66")
-        for n, victim in enumerate(("10.0.0.4", "10.0.0.5", "10.0.0.6"))
-    ]
-    attempt("bad_signature", ago=timedelta(minutes=6), key=KEY_B, ip="10.0.0.4", answer_ip="10.0.0.4")
-    attempt("challenge_timeout", ago=timedelta(minutes=7), key=KEY_B, ip="10.0.0.5")  # never answered
-    attempt("success", ago=timedelta(minutes=8), key=KEY_B, ip="10.0.0.7", answer_ip="10.0.0.66")
-    html = admin_client.get(URL).content.decode()
-    assert rows_of("top-addresses", html) == [("10.0.0.66", 3), ("10.0.0.4", 1), ("10.0.0.5", 1)]
-    link = unescape(re.search(r'href="([^"]+input_from=10.0.0.66[^"]*)"', html).group(1))
-    page = admin_client.get(link).content.decode()
-    listed = {int(pk) for pk in re.findall(r'name="_selected_action" value="(\d+)"', page)}
-    assert listed == {row.id for row in forged}
-    export_url = reverse("admin:challenges_challengeattempt_export")
-    export = admin_client.get(f"{export_url}?{urlsplit(link).query}")
-    assert len(b"".join(export.streaming_content).splitlines()) == 1 + 3  # the header and the rows
-    # A value that is no address is the admin's invalid lookup, never a 500.
-    changelist = reverse("admin:challenges_challengeattempt_changelist")
-    assert admin_client.get(changelist, {"input_from": "not-an-ip"})["Location"].endswith("?e=1")
-    assert admin_client.get(export_url, {"input_from": "not-an-ip"}).status_code == 400
-
-
-@pytest.mark.django_db(transaction=True)  # sqlmigrate's schema editor: outside a transaction
-def test_top_failing_addresses_are_read_from_the_covering_index():
-    """The ranking by where the input came from reads the index alone (it gained
-    ``answer_ip``), and the migration that built it did so CONCURRENTLY on PostgreSQL, so
-    flows kept writing audit rows while a large table was indexed."""
-    window = reports.preset_window("24h", now=timezone.now())
-    query = reports.top_failing_query(window, "input_from")
-    with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SET LOCAL enable_seqscan = off")
-            cursor.execute("SET LOCAL enable_bitmapscan = off")
-            sql, params = query.query.sql_with_params()
-            cursor.execute(f"EXPLAIN {sql}", params)
-            assert "Index Only Scan using attempt_report2_idx" in str(cursor.fetchall())
-        else:
-            sql, params = query.query.sql_with_params()
-            cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
-            assert "USING COVERING INDEX attempt_report2_idx" in str(cursor.fetchall())
-    out = StringIO()
-    call_command("sqlmigrate", "challenges", "0006", stdout=out)
-    concurrently = connection.vendor == "postgresql"
-    assert ('CREATE INDEX CONCURRENTLY "attempt_report2_idx"' in out.getvalue()) is concurrently
-    assert ('DROP INDEX CONCURRENTLY IF EXISTS "attempt_report_idx"' in out.getvalue()) is concurrently
 
 
 @pytest.mark.parametrize(

@@ -17,14 +17,12 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from challenges.authority import check_challenge_text
 from challenges.client import get_token_async
-from challenges.errors import TokenClientError
 from challenges.identity import PrivateKey, encode_buffer
 from challenges.tokens import jwk, verify_token
 from tests import servers
 from tests.grpcwebutil import Call, key_message, metadata_block
-from tests.rpcutil import API_KEY, API_SECRET, authority
+from tests.rpcutil import authority
 
 pytestmark = [pytest.mark.server, pytest.mark.once]
 AUTHORITY = PrivateKey.generate()
@@ -41,7 +39,7 @@ def production_env(tmp: Path, **overrides: str) -> dict[str, str]:
         SECURE_PROXY_SSL_HEADER="X-Forwarded-Proto",
         METRICS_ALLOWED_IPS="127.0.0.1",
         # The tests' clients reach the worker itself over plain ws:// on loopback, where make
-        # serve refuses a plain socket (test_make_serve_gives_tokens_over_tls_only keeps it on).
+        # serve refuses a plain socket (test_tls_only keeps it on).
         SECURE_SSL_REDIRECT="false",
     )
     env.pop("DEBUG")  # make serve sets it
@@ -180,55 +178,6 @@ def test_a_relay_serves_with_the_upstreams_public_key_alone(tmp_path):
     # Why, said once (each caller could repeat it), and nothing about API keys it never reads.
     assert log.count("GetToken over gRPC-Web is not configured") == 1, log
     assert "no API keys are configured" not in log
-
-
-def test_make_serve_gives_tokens_over_tls_only(tmp_path):
-    """Production's default (SECURE_SSL_REDIRECT): a plain ws:// socket, for /ws/token or
-    GetToken over gRPC-Web, is refused and audited (a socket cannot follow the redirect plain
-    http gets, and its token would cross the network in clear); through a TLS proxy that
-    says so, as the README's nginx does, the same flow gets its token."""
-    env = production_env(tmp_path, AUTHORITY_API_KEYS=f"{API_KEY}:{API_SECRET}")
-    del env["SECURE_SSL_REDIRECT"]
-    port = servers.free_port()
-    process, log_path = make_serve(env, port)
-    try:
-        servers.wait_ready(process, log_path, lambda: _health(port), timeout=60, what="make serve")
-        user = PrivateKey.generate()
-        with pytest.raises(TokenClientError) as refused:
-            asyncio.run(get_token_async(f"ws://127.0.0.1:{port}/ws/token", user, timeout=10))
-        assert refused.value.code == "insecure_transport"
-        assert "wss://" in refused.value.message
-
-        async def grpc_web() -> tuple[int, str]:
-            call = await Call.open(f"ws://127.0.0.1:{port}")
-            await call.send(metadata_block(), key_message(str(user.public)))
-            return (await call.end()).status
-
-        status = asyncio.run(grpc_web())
-        assert status[0] == 7, status  # PERMISSION_DENIED
-        assert "wss://" in status[1], status
-
-        with connect(
-            f"ws://127.0.0.1:{port}/ws/token", additional_headers={"X-Forwarded-Proto": "https"}
-        ) as sock:
-            sock.send(json.dumps({"type": "token", "pub": str(user.public)}))
-            challenge = json.loads(sock.recv(10))
-            signature = encode_buffer(user.sign(bytes(challenge["value"]["data"])))
-            sock.send(json.dumps({"type": "challenge", "sig": signature}))
-            reply = json.loads(sock.recv(10))
-        assert reply["type"] == "token", reply
-        assert verify_token(reply["value"], issuer=AUTHORITY.public)["sub"] == str(user.public)
-        text = bytes(challenge["value"]["data"])  # the audience is the https origin the proxy said
-        check_challenge_text(text, audience=f"https://127.0.0.1:{port}", key=user.public)
-        rows = servers.query(
-            env["DATABASE_URL"],
-            "SELECT outcome, transport FROM challenges_challengeattempt ORDER BY id",
-        )
-        assert rows == [("insecure_transport", "ws"), ("insecure_transport", "grpc-web"), ("success", "ws")]
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(15)
-    assert "Traceback" not in log_path.read_text()
 
 
 def test_make_serve_runs_two_workers_on_one_port(tmp_path):
