@@ -163,6 +163,10 @@ def storable_ip(text: object) -> str | None:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
         address = ipaddress.IPv6Address(int(address))
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        # As Django writes it (and Python from 3.13): the admin's filters, through the ORM,
+        # compare this text on SQLite, and Python 3.11 wrote ``::ffff:102:304``.
+        return f"::ffff:{address.ipv4_mapped}"
     return str(address)
 
 

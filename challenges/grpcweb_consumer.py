@@ -193,8 +193,9 @@ class _Connection:
         opened = False
         try:
             try:
-                rt.config.clients.admit(client)
+                rt.config.clients.check_host(client)  # the Host, the transport, then the Origin
                 rt.config.https.refuse_plain_socket(secure=client.secure, scope=self.scope)
+                rt.config.clients.admit(client)
                 await rt.limiter.take(address_scope(client.ip))
                 rt.limits.open_connection(client.ip)
                 opened = True

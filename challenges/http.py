@@ -194,10 +194,7 @@ class HttpsPolicy:
         ``ws://`` socket where a plain-http request would be redirected: a socket cannot
         follow a redirect, and the token it asks for would cross the network in clear."""
         if self._redirects(secure, scope):
-            raise RefusedError(
-                "this service gives tokens over encrypted connections only: connect with wss://",
-                code=Code.INSECURE_TRANSPORT,
-            )
+            raise RefusedError(Code.INSECURE_TRANSPORT.meaning, code=Code.INSECURE_TRANSPORT)
 
     def _redirects(self, secure: bool, scope: Mapping[str, Any]) -> bool:
         if not self.redirect or secure:

@@ -53,15 +53,16 @@ async def answer(
     conv.requires_id, conv.charge_token_frames = True, False
     client, https = conv.client, rt.config.https
     try:
-        rt.config.clients.admit(client)
-    except ChallengeError as error:
-        outcome = await rt.pipeline.refuse(conv, error)
-    else:
+        rt.config.clients.check_host(client)  # the Host, the transport, then the Origin
         # SECURE_SSL_REDIRECT, as Django's pages have it; 308 keeps the POST and its body.
         location = https.location(secure=client.secure, host=client.host, scope=scope)
         if location is not None:
             await _send(send, 308, b"", [(b"location", location.encode())])
             return
+        rt.config.clients.admit(client)
+    except ChallengeError as error:
+        outcome = await rt.pipeline.refuse(conv, error)
+    else:
         outcome = await rt.pipeline.body(conv, body, kind=ROUTES[path])
     await _send_outcome(send, outcome, https.headers(secure=client.secure))
 

@@ -226,3 +226,22 @@ def test_an_address_no_database_takes_is_stored_as_one_it_does():
     )
     stored = dict(ChallengeAttempt.objects.filter(pk__in=ids).values_list("pk", "client_ip"))
     assert [stored[i] for i in ids] == ["fe80::1", "2001:db8::1", None, None, "10.0.0.7"]
+
+
+def test_an_ipv4_client_of_a_dual_stack_socket_is_found_by_the_admins_filters():
+    """``::ffff:1.2.3.4``, as a server listening on ``::`` sees an IPv4 client: the writer's
+    rows and the ORM's lookups (the admin's filters, the dashboard's links) write it alike,
+    so the filter finds the row on SQLite too, where the text is compared."""
+    from challenges import reports
+    from challenges.models import ChallengeAttempt
+    from challenges.services import audit_write_batch
+
+    now = datetime.now(UTC)
+    [row_id] = audit_write_batch(
+        [AuditRecord(outcome="bad_signature", created_at=now, finished_at=now, client_ip="::ffff:1.2.3.4")]
+    )
+    assert list(ChallengeAttempt.objects.filter(client_ip="::ffff:1.2.3.4").values_list("id", flat=True)) == [
+        row_id
+    ]
+    found = reports.from_address(ChallengeAttempt.objects.all(), "::ffff:1.2.3.4")
+    assert list(found.values_list("id", flat=True)) == [row_id]

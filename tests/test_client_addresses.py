@@ -19,6 +19,8 @@ from challenges.rpc.audit import peer_ip
         ("fe80::1%25eth0", "fe80::1"),
         ("FE80::1%\x00'", "fe80::1"),  # whatever the zone holds
         ("fe80::1%", None),
+        ("::ffff:1.2.3.4", "::ffff:1.2.3.4"),  # an IPv4 client on a dual-stack socket
+        ("::FFFF:102:304", "::ffff:1.2.3.4"),  # as Django's lookups write it
         ("203.0.113.9%eth0", None),  # IPv4 has no zone
         ("not-an-ip", None),
         ("", None),

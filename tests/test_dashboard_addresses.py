@@ -65,8 +65,23 @@ def test_top_failing_addresses_are_read_from_the_covering_index():
             sql, params = query.query.sql_with_params()
             cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
             assert "USING COVERING INDEX attempt_report2_idx" in str(cursor.fetchall())
-    out = StringIO()
-    call_command("sqlmigrate", "challenges", "0006", stdout=out)
     concurrently = connection.vendor == "postgresql"
-    assert ('CREATE INDEX CONCURRENTLY "attempt_report2_idx"' in out.getvalue()) is concurrently
-    assert ('DROP INDEX CONCURRENTLY IF EXISTS "attempt_report_idx"' in out.getvalue()) is concurrently
+    for migration, statement in (
+        ("0006", 'CREATE INDEX CONCURRENTLY "attempt_report2_idx"'),
+        ("0007", 'DROP INDEX CONCURRENTLY IF EXISTS "attempt_report_idx"'),
+    ):
+        out = StringIO()
+        call_command("sqlmigrate", "challenges", migration, stdout=out)
+        assert (statement in out.getvalue()) is concurrently, out.getvalue()
+    # Backwards to the former index and forwards again, on this database.
+    call_command("migrate", "challenges", "0005", verbosity=0)
+    assert "attempt_report_idx" in indexes()
+    assert "attempt_report2_idx" not in indexes()
+    call_command("migrate", "challenges", verbosity=0)
+    assert "attempt_report2_idx" in indexes()
+    assert "attempt_report_idx" not in indexes()
+
+
+def indexes() -> set[str]:
+    with connection.cursor() as cursor:
+        return set(connection.introspection.get_constraints(cursor, "challenges_challengeattempt"))

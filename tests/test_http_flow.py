@@ -188,6 +188,10 @@ async def test_plain_http_is_redirected_to_https_with_the_method_kept(client, us
     assert response["location"] == f"https://testserver{path}?v=1"
     assert response.content == b""
     assert await attempts() == []  # nothing was asked: no challenge, no row
+    # Behind a TLS proxy that does not say so, a page's https Origin is not its http one:
+    # redirected all the same (what is wrong is the transport), as Django's pages are.
+    foreign = await client.post(path, {"pub": str(user_key.public)}, headers={"origin": "https://testserver"})
+    assert foreign.status_code == 308
     https_only.SECURE_SSL_HOST = "tokens.example.com"
     await runtime.stop()  # the next request's runtime reads the settings again
     response = await client.post(path, {"pub": str(user_key.public)})

@@ -40,6 +40,10 @@ async def test_a_plain_socket_is_refused_where_plain_http_is_redirected(settings
     assert (await comm.receive_output(2))["code"] == 4008
     row = await last_row()
     assert (row.outcome, row.client_ip, row.transport) == ("insecure_transport", "127.0.0.9", "ws")
+    # A TLS proxy that does not say so (its page's Origin is https, the socket plain): what
+    # is wrong is the transport, not the Origin.
+    comm = await connect(origin="https://127.0.0.1:8000")
+    await expect_error(comm, "insecure_transport")
     # Over TLS, to the server or to the proxy that says so, the flow runs.
     https = [(b"x-forwarded-proto", b"https")]
     for secure in (await connect(scheme="wss"), await connect(extra=https)):
@@ -51,17 +55,23 @@ async def test_a_plain_socket_is_refused_where_plain_http_is_redirected(settings
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_plain_socket_is_served_where_plain_http_is(settings, user_key):
-    settings.SECURE_SSL_REDIRECT = False  # as under DEBUG (make run)
+@pytest.mark.parametrize(
+    ("redirect", "exempt", "served"),
+    [
+        (False, [], True),  # as under DEBUG (make run)
+        (True, [r"^ws/token$"], True),  # the operator's own choice, as for pages
+        (True, [r"^api/health$"], False),  # another path's exemption is not this one's
+    ],
+)
+async def test_a_plain_socket_is_served_where_plain_http_is(settings, user_key, redirect, exempt, served):
+    settings.SECURE_SSL_REDIRECT = redirect  # each case its own test: the runtime reads them once
+    settings.SECURE_REDIRECT_EXEMPT = exempt
     comm = await connect()
-    frame = await challenge(comm, user_key)
-    assert (await send(comm, sign_frame(user_key, frame)))["type"] == "token"
-    await comm.disconnect()
-    settings.SECURE_SSL_REDIRECT = True
-    settings.SECURE_REDIRECT_EXEMPT = [r"^ws/token$"]  # the operator's own choice, as for pages
-    comm = await connect()
-    frame = await challenge(comm, user_key)
-    assert (await send(comm, sign_frame(user_key, frame)))["type"] == "token"
+    reply = await send(comm, {"type": "token", "pub": str(user_key.public)})
+    if served:
+        assert (await send(comm, sign_frame(user_key, reply)))["type"] == "token"
+    else:
+        await expect_error(comm, "insecure_transport", reply)
     await comm.disconnect()
 
 
