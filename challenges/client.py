@@ -12,6 +12,7 @@ and only when they are 32 bytes: anything else labelled raw is refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 from urllib.parse import urlsplit
@@ -63,7 +64,9 @@ def get_token(url: str, private_key: PrivateKey | str, **options: Any) -> str:
 async def _flow(url: str, key: PrivateKey, audience: str, accept_raw: bool, origin: str | None) -> str:
     headers = {"Origin": origin} if origin else None
     async with websockets.connect(url, max_size=2**16, additional_headers=headers) as socket:
-        await socket.send(json.dumps({"type": "token", "pub": str(key.public)}))
+        # Refused as it opened (an error frame, then the close): what it said is read below.
+        with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+            await socket.send(json.dumps({"type": "token", "pub": str(key.public)}))
         frame = await _receive(socket)
         if frame["type"] != "challenge":
             raise TokenClientError(Code.PROTOCOL_ERROR, f"expected a challenge, got {frame['type']!r}")

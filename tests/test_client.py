@@ -12,6 +12,7 @@ import io
 import json
 import queue
 import threading
+from unittest import mock
 
 import pytest
 import websockets
@@ -204,6 +205,46 @@ async def test_server_that_closes_is_a_connection_error():
         with pytest.raises(TokenClientError) as info:
             await get_token_async(url, PrivateKey.generate(), timeout=5)
     assert info.value.code == "connection_closed"
+
+
+async def test_a_server_that_refuses_as_the_socket_opens_is_heard():
+    """A server refusing at once (``insecure_transport``, ``origin_not_allowed``...) sends its
+    error frame and closes: the client that sends after the close reports that error, not
+    ``connection_closed`` (a race a fresh clone's run lost)."""
+
+    async def handler(sock):
+        await sock.send(json.dumps({"type": "error", "value": "use wss", "code": "insecure_transport"}))
+        await sock.close(4008)
+
+    real = websockets.connect
+
+    class SendsLate:  # the client's first frame leaves only once the server has closed
+        def __init__(self, *args, **kwargs):
+            self.opening = real(*args, **kwargs)
+
+        async def __aenter__(self):
+            self.sock = await self.opening.__aenter__()
+            send = self.sock.send
+
+            async def late(message):
+                await self.sock.wait_closed()
+                await send(message)
+
+            self.sock.send = late
+            return self.sock
+
+        async def __aexit__(self, *exc):
+            return await self.opening.__aexit__(*exc)
+
+    async with websockets.serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        url = f"ws://127.0.0.1:{port}/ws/token"
+        with (
+            mock.patch("challenges.client.websockets.connect", SendsLate),
+            pytest.raises(TokenClientError) as info,
+        ):
+            await get_token_async(url, PrivateKey.generate(), timeout=5)
+    assert (info.value.code, info.value.message) == ("insecure_transport", "use wss")
 
 
 async def test_silent_server_times_out():
