@@ -19,6 +19,7 @@ from django.core.management.base import CommandError, CommandParser
 from django.db.models import Q, QuerySet
 
 from . import reports
+from .clients import answered_elsewhere
 from .errors import Code
 from .models import SUCCESS, ChallengeAttempt, IssuedToken
 
@@ -224,11 +225,6 @@ def addresses(attempt: ChallengeAttempt) -> str:
     asked = attempt.client_ip or "-"
     other = answered_elsewhere(attempt.client_ip, attempt.answer_ip)
     return f"{asked} (answered from {other})" if other else asked
-
-
-def answered_elsewhere(client_ip: str | None, answer_ip: str | None) -> str | None:
-    """The address the answer came from, when it is not the one that asked."""
-    return answer_ip if answer_ip and answer_ip != client_ip else None
 
 
 def latency(ms: float | None) -> str:

@@ -170,6 +170,11 @@ def storable_ip(text: object) -> str | None:
     return str(address)
 
 
+def answered_elsewhere(client_ip: str | None, answer_ip: str | None) -> str | None:
+    """The address an answer came from, when it is not the one that asked."""
+    return answer_ip if answer_ip and answer_ip != client_ip else None
+
+
 def daphne_forwarded_header(argv: Sequence[str]) -> str:
     """The header daphne takes the client address from when this process is daphne run with
     ``--proxy-headers`` (its leftmost entry, which the client writes), else ``""``."""

@@ -29,6 +29,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from .clients import answered_elsewhere
+
 OUTCOME_LOGGER = logging.getLogger("challenges.flows.outcome")
 
 #: What every LogRecord has: anything else on a record is a structured field.
@@ -174,7 +176,7 @@ def outcome(
         "worker": worker,
     }
     line = "flow %s id=%s key=%s transport=%s upstream=%s latency_ms=%.1f client=%s worker=%s"
-    if answered_from and answered_from != client:
-        fields["answered_from"] = answered_from
+    if elsewhere := answered_elsewhere(client, answered_from):
+        fields["answered_from"] = elsewhere
         line += " answered_from=%s"
     OUTCOME_LOGGER.log(level, line, *fields.values(), extra=fields)

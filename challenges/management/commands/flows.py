@@ -26,6 +26,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from challenges import cli
+from challenges.clients import answered_elsewhere
 from challenges.models import SUCCESS, ChallengeAttempt
 
 #: Seconds an id missing below the newest seen is waited for (a transaction still committing).
@@ -52,7 +53,7 @@ FIELDS = (
 
 def line(row: dict[str, Any]) -> str:
     count = f"  x{row['count']:,}" if row["count"] > 1 else ""
-    answered = cli.answered_elsewhere(row["client_ip"], row["answer_ip"])
+    answered = answered_elsewhere(row["client_ip"], row["answer_ip"])
     return (
         f"{cli.when(row['created_at'])}  {(row['worker'] or '-'):<16}  {row['transport']:<4}  "
         f"{row['outcome']:<22}  {cli.fingerprint(row['public_key']):<12}  {(row['client_ip'] or '-'):<15}  "
