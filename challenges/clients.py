@@ -111,9 +111,13 @@ class ClientPolicy:
 
     def admit(self, client: ClientInfo) -> None:
         """Raise :class:`~challenges.errors.RefusedError` unless Host and Origin are allowed."""
+        self.check_origin(client, self.check_host(client))
+
+    def check_origin(self, client: ClientInfo, domain: str) -> None:
+        """:meth:`admit` once :meth:`check_host` gave ``domain``: the audience the Host would
+        name, and the Origin."""
         from django.http.request import validate_host
 
-        domain = self.check_host(client)
         if not self.audience and not validate_host(domain, _exact(self.allowed_hosts)):
             # The audience would come from a Host the client chose: challenges for any site.
             raise RefusedError(

@@ -7,12 +7,14 @@ composition root (:mod:`challenges.runtime`) builds everything from it.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .access import MetricsAccess
 from .apikeys import configured_api_keys
-from .clients import ClientPolicy, daphne_forwarded_header
+from .clients import ClientInfo, ClientPolicy, daphne_forwarded_header
 from .http import DJANGO_UPLOAD_LIMIT, BodyLimits, HttpsPolicy
 from .identity import PrivateKey
 from .keys import load_authority_key
@@ -80,6 +82,15 @@ class RuntimeConfig:
         return configured_api_keys(
             self.authority_api_keys, user_api_key=self.user_api_key, user_api_secret=self.user_api_secret
         )
+
+    def admit_socket(self, client: ClientInfo, scope: Mapping[str, Any]) -> None:
+        """Raise :class:`~challenges.errors.RefusedError` for a WebSocket refused by policy:
+        its Host, then its transport (a plain ``ws://`` where plain http is redirected), then
+        its Origin (a page behind a TLS proxy that does not say so is on the wrong transport,
+        not a foreign origin)."""
+        domain = self.clients.check_host(client)
+        self.https.refuse_plain_socket(secure=client.secure, scope=scope)
+        self.clients.check_origin(client, domain)
 
     @classmethod
     def from_settings(cls) -> RuntimeConfig:

@@ -48,9 +48,7 @@ class TokenConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         client = rt.config.clients.describe(self.scope, transport="ws")
         conv = Conversation(client=client, watcher=self._event)
         try:
-            rt.config.clients.check_host(client)  # the Host, the transport, then the Origin
-            rt.config.https.refuse_plain_socket(secure=client.secure, scope=self.scope)
-            rt.config.clients.admit(client)
+            rt.config.admit_socket(client, self.scope)
             await rt.limiter.take(address_scope(client.ip))
             rt.limits.open_connection(client.ip)
         except ChallengeError as error:

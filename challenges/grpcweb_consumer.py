@@ -193,9 +193,7 @@ class _Connection:
         opened = False
         try:
             try:
-                rt.config.clients.check_host(client)  # the Host, the transport, then the Origin
-                rt.config.https.refuse_plain_socket(secure=client.secure, scope=self.scope)
-                rt.config.clients.admit(client)
+                rt.config.admit_socket(client, self.scope)
                 await rt.limiter.take(address_scope(client.ip))
                 rt.limits.open_connection(client.ip)
                 opened = True

@@ -53,13 +53,13 @@ async def answer(
     conv.requires_id, conv.charge_token_frames = True, False
     client, https = conv.client, rt.config.https
     try:
-        rt.config.clients.check_host(client)  # the Host, the transport, then the Origin
+        domain = rt.config.clients.check_host(client)  # the Host, the transport, then the Origin
         # SECURE_SSL_REDIRECT, as Django's pages have it; 308 keeps the POST and its body.
         location = https.location(secure=client.secure, host=client.host, scope=scope)
         if location is not None:
             await _send(send, 308, b"", [(b"location", location.encode())])
             return
-        rt.config.clients.admit(client)
+        rt.config.clients.check_origin(client, domain)
     except ChallengeError as error:
         outcome = await rt.pipeline.refuse(conv, error)
     else:
