@@ -14,7 +14,6 @@ import signal
 import pytest
 from websockets.sync.client import connect as sync_connect
 
-from challenges import authority
 from challenges.authority import check_challenge_text
 from challenges.client import get_token_async
 from challenges.errors import TokenClientError
@@ -49,7 +48,7 @@ async def test_a_plain_socket_is_refused_where_plain_http_is_redirected(settings
     for secure in (await connect(scheme="wss"), await connect(extra=https)):
         frame = await challenge(secure, user_key)
         text = bytes(frame["value"]["data"])
-        authority.check_challenge_text(text, audience="https://127.0.0.1:8000", key=user_key.public)
+        check_challenge_text(text, audience="https://127.0.0.1:8000", key=user_key.public)
         assert (await send(secure, sign_frame(user_key, frame)))["type"] == "token"
         await secure.disconnect()
 
