@@ -27,6 +27,11 @@ class _OnPostgresqlOnly:
         operation = super() if schema_editor.connection.vendor == "postgresql" else self._plain()
         operation.database_backwards(app_label, schema_editor, from_state, to_state)
 
+    def describe(self):
+        # What ``migrate`` and ``sqlmigrate`` print, whatever the database: the concurrent
+        # operation's own text ("Concurrently create ...") would be untrue on SQLite.
+        return f"{self._plain().describe()} (concurrently on PostgreSQL)"
+
     def _plain(self):
         return self.plain(**self.deconstruct()[2])
 
