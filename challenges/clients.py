@@ -3,9 +3,9 @@
 :meth:`ClientPolicy.describe` builds the audit's :class:`ClientInfo` from an
 ASGI scope (a WebSocket's, or the one behind a Django ``HttpRequest``):
 the client address, Origin, user agent, Host and scheme, and the audience
-its challenges will name. :meth:`ClientPolicy.admit` refuses a Host outside
-``ALLOWED_HOSTS`` (``invalid_host``) and a browser Origin outside
-``ALLOWED_ORIGINS`` (``origin_not_allowed``; empty: only the service's own
+its challenges will name. :meth:`ClientPolicy.check_host` refuses a Host outside
+``ALLOWED_HOSTS`` (``invalid_host``), :meth:`ClientPolicy.check_origin` a
+browser Origin outside ``ALLOWED_ORIGINS`` (``origin_not_allowed``; empty: only the service's own
 origin, same scheme, host and port). Clients that send no Origin (not
 browsers) are admitted. Without a fixed audience (``TOKEN_AUDIENCE``), the
 Host names the challenges' audience, so it must match ``ALLOWED_HOSTS``
@@ -85,7 +85,8 @@ class ClientPolicy:
     ssl_value: str = "https"
 
     def describe(self, scope: Mapping[str, Any], *, transport: str) -> ClientInfo:
-        """The client record of an ASGI scope. Never raises: refusals are :meth:`admit`'s."""
+        """The client record of an ASGI scope. Never raises: refusals are :meth:`check_host`'s
+        and :meth:`check_origin`'s."""
         headers = _headers(scope)
         host = headers.get("host", "")[:_FIELD]
         secure = scope.get("scheme") in ("https", "wss") or self._proxied_tls(headers)
@@ -109,13 +110,9 @@ class ClientPolicy:
             raise RefusedError("the Host header is not an allowed host", code=Code.INVALID_HOST)
         return domain
 
-    def admit(self, client: ClientInfo) -> None:
-        """Raise :class:`~challenges.errors.RefusedError` unless Host and Origin are allowed."""
-        self.check_origin(client, self.check_host(client))
-
     def check_origin(self, client: ClientInfo, domain: str) -> None:
-        """:meth:`admit` once :meth:`check_host` gave ``domain``: the audience the Host would
-        name, and the Origin."""
+        """Once :meth:`check_host` gave ``domain``: raise :class:`~challenges.errors.RefusedError`
+        unless the Host may name the challenges' audience and the Origin is allowed."""
         from django.http.request import validate_host
 
         if not self.audience and not validate_host(domain, _exact(self.allowed_hosts)):
