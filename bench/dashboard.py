@@ -159,10 +159,6 @@ def _the_index() -> Any:
     return index
 
 
-def _index_name() -> str:
-    return str(_the_index().name)
-
-
 def _index(create: bool) -> float:
     from django.db import connection
 
@@ -250,7 +246,7 @@ def _markdown(
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"The covering index (`{_index_name()}`) took {rebuilt:.1f} s to build on these rows"
+        f"The covering index (`{_the_index().name}`) took {rebuilt:.1f} s to build on these rows"
         f" (dropping it {dropped:.1f} s).",
         "",
         "The series (attempts per bucket and outcome), median ms: one `GROUP BY outcome` per bucket in one"
